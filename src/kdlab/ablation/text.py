@@ -1,0 +1,230 @@
+"""Text normalisation and fuzzy phrase scoring shared by the resolver (knobs, choices, metrics).
+
+Plans arrive with mojibake (Greek letters turned into CJK or Latin-1 garbage), markdown and HTML noise,
+and in many people's words. Every phrase goes through :func:`tokens`: lowercase ASCII only (anything
+non-ASCII becomes a separator, so damaged glyphs vanish), a few multi-word canonicalisations
+("trade-off", "slow-moving", "L~pred", "m_c", "2-layer"), stop-word removal, a synonym table
+("coefficient"/"balance"/"lambda" -> weight, "pipeline"/"caching" -> cache, "tau" -> temperature...) and a
+light stemmer. :class:`PhraseIndex` scores a query against named phrase sets with IDF-weighted
+coverage, so specific multi-word matches beat generic one-word ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Iterable, Mapping, Sequence
+
+__all__ = ["tokens", "ascii_text", "PhraseIndex", "token_sim"]
+
+_CANON: list[tuple[re.Pattern, str]] = [
+    (re.compile(p, re.I), r)
+    for p, r in [
+        (r"l\s*[~\u0303\u02dc]\s*_?\s*\{?\s*pred", " lpred reverse "),
+        (r"\bl\s*_\s*\{?\s*(pred|intra|ce|ctr|cls|kd|inter|teacher)\b\}?", r" l\1 "),
+        (r"\bm\s*_\s*\{?\s*c\s*\}?(?![a-z])", " mc "),
+        (r"\bm\s*_\s*\{?\s*r\s*\}?(?![a-z])", " mr "),
+        (r"top\s*-?\s*1\b", " top1 "),
+        (r"top\s*-?\s*5\b", " top5 "),
+        (r"trade\s*-?\s*offs?", " tradeoff "),
+        (r"slow\s*-?\s*moving", " slowmoving "),
+        (r"(exponential\s+)?moving\s+average", " momentum "),
+        (r"self\s*-?\s*supervised", " selfsupervised "),
+        (r"intra\s*-?\s*class", " intraclass "),
+        (r"inter\s*-?\s*class", " interclass "),
+        (r"cross\s*-?\s*entropy", " crossentropy "),
+        (r"mini\s*-?\s*batch", " batch "),
+        (r"warm\s*-?\s*up", " warmup "),
+        (r"batch\s*-?\s*norm(alization|alisation)?", " batchnorm "),
+        (r"\bbn\b", " batchnorm "),
+        (r"info\s*-?\s*nce", " infonce "),
+        (r"nt\s*-?\s*xent", " ntxent "),
+        (r"sup\s*-?\s*con", " supcon "),
+        (r"sim\s*-?\s*clr", " simclr "),
+        (r"co\s*-?\s*co\s*-?\s*rd", " cocord "),
+        (r"fit\s*-?\s*nets?", " fitnet "),
+        (r"\b(single|one|1)\s*-?\s*layers?\b", " 1layer "),
+        (r"\b(two|2)\s*-?\s*layers?\b", " 2layer "),
+        (r"\b(three|3)\s*-?\s*layers?\b", " 3layer "),
+        (r"\bfirst\s*-?\s*in\s*-?\s*first\s*-?\s*out\b", " fifo "),
+        (r"\bper\s*-?\s*class\b", " perclass "),
+        (r"\bclass\s*-?\s*wise\b", " perclass "),
+        (r"\bhyper\s*-?\s*param(eter)?s?\b", " "),
+        (r"\bl2\b", " ltwo "),
+    ]
+]
+
+_STOP = frozenset(
+    """a an the of for in on to with by and or from that which used use uses using is are be been this its their as at
+    it into between during when where how each all via through per than then also our we i e g eg ie etc
+    ablation ablate ablated ablating ablations study studies effect effects impact role vary varying varied different
+    value values component components mechanism mechanisms module modules based proposed remove removal removing removed
+    without replace replacing replaced add adding added entire entirely whole only just completely fully
+    parameter parameters setting settings choice choices type types kind strategy approach technique scheme design part
+    method methods effectively specific specifically applying apply applied so such other another versus vs instead""".split()
+)
+
+_SYN: dict[str, str] = {}
+for canon, words in {
+    "weight": "weight weights weighting weighted coefficient coefficients coeff coef factor factors balance balancing "
+    "tradeoff strength importance multiplier lambda",
+    "threshold": "threshold thresholds thresh cutoff delta",
+    "temperature": "temperature temperatures temp tau t",
+    "cache": "cache caches caching cached pipeline pipelines pipelined buffer buffers",
+    "size": "size sizes length lengths capacity number numbers count amount num len",
+    "momentum": "momentum momenta ema",
+    "projection": "projection projections projector projectors project projected",
+    "contrastive": "contrastive contrast contrasting infonce",
+    "loss": "loss losses objective objectives term terms criterion",
+    "filter": "filter filters filtering filtered selection select selecting selected selector gating gate gated screening",
+    "symmetric": "symmetric symmetrization symmetrisation symmetrized symmetrised symmetry symmetrize symmetrise symmetrical",
+    "negative": "negative negatives neg negs",
+    "augment": "augmentation augmentations augment augmentations augmenting transform transforms transformation transformations",
+    "dimension": "dimension dimensions dim dims dimensionality",
+    "architecture": "architecture architectures arch backbone backbones network networks model models",
+    "dictionary": "dictionary dictionaries dict",
+    "sample": "sample samples example examples instance instances",
+    "crossentropy": "crossentropy ce",
+    "prediction": "prediction predictions predictor predictive",
+    "consistency": "consistency consistent",
+    "distillation": "distillation distilling distill kd",
+    "epoch": "epoch epochs",
+    "anchor": "anchor anchors",
+    "confidence": "confidence confident certainty",
+    "teacher": "teacher teachers",
+    "student": "student students",
+}.items():
+    for w in words.split():
+        _SYN[w] = canon
+
+_SUFFIXES = ("izations", "ization", "isation", "ations", "ation", "ments", "ment", "ness", "ities", "ity", "ings", "ing",
+             "ized", "ised", "izes", "ises", "ize", "ise", "ies", "es", "ed", "s", "ly", "al", "er", "e")
+
+
+def _stem1(w: str) -> str:
+    if len(w) <= 3 or not w.isalpha():
+        return w
+    for suf in _SUFFIXES:
+        if w.endswith(suf) and len(w) - len(suf) >= 3:
+            if suf == "s" and w.endswith(("ss", "us", "is")):
+                return w
+            return w[: -len(suf)] + ("y" if suf == "ies" else "")
+    return w
+
+
+@lru_cache(maxsize=20000)
+def stem(w: str) -> str:
+    return _stem1(_stem1(w))
+
+
+def ascii_text(text: str) -> str:
+    """Lowercase, NFKC, every non-ASCII character turned into a space (damaged glyphs vanish)."""
+    t = unicodedata.normalize("NFKC", text).lower()
+    t = t.replace("\u2212", "-").replace("\u00d7", "x")
+    return "".join(c if ord(c) < 128 else " " for c in t)
+
+
+@lru_cache(maxsize=20000)
+def tokens(text: str) -> tuple[str, ...]:
+    """Normalised tokens of a phrase (see module doc)."""
+    t = unicodedata.normalize("NFKC", text).lower()
+    for pat, rep in _CANON[:1]:  # L~pred before the tilde is lost
+        t = pat.sub(rep, t)
+    t = ascii_text(t)
+    for pat, rep in _CANON[1:]:
+        t = pat.sub(rep, t)
+    out = []
+    for w in re.split(r"[^a-z0-9]+", t):
+        if not w or w in _STOP:
+            continue
+        if w in _SYN:
+            out.append(_SYN[w])
+            continue
+        s = stem(w)
+        out.append(_SYN.get(s, s))
+    return tuple(out)
+
+
+@lru_cache(maxsize=200000)
+def token_sim(a: str, b: str) -> float:
+    if a == b:
+        return 1.0
+    if min(len(a), len(b)) >= 4 and (a.startswith(b) or b.startswith(a)):
+        return 0.75
+    if min(len(a), len(b)) >= 5 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.85:
+        return 0.6
+    return 0.0
+
+
+def _best(tok: str, pool: Sequence[str]) -> float:
+    best = 0.0
+    for p in pool:
+        s = token_sim(tok, p)
+        if s > best:
+            best = s
+            if s == 1.0:
+                break
+    return best
+
+
+class PhraseIndex:
+    """Score a query against named groups of phrases (knob -> aliases, choice -> phrases, metric -> names).
+
+    The score of one phrase is ``m * c**2``: ``m`` the IDF weight of its tokens found in the query,
+    ``c`` the fraction of its weight found. A group's score is its best phrase, times
+    ``0.6 + 0.4 * q`` where ``q`` is the fraction of the query's weight the group's vocabulary explains.
+    """
+
+    def __init__(self, groups: Mapping[str, Iterable[str]], *, weak: Mapping[str, Iterable[str]] | None = None):
+        self.phrases: dict[str, list[tuple[tuple[str, ...], float]]] = {}
+        self.vocab: dict[str, set[str]] = {}
+        for name, phrases in groups.items():
+            lst = [(tokens(p), 1.0) for p in phrases]
+            if weak and name in weak:
+                lst += [(tokens(p), 0.5) for p in weak[name]]
+            lst = [(t, f) for t, f in lst if t]
+            self.phrases[name] = lst
+            self.vocab[name] = {tok for t, _ in lst for tok in t}
+        n = max(len(self.phrases), 1)
+        df: dict[str, int] = {}
+        for name, lst in self.phrases.items():
+            for tok in {tok for t, f in lst if f == 1.0 for tok in t}:
+                df[tok] = df.get(tok, 0) + 1
+        self._n = n
+        self._df = df
+
+    def weight(self, tok: str) -> float:
+        return math.log(1.0 + self._n / (1.0 + self._df.get(tok, 0)))
+
+    def phrase_score(self, phrase: tuple[str, ...], query: Sequence[str]) -> float:
+        total = sum(self.weight(t) for t in phrase)
+        if total <= 0:
+            return 0.0
+        m = sum(self.weight(t) * _best(t, query) for t in phrase)
+        c = m / total
+        return m * c * c
+
+    def query_coverage(self, name: str, query: Sequence[str]) -> float:
+        total = sum(self.weight(t) for t in query)
+        if total <= 0:
+            return 0.0
+        vocab = list(self.vocab[name])
+        return sum(self.weight(t) * _best(t, vocab) for t in query) / total
+
+    def score(self, name: str, query: Sequence[str]) -> tuple[float, str]:
+        best, best_phrase = 0.0, ""
+        for phrase, factor in self.phrases[name]:
+            s = factor * self.phrase_score(phrase, query)
+            if s > best:
+                best, best_phrase = s, " ".join(phrase)
+        if best <= 0:
+            return 0.0, ""
+        return best * (0.6 + 0.4 * self.query_coverage(name, query)), best_phrase
+
+    def rank(self, text: str, names: Iterable[str] | None = None) -> list[tuple[str, float]]:
+        q = tokens(text)
+        out = [(n, self.score(n, q)[0]) for n in (names if names is not None else self.phrases)]
+        return sorted(out, key=lambda x: -x[1])

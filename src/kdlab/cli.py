@@ -1,0 +1,241 @@
+"""The ``kdlab`` command: a thin layer over ``kdlab.engine.stages``, ``kdlab.demo`` and ``kdlab.ablation``.
+
+Every training command takes an optional YAML config (a path or a shipped recipe name) followed by
+dotted overrides ``key=value``. Known errors print one line and exit 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = {
+    "demo": "kdlab demo\n  kdlab demo objective.intra.lambda_=0.05 teacher.epochs=20",
+    "train-teacher": "kdlab train-teacher demo objective.kind=intra objective.intra.delta=0.3\n"
+                     "  kdlab train-teacher my.yaml data.batch_size=128 runtime.device=cuda",
+    "distill": "kdlab distill demo teacher.checkpoint=runs/t/checkpoints/last.pt distill.methods=[kd,rkd]\n"
+               "  kdlab distill cifar100/resnet56_resnet20 teacher.checkpoint=ckpt_epoch_240.pth",
+    "pipeline": "kdlab pipeline demo objective.kind=intra",
+    "ablate": "kdlab ablate plan.md --dry-run\n  kdlab ablate plan.md --seeds 3 --map \"Ablation A=objective.intra.delta\"",
+    "report": "kdlab report runs/ablate-plan",
+}
+
+
+def _stage_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file or shipped recipe name (default: built-in defaults); "
+                        "a first argument containing '=' is taken as an override")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.intra.lambda_=0.03")
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: OUT/NAME-HASH[/stage])")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdlab",
+        description="Knowledge-distillation research toolkit: intra-class contrastive teachers, "
+                    "KD/RKD/CRD/DKD/CoCoRD students, ablation plans end to end.",
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES[k] for k in ("demo", "pipeline", "ablate")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = _stage_parser(sub, "demo", "train CE and intra teachers, distil a student from each, compare")
+    demo.set_defaults(func=cmd_demo)
+    _stage_parser(sub, "train-teacher", "train a teacher with its objective (ce | intra | supcon | simclr)") \
+        .set_defaults(func=cmd_train_teacher)
+    _stage_parser(sub, "distill", "distil a student from a teacher checkpoint").set_defaults(func=cmd_distill)
+    _stage_parser(sub, "pipeline", "train a teacher, then distil the student from it").set_defaults(func=cmd_pipeline)
+
+    ab = sub.add_parser("ablate", help="run an AblationBench plan (markdown or JSONL) end to end",
+                        epilog="examples:\n  " + EXAMPLES["ablate"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ab.add_argument("plan", type=Path)
+    ab.add_argument("overrides", nargs="*", help="dotted overrides applied to the base config")
+    ab.add_argument("--base", default=None, help="base experiment config (default: chosen from the plan)")
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--map", action="append", default=[], metavar="ABLATION=PATH",
+                    help="place an ablated part by hand, e.g. \"Ablation A=objective.intra.delta\"")
+    ab.add_argument("--out", type=Path, default=None)
+    ab.add_argument("--executor", choices=["local", "submitit"], default="local")
+    ab.add_argument("--jobs", type=int, default=None, help="parallel runs (default: sized to the machine)")
+    ab.add_argument("--dry-run", action="store_true", help="resolve the plan and print the grid; run nothing")
+    ab.set_defaults(func=cmd_ablate)
+
+    rep = sub.add_parser("report", help="rebuild an ablation's tables and plots from its results store",
+                         epilog="examples:\n  " + EXAMPLES["report"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("dir", type=Path)
+    rep.set_defaults(func=cmd_report)
+
+    models = sub.add_parser("models", help="list the registered architectures")
+    models.set_defaults(func=cmd_models)
+    configs = sub.add_parser("configs", help="list the shipped recipes")
+    configs.set_defaults(func=cmd_configs)
+    show = sub.add_parser("show-config", help="print the resolved config (YAML) for a config and overrides")
+    show.add_argument("config", nargs="?", default=None)
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(func=cmd_show_config)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------- commands
+def _config(args):
+    from kdlab.config import load_config
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:
+        config, overrides = None, [config, *overrides]
+    return load_config(config, overrides)
+
+
+def _default_dir(cfg, suffix: str = "") -> Path:
+    from kdlab.engine.stages import config_hash
+
+    return Path(cfg.out) / f"{cfg.name}-{config_hash(cfg)[:8]}{suffix}"
+
+
+def _finish(summary: dict, label: str) -> int:
+    m = summary.get("metrics") or {}
+    if summary["status"] == "done":
+        print(f"{label}: top-1 {m.get('top1', float('nan')):.2f} (best {m.get('top1_best', float('nan')):.2f} "
+              f"at epoch {m.get('best_epoch')}), run folder {summary.get('run_dir', '')}")
+        return 0
+    print(f"error: {label} {summary['status']}: {summary.get('error')}", file=sys.stderr)
+    return 1
+
+
+def cmd_demo(args) -> int:
+    from kdlab.config import load_config
+    from kdlab.demo import run_demo
+
+    config, overrides = args.config, list(args.overrides)
+    if config is None or "=" in config:
+        overrides = ([config] if config else []) + overrides
+        config = "demo"
+    cfg = load_config(config, overrides)
+    root, table, ok = run_demo(cfg, args.run_dir)
+    print(table)
+    print(f"\nrun folder: {root}\nreport: {root / 'report.md'}")
+    return 0 if ok else 1
+
+
+def cmd_train_teacher(args) -> int:
+    from kdlab.engine.stages import run_teacher
+
+    cfg = _config(args)
+    return _finish(run_teacher(cfg, args.run_dir or _default_dir(cfg, "-teacher")), "teacher")
+
+
+def cmd_distill(args) -> int:
+    from kdlab.engine.stages import run_student
+
+    cfg = _config(args)
+    return _finish(run_student(cfg, args.run_dir or _default_dir(cfg, "-student")), "student")
+
+
+def cmd_pipeline(args) -> int:
+    from kdlab.engine.stages import run_pipeline
+
+    cfg = _config(args)
+    result = run_pipeline(cfg, args.run_dir or _default_dir(cfg))
+    code = 0
+    if result["teacher"] and result["teacher"].get("metrics"):
+        code |= _finish(result["teacher"], "teacher")
+    if result["student"]:
+        code |= _finish(result["student"], "student")
+    else:
+        code = 1
+        print(f"error: teacher {result['status']}: {result.get('error')}", file=sys.stderr)
+    return code
+
+
+def cmd_ablate(args) -> int:
+    from kdlab.ablation import run_plan
+
+    result = run_plan(args.plan, base=args.base, seeds=args.seeds, maps=tuple(args.map), out=args.out,
+                      executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides))
+    return getattr(result, "exit_code", 0)
+
+
+def cmd_report(args) -> int:
+    from kdlab.ablation import rebuild_report
+
+    print(rebuild_report(args.dir))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from kdlab.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_configs(args) -> int:
+    from kdlab.config import shipped_configs_dir
+
+    root = shipped_configs_dir()
+    print("\n".join(sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))))
+    return 0
+
+
+def cmd_show_config(args) -> int:
+    from kdlab.config import to_yaml
+
+    print(to_yaml(_config(args)), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- main
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from kdlab.config import ConfigError
+    from kdlab.data.base import DataError
+    from kdlab.engine.checkpoint import CheckpointError
+
+    errors: list[type[BaseException]] = [ConfigError, DataError, CheckpointError]
+    try:
+        from kdlab.models.checkpoint import CheckpointError as ModelCkptError, CheckpointMismatch
+
+        errors += [ModelCkptError, CheckpointMismatch]
+    except ImportError:
+        pass
+    try:
+        from kdlab.ablation import AblationError
+
+        errors.append(AblationError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from kdlab.engine.trainer import Interrupted
+
+    try:
+        return args.func(args)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, _known_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+            return 2
+        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

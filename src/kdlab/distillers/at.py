@@ -1,0 +1,43 @@
+"""AT (Zagoruyko & Komodakis, ICLR 2017): match normalised spatial attention maps of the stages."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.config import ATConfig
+from kdlab.distillers._common import full_precision, match_spatial
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+
+
+def attention_map(f: Tensor, p: float) -> Tensor:
+    """``normalize(mean_c f^p)`` flattened to ``(B, H·W)``."""
+    return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
+
+
+def at_pair_loss(f_s: Tensor, f_t: Tensor, p: float) -> Tensor:
+    """Mean squared difference of the two attention maps (the larger map is pooled to the smaller)."""
+    with full_precision(f_s):
+        f_s, f_t = match_spatial(f_s.float(), f_t.float())
+        return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+
+
+@register_distiller("at")
+class AT(DistillLoss):
+    """Config: ``distill.at.weight`` (1000), ``distill.at.p`` (2).
+
+    Pairs ``stages[1:]`` (every stage but the stem: RepDistiller's ``feat[1:-1]``). With unequal stage
+    counts, the last ``min(n_s, n_t)`` stages of each network are paired (deepest with deepest).
+    """
+
+    def __init__(self, cfg: ATConfig, ctx: DistillContext):
+        super().__init__()
+        self.weight, self.p = cfg.weight, cfg.p
+        self.pairs = min(len(ctx.student_probe.stage_shapes), len(ctx.teacher_probe.stage_shapes)) - 1
+        if self.pairs < 1:
+            raise ValueError("distill.at needs networks with at least one stage after the stem")
+
+    def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
+        k = self.pairs
+        loss = sum(at_pair_loss(fs, ft.detach(), self.p) for fs, ft in zip(s.stages[-k:], t.stages[-k:]))
+        return {"at": self.weight * loss}

@@ -1,0 +1,81 @@
+"""Distillation loss terms: one class per method, registered by name, composed by ``Distillation``.
+
+A term sees the student's and teacher's :class:`~kdlab.models.ModelOutput` for view 0 of the batch
+and returns its named, *already weighted* losses. Heads a term trains are its parameters; memories it
+keeps (banks, queues) are buffers, so both are checkpointed with the student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from kdlab.data.base import Batch
+from kdlab.models.base import ModelOutput, Probe
+
+
+@dataclass
+class DistillContext:
+    """Static facts a term is built from (sizes come from dummy forwards, never hard-coded)."""
+
+    student_probe: Probe
+    teacher_probe: Probe
+    num_classes: int
+    num_train: int  # training-set size (memory banks index it)
+    input_shape: tuple[int, int, int]
+    epochs: int
+    #: the online student network; ``Distillation`` fills it in before building the terms (terms that
+    #: keep an EMA copy of the student, e.g. CoCoRD's slow-moving student, deep-copy it at build time)
+    student: nn.Module | None = None
+
+
+@dataclass
+class StepContext:
+    """Per-step handles: the networks (for terms that forward extra views) and the fractional epoch."""
+
+    student: nn.Module
+    teacher: nn.Module  # frozen, eval mode; call under torch.no_grad()
+    progress: float
+
+
+class DistillLoss(nn.Module):
+    #: augmented views of each image the term needs (CoCoRD: 3)
+    views: int = 1
+    #: whether ``forward`` reads ``t`` (the teacher's output on view 0). When no term of a
+    #: ``Distillation`` does, the teacher's view-0 forward is skipped and ``t`` is passed as ``None``.
+    needs_teacher: bool = True
+
+    def forward(self, s: ModelOutput, t: ModelOutput, batch: Batch, step: StepContext) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """After the optimizer step (EMA updates)."""
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+_DISTILLERS: dict[str, Callable[[BaseModel, "DistillContext"], DistillLoss]] = {}
+
+
+def register_distiller(name: str):
+    def deco(cls):
+        if name in _DISTILLERS:
+            raise ValueError(f"distiller {name!r} registered twice")
+        _DISTILLERS[name] = cls
+        return cls
+
+    return deco
+
+
+def distiller_names() -> list[str]:
+    return sorted(_DISTILLERS)
+
+
+def build_distill_loss(name: str, cfg: BaseModel, ctx: DistillContext) -> DistillLoss:
+    if name not in _DISTILLERS:
+        raise KeyError(f"unknown distiller {name!r}; available: {', '.join(distiller_names())}")
+    return _DISTILLERS[name](cfg, ctx)

@@ -1,0 +1,104 @@
+"""``Distillation``: the student stage's :class:`TrainMethod` — CE plus the configured distillation terms."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.config import DistillConfig
+from kdlab.data.base import Batch
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, build_distill_loss
+from kdlab.engine.method import TrainMethod
+from kdlab.models.base import ModelOutput
+
+
+class Distillation(TrainMethod):
+    """Student + frozen teacher + the terms of ``cfg.methods``.
+
+    ``L = ce_weight · CE(z_s, y) + Σ_terms`` (each term already weighted by its own config block).
+    The teacher is held outside the module tree (see :attr:`teacher`); the student and every term's
+    heads and memories are registered, so they are trained, checkpointed and moved with this module.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig, ctx: DistillContext):
+        super().__init__()
+        self.student = student
+        teacher.eval()
+        teacher.requires_grad_(False)
+        object.__setattr__(self, "_teacher", teacher)
+        self.cfg = cfg
+        self.ce_weight = cfg.resolved_ce_weight()
+        ctx = dataclasses.replace(ctx, student=student)
+        terms: dict[str, DistillLoss] = {}
+        for name in cfg.methods:
+            block = getattr(cfg, name)
+            if name == "kd":
+                block = block.model_copy(update={"weight": cfg.resolved_kd_weight()})
+            terms[name] = build_distill_loss(name, block, ctx)
+        self.terms = nn.ModuleDict(terms)
+        self.views = max([1] + [term.views for term in terms.values()])
+        self.needs_teacher = any(term.needs_teacher for term in terms.values())
+
+    # ------------------------------------------------------------------------------ networks
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher: eval mode, ``requires_grad=False``, forwarded under ``torch.no_grad()``.
+
+        Deliberately not a registered submodule: it is not in ``state_dict()``/``parameters()``, and
+        ``train()`` does not switch it to train mode. ``.to()``/``.cuda()``/``.half()`` on this module do
+        move/cast it (see ``_apply``)."""
+        return self._teacher
+
+    @property
+    def model(self) -> nn.Module:
+        return self.student
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self._teacher._apply(fn)
+        return self
+
+    # ------------------------------------------------------------------------------ training
+    def forward_train(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        if len(batch.views) < self.views:
+            raise ValueError(
+                f"distill.methods={self.cfg.methods} needs {self.views} views per image, the batch has {len(batch.views)}"
+            )
+        teacher = self._teacher
+        if teacher.training:  # someone switched it: a frozen teacher always runs in eval mode
+            teacher.eval()
+        x = batch.views[0]
+        s: ModelOutput = self.student(x)
+        t: ModelOutput | None = None
+        if self.needs_teacher:
+            with torch.no_grad():
+                t = teacher(x)
+        losses = {"ce": self.ce_weight * F.cross_entropy(s.logits, batch.labels)}
+        step = StepContext(student=self.student, teacher=teacher, progress=progress)
+        for name, term in self.terms.items():
+            for key, value in term(s, t, batch, step).items():
+                if key in losses:
+                    raise RuntimeError(f"distillation term {name!r} returned a loss named {key!r} twice")
+                losses[key] = value
+        return s.logits, losses
+
+    def after_step(self) -> None:
+        for term in self.terms.values():
+            term.after_step()
+
+    def epoch_stats(self) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        for term in self.terms.values():
+            stats.update(term.stats())
+        return stats
+
+    def extra_state_bytes(self) -> int:
+        """Buffers outside the student (banks, queues, Z, EMA BN statistics) plus frozen parameters
+        outside it (EMA copies such as CoCoRD's slow student and teacher projector)."""
+        own = {id(t) for t in self.student.parameters()} | {id(t) for t in self.student.buffers()}
+        frozen = [p for p in self.parameters() if not p.requires_grad and id(p) not in own]
+        buffers = [b for b in self.buffers() if id(b) not in own]
+        return sum(t.numel() * t.element_size() for t in frozen + buffers)

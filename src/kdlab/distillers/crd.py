@@ -1,0 +1,112 @@
+"""CRD (Tian et al., ICLR 2020): NCE contrastive representation distillation with two memory banks.
+
+Student and teacher pooled features are embedded (linear + l2 norm) to ``feat_dim``. Two banks of
+``num_train × feat_dim`` hold momentum-averaged embeddings: ``memory_s`` (student embeddings) and
+``memory_t`` (teacher embeddings). The student anchor is contrasted with teacher-bank entries and the
+teacher anchor with student-bank entries, each entry scored as ``exp(<v, m>/τ) / Z`` and fed to the NCE
+binary loss with noise distribution 1/N. The normalising constants Z are set from the first batch (as in
+RepDistiller) and kept in the ``nce_z`` buffer so a resumed run reuses them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.config import CRDConfig
+from kdlab.distillers._common import full_precision
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+
+_EPS = 1e-7
+
+
+class Embed(nn.Module):
+    """Linear map to ``feat_dim`` followed by l2 normalisation."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.linear(x.flatten(1)).float(), dim=1)
+
+
+def nce_loss(p: Tensor, num_data: int) -> Tensor:
+    """NCE loss of RepDistiller's ``ContrastLoss`` on normalised scores ``p`` (B, 1+K), column 0 positive.
+
+    ``-(Σ_b log(p⁺/(p⁺ + K/N + ε)) + Σ_{b,k} log((K/N)/(p⁻ + K/N + ε))) / B``.
+    """
+    b, k = p.shape[0], p.shape[1] - 1
+    noise = k / float(num_data)
+    log_pos = torch.log(p[:, 0] / (p[:, 0] + noise + _EPS))
+    log_neg = torch.log(noise / (p[:, 1:] + noise + _EPS))
+    return -(log_pos.sum() + log_neg.sum()) / b
+
+
+def _bank_scores(memory: Tensor, v: Tensor, idx: Tensor) -> Tensor:
+    """``<memory[idx[b, j]], v[b]>`` for every (b, j), without materialising a (B, 1+K, d) gather when
+    scoring the whole bank is cheaper."""
+    n, (b, k1) = memory.shape[0], idx.shape
+    if n <= b * k1:  # (B, N) -> (B, 1+K); a copy, as the bank is updated in place before backward
+        return (v @ memory.clone().t()).gather(1, idx)
+    return torch.bmm(memory[idx], v.unsqueeze(2)).squeeze(2)
+
+
+@register_distiller("crd")
+class CRD(DistillLoss):
+    """Config: ``distill.crd.weight`` (0.8), ``.feat_dim`` (128), ``.nce_k`` (16384), ``.nce_t`` (0.07),
+    ``.nce_m`` (0.5). The banks hold ``ctx.num_train`` rows."""
+
+    def __init__(self, cfg: CRDConfig, ctx: DistillContext):
+        super().__init__()
+        if ctx.num_train < 1:
+            raise ValueError("distill.crd needs the training-set size (DistillContext.num_train) for its memory banks")
+        self.weight, self.k, self.T, self.momentum = cfg.weight, cfg.nce_k, cfg.nce_t, cfg.nce_m
+        self.num_data = ctx.num_train
+        self.embed_s = Embed(ctx.student_probe.pooled_dim, cfg.feat_dim)
+        self.embed_t = Embed(ctx.teacher_probe.pooled_dim, cfg.feat_dim)
+        bound = 1.0 / math.sqrt(cfg.feat_dim / 3.0)
+        self.register_buffer("memory_s", torch.rand(ctx.num_train, cfg.feat_dim) * (2 * bound) - bound)
+        self.register_buffer("memory_t", torch.rand(ctx.num_train, cfg.feat_dim) * (2 * bound) - bound)
+        # Z for [student-anchor scores, teacher-anchor scores]; negative = not set yet
+        self.register_buffer("nce_z", torch.full((2,), -1.0))
+        #: test/experiment hook: ``fn(batch_size, device) -> (B, K) long`` replaces uniform sampling
+        self.negative_sampler: Callable[[int, torch.device], Tensor] | None = None
+
+    def sample_negatives(self, batch_size: int, device: torch.device) -> Tensor:
+        """``(B, nce_k)`` bank indices drawn uniformly with replacement, on the training device."""
+        if self.negative_sampler is not None:
+            return self.negative_sampler(batch_size, device)
+        return torch.randint(0, self.num_data, (batch_size, self.k), device=device)
+
+    def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
+        index = batch.index
+        v_s = self.embed_s(s.pooled)
+        v_t = self.embed_t(t.pooled.detach())
+        idx = torch.cat([index[:, None], self.sample_negatives(index.shape[0], index.device)], dim=1)
+        with full_precision(v_s):
+            mem_s, mem_t = self.memory_s.detach().float(), self.memory_t.detach().float()
+            out_s = torch.exp(_bank_scores(mem_t, v_s, idx) / self.T)  # student anchor vs teacher bank
+            out_t = torch.exp(_bank_scores(mem_s, v_t, idx) / self.T)  # teacher anchor vs student bank
+            with torch.no_grad():  # set each Z once, from the first batch (no host sync)
+                first = torch.stack([out_s.mean(), out_t.mean()]) * self.num_data
+                self.nce_z.copy_(torch.where(self.nce_z < 0, first.to(self.nce_z.dtype), self.nce_z))
+            z = self.nce_z.detach().float()
+            loss = nce_loss(out_s / z[0], self.num_data) + nce_loss(out_t / z[1], self.num_data)
+        self._update_memory(index, v_s.detach(), v_t.detach())
+        return {"crd": self.weight * loss}
+
+    @torch.no_grad()
+    def _update_memory(self, index: Tensor, v_s: Tensor, v_t: Tensor) -> None:
+        m = self.momentum
+        for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+            row = bank[index].float() * m + v * (1.0 - m)
+            bank.index_copy_(0, index, F.normalize(row, dim=1).to(bank.dtype))
+
+    def stats(self) -> dict[str, float]:
+        z = self.nce_z.tolist()
+        return {"crd_z_s": z[0], "crd_z_t": z[1]}

@@ -1,0 +1,57 @@
+"""RKD (Park et al., CVPR 2019): distance- and angle-wise relations of the pooled features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.config import RKDConfig
+from kdlab.distillers._common import full_precision
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+
+
+def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Euclidean distance matrix; squared distances floored at ``eps`` before the root, diagonal 0."""
+    sq = x.pow(2).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())).clamp_min(eps)
+    off_diag = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return d2.sqrt() * off_diag
+
+
+def _normalised_distances(x: Tensor) -> Tensor:
+    d = pairwise_distances(x)
+    return d / d[d > 0].mean()
+
+
+def _angles(x: Tensor) -> Tensor:
+    """``a[i, j, k] = <unit(x_j - x_i), unit(x_k - x_i)>`` for all triplets (B³ values)."""
+    diff = F.normalize(x[None, :, :] - x[:, None, :], p=2, dim=2)
+    return diff @ diff.transpose(1, 2)
+
+
+def rkd_losses(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Unweighted (distance, angle) smooth-L1 losses; the teacher side carries no gradient."""
+    with full_precision(f_s):
+        s = f_s.flatten(1).float()
+        t = f_t.flatten(1).float().detach()
+        with torch.no_grad():
+            t_d = _normalised_distances(t)
+            t_a = _angles(t)
+        loss_d = F.smooth_l1_loss(_normalised_distances(s), t_d)
+        loss_a = F.smooth_l1_loss(_angles(s), t_a)
+    return loss_d, loss_a
+
+
+@register_distiller("rkd")
+class RKD(DistillLoss):
+    """Config: ``distill.rkd.weight``, ``.distance_weight`` (25), ``.angle_weight`` (50); pooled features."""
+
+    def __init__(self, cfg: RKDConfig, ctx: DistillContext):
+        super().__init__()
+        self.w_d = cfg.weight * cfg.distance_weight
+        self.w_a = cfg.weight * cfg.angle_weight
+
+    def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
+        loss_d, loss_a = rkd_losses(s.pooled, t.pooled)
+        return {"rkd_dist": self.w_d * loss_d, "rkd_angle": self.w_a * loss_a}

@@ -1,0 +1,33 @@
+"""SP (Tung & Mori, ICCV 2019): preserve the batch similarity (Gram) structure of the last stage."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.config import SPConfig
+from kdlab.distillers._common import full_precision
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+
+
+def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """``‖rownorm(F_t F_tᵀ) − rownorm(F_s F_sᵀ)‖²_F / B²`` with F the flattened features."""
+    with full_precision(f_s):
+        b = f_s.shape[0]
+        s = f_s.flatten(1).float()
+        t = f_t.flatten(1).float()
+        g_s = F.normalize(s @ s.t(), dim=1)
+        g_t = F.normalize(t @ t.t(), dim=1)
+        return (g_t - g_s).pow(2).sum() / (b * b)
+
+
+@register_distiller("sp")
+class SP(DistillLoss):
+    """Config: ``distill.sp.weight`` (3000). Uses ``stages[-1]`` (RepDistiller's ``feat[-2]``)."""
+
+    def __init__(self, cfg: SPConfig, ctx: DistillContext):
+        super().__init__()
+        self.weight = cfg.weight
+
+    def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
+        return {"sp": self.weight * sp_loss(s.stages[-1], t.stages[-1].detach())}

@@ -1,0 +1,97 @@
+"""Atomic checkpoint files: written to a temporary file, fsynced, renamed; loaded with weights_only.
+
+``last.pt`` is the newest checkpoint and ``last.prev.pt`` the one before it, so a checkpoint that is
+corrupted (a disk error, a crash mid-rename on an unusual filesystem) falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def save_checkpoint(obj: dict, path: Path, *, keep_previous: bool = True) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    if keep_previous and path.exists():
+        os.replace(path, path.with_suffix(".prev.pt"))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with ``weights_only=True``; a file that fails gives CheckpointError naming it and why."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # unpickling refused, truncated zip, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def load_latest(ckpt_dir: Path) -> tuple[dict | None, str | None]:
+    """The newest readable of ``last.pt`` / ``last.prev.pt``: (checkpoint, warning or None)."""
+    last, prev = ckpt_dir / "last.pt", ckpt_dir / "last.prev.pt"
+    if not last.exists() and not prev.exists():
+        return None, None
+    try:
+        return load_checkpoint(last), None
+    except CheckpointError as exc:
+        if prev.exists():
+            return load_checkpoint(prev), f"{exc}; resuming from the previous checkpoint {prev.name}"
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

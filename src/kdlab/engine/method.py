@@ -1,0 +1,52 @@
+"""What the trainer trains: a :class:`TrainMethod` wraps a network with its training objective.
+
+The teacher stage (``kdlab.objectives``) and the student stage (``kdlab.distillers``) both implement
+this interface, so one trainer, one checkpoint format and one metrics path serve both.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import Tensor, nn
+
+from kdlab.data.base import Batch
+
+
+class TrainMethod(nn.Module):
+    """A network plus everything its objective needs (heads, caches, banks, EMA copies).
+
+    Everything registered on the module (parameters and buffers) is saved in checkpoints and restored
+    on resume. A frozen teacher is deliberately *not* registered (see ``Distillation.teacher``): it is
+    never trained, never switched to train mode and not duplicated into student checkpoints.
+    """
+
+    #: how many augmented views of each image a step needs
+    views: int = 1
+
+    @property
+    def model(self) -> nn.Module:
+        """The network that is evaluated and exported (teacher or student)."""
+        raise NotImplementedError
+
+    def forward_train(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """One step's forward: logits of view 0 (for train accuracy) and the named, weighted loss terms.
+
+        ``progress`` is the fractional epoch (e.g. 3.25), for warm-ups. The trainer sums the terms.
+        """
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (EMA updates and similar)."""
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Method-specific statistics of the epoch so far (e.g. margin pass fraction); resets them."""
+        return {}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def extra_state_bytes(self) -> int:
+        """Memory held by buffers outside the network (caches, banks, queues, EMA copies)."""
+        own = {id(b) for b in self.model.buffers()}
+        return sum(b.numel() * b.element_size() for b in self.buffers() if id(b) not in own)

@@ -1,0 +1,304 @@
+"""Stages built from an :class:`ExperimentConfig`: train a teacher, distil a student, or both.
+
+Each stage owns a run folder::
+
+    run_dir/config.yaml      the resolved config
+    run_dir/env.json         versions, git hash, device
+    run_dir/metrics.jsonl    one record per epoch (metrics.csv beside it at the end)
+    run_dir/checkpoints/     last.pt (+ last.prev.pt), best.pt
+    run_dir/summary.json     status, error, summary metrics, checkpoint path
+
+Running a stage on a folder that already holds a finished summary returns it; a folder with a
+checkpoint resumes from it. That is what makes a killed run or a killed sweep cheap to finish.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import kdlab
+from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, to_yaml
+from kdlab.data import ArrayDataset, DeviceLoader, augment_for, load_dataset
+from kdlab.engine.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_checkpoint
+from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
+from kdlab.engine.trainer import DivergedError, Interrupted, StageInfo, Trainer
+from kdlab.models import build_model, probe
+from kdlab.models.checkpoint import load_weights
+
+SUMMARY = "summary.json"
+
+
+def config_hash(cfg: ExperimentConfig, *, parts: tuple[str, ...] | None = None) -> str:
+    """Stable hash of the config (or of some top-level sections), blind to display-only settings."""
+    tree = cfg.model_dump(mode="json")
+    tree.pop("out", None)
+    tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in ("progress", "threads", "eval_every")}
+    if parts is not None:
+        tree = {k: tree[k] for k in parts}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_hash(cfg: ExperimentConfig) -> str:
+    """Identity of a teacher run: everything that changes the teacher it produces."""
+    tree = json.loads(json.dumps(cfg.model_dump(mode="json")))
+    return hashlib.sha256(json.dumps(
+        {"data": tree["data"], "teacher": tree["teacher"], "objective": tree["objective"], "seed": tree["seed"],
+         "deterministic": tree["runtime"]["deterministic"], "amp": tree["runtime"]["amp"]},
+        sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- data
+class DataBundle:
+    """Both splits of a dataset, loaded once and shared by the stages of a pipeline."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        d = cfg.data
+        self.train, self.test = load_dataset(
+            d.name, d.root, split_seed=d.split_seed, subset=d.subset, test_subset=d.test_subset, download=d.download
+        )
+        if d.batch_size > len(self.train):
+            raise ConfigError(
+                f"data.batch_size={d.batch_size} is larger than the training set ({len(self.train)} images); "
+                f"use data.batch_size<={len(self.train)}"
+            )
+
+    def loaders(self, cfg: ExperimentConfig, rt: Runtime, views: int) -> tuple[DeviceLoader, DeviceLoader]:
+        d, ds = cfg.data, self.train
+        kw = {"channels_last": rt.channels_last}
+        if d.crop_padding is not None:
+            kw["crop_padding"] = d.crop_padding
+        augment = augment_for(ds, d.augment, **kw)
+        view_augment = augment_for(ds, d.view_augment, **kw) if d.view_augment else None
+        train = DeviceLoader(ds, batch_size=d.batch_size, device=rt.device, augment=augment, views=views,
+                             view_augment=view_augment, shuffle=True, drop_last=True, seed=cfg.seed,
+                             channels_last=rt.channels_last)
+        test = DeviceLoader(self.test, batch_size=d.eval_batch_size, device=rt.device, augment=None, views=1,
+                            shuffle=False, drop_last=False, seed=cfg.seed, channels_last=rt.channels_last)
+        return train, test
+
+
+# ----------------------------------------------------------------------------------------- stages
+def run_teacher(cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None = None) -> dict:
+    """Train (or resume, or return the finished) teacher of ``cfg`` in ``run_dir``."""
+    return _run_stage("teacher", cfg, Path(run_dir), data, teacher_checkpoint=None)
+
+
+def run_student(cfg: ExperimentConfig, run_dir: Path, teacher_checkpoint: Path | None = None,
+                data: DataBundle | None = None) -> dict:
+    """Distil ``cfg.student`` from a teacher checkpoint (default ``cfg.teacher.checkpoint``).
+
+    With ``distill.methods=[]`` the student trains alone with cross-entropy (the baseline) and no
+    teacher is needed.
+    """
+    return _run_stage("student", cfg, Path(run_dir), data, teacher_checkpoint=teacher_checkpoint)
+
+
+def run_pipeline(cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None = None) -> dict:
+    """Teacher then student, in ``run_dir/teacher`` and ``run_dir/student``."""
+    run_dir = Path(run_dir)
+    data = data or DataBundle(cfg)
+    if cfg.teacher.checkpoint:
+        teacher = {"status": "done", "checkpoint": cfg.teacher.checkpoint, "metrics": {}}
+    else:
+        teacher = run_teacher(cfg, run_dir / "teacher", data)
+        if teacher["status"] != "done":
+            return {"status": teacher["status"], "error": teacher.get("error"), "teacher": teacher, "student": None}
+    student = run_student(cfg, run_dir / "student", Path(teacher["checkpoint"]), data)
+    return {"status": student["status"], "error": student.get("error"), "teacher": teacher, "student": student}
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    p = Path(run_dir) / SUMMARY
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None,
+               teacher_checkpoint: Path | None) -> dict:
+    done = read_summary(run_dir)
+    if done is not None and done.get("status") == "done":
+        return done
+    _prepare_run_dir(run_dir, cfg, stage)
+    started = time.time()
+    rt = resolve_runtime(cfg.runtime)
+    seed_everything(cfg.seed)
+    data = data or DataBundle(cfg)
+    spec: StageConfig = cfg.teacher if stage == "teacher" else cfg.student
+    in_shape = data.train.image_shape
+    num_classes = data.train.num_classes
+    net = build_model(spec.arch, num_classes=num_classes, in_channels=in_shape[0])
+    if stage == "teacher":
+        method, views = _teacher_method(cfg.objective, cfg, net, data.train)
+    else:
+        method, views = _student_method(cfg, net, data.train, teacher_checkpoint, rt)
+    method = rt.prepare_model(method)
+    train_loader, test_loader = data.loaders(cfg, rt, views)
+    info = StageInfo(stage, spec.arch, num_classes, in_shape, data.train.name, cfg.model_dump(mode="json"))
+    trainer = Trainer(method, train_loader, test_loader, epochs=spec.epochs, optim=spec.optim, runtime=rt,
+                      run_dir=run_dir, info=info, seed=cfg.seed)
+    warning = trainer.resume()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = {"status": "running", "error": None, "stage": stage, "arch": spec.arch, "run_dir": str(run_dir),
+               "checkpoint": str(run_dir / "checkpoints" / "last.pt"), "teacher_checkpoint":
+               str(teacher_checkpoint) if teacher_checkpoint else None}
+    try:
+        metrics = trainer.fit()
+        summary.update(status="done", metrics=metrics)
+    except DivergedError as exc:
+        summary.update(status="failed", error=str(exc), metrics=_partial(trainer))
+    except Interrupted as exc:
+        summary.update(status="interrupted", error=str(exc), metrics=_partial(trainer))
+        atomic_write_json(run_dir / SUMMARY, summary)
+        raise
+    summary["wall_time_s"] = time.time() - started
+    _write_csv(run_dir / "metrics.csv", trainer.history)
+    atomic_write_json(run_dir / SUMMARY, summary)
+    return summary
+
+
+def _partial(trainer: Trainer) -> dict:
+    from kdlab.engine.metrics import summarize
+
+    return summarize(trainer.history) if trainer.history else {}
+
+
+def _teacher_method(obj: ObjectiveConfig, cfg: ExperimentConfig, net, train: ArrayDataset):
+    from kdlab.objectives.teacher import TeacherObjective
+
+    views = cfg.teacher_views()
+    p = probe(net, train.image_shape)
+    return TeacherObjective(net, obj, views=views, num_classes=train.num_classes, feature_dim=p.pooled_dim,
+                            num_train=len(train)), views
+
+
+def _student_method(cfg: ExperimentConfig, net, train: ArrayDataset, teacher_checkpoint: Path | None, rt: Runtime):
+    if not cfg.distill.methods:  # the student alone: plain cross-entropy, no teacher
+        return _teacher_method(ObjectiveConfig(kind="ce"), cfg.model_copy(update={"objective": ObjectiveConfig()}),
+                               net, train)
+    from kdlab.distillers import Distillation
+    from kdlab.distillers.base import DistillContext
+
+    path = teacher_checkpoint or (Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None)
+    if path is None:
+        raise ConfigError(
+            f"distill.methods={cfg.distill.methods} needs a teacher: pass teacher.checkpoint=PATH "
+            "(a kdlab run's checkpoints/last.pt or a RepDistiller ckpt) with teacher.arch=NAME"
+        )
+    teacher = load_teacher(Path(path), cfg.teacher.arch, train)
+    ctx = DistillContext(
+        student_probe=probe(net, train.image_shape), teacher_probe=probe(teacher, train.image_shape),
+        num_classes=train.num_classes, num_train=len(train), input_shape=train.image_shape,
+        epochs=cfg.student.epochs,
+    )
+    method = Distillation(net, teacher, cfg.distill, ctx)
+    return method, method.views
+
+
+def load_teacher(path: Path, arch: str, train: ArrayDataset) -> torch.nn.Module:
+    """A frozen teacher network from a kdlab checkpoint, a kdlab export or a RepDistiller-style file."""
+    if not path.exists():
+        raise ConfigError(f"teacher checkpoint {path} does not exist (train one with `kdlab train-teacher`)")
+    ckpt = load_checkpoint(path)
+    recorded = ckpt.get("arch")
+    if recorded is not None and recorded != arch:
+        raise ConfigError(f"teacher checkpoint {path} holds a {recorded}, but teacher.arch={arch}; "
+                          f"set teacher.arch={recorded}")
+    if ckpt.get("num_classes") not in (None, train.num_classes):
+        raise ConfigError(f"teacher checkpoint {path} predicts {ckpt['num_classes']} classes but the dataset "
+                          f"{train.name} has {train.num_classes}")
+    teacher = build_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0])
+    load_weights(teacher, ckpt, model_name=arch)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+# --------------------------------------------------------------------------------------- run dirs
+def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, stage: str) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run folder {run_dir} ({exc.strerror}); choose another with out=PATH") from None
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"run folder {run_dir} is not writable; choose another with out=PATH")
+    cfg_path = run_dir / "config.yaml"
+    text = to_yaml(cfg)
+    if cfg_path.exists() and (run_dir / "checkpoints").exists():
+        previous = cfg_path.read_text()
+        if _strip_display(previous) != _strip_display(text):
+            raise ConfigError(
+                f"{run_dir} already holds a {stage} run of a different config; pass a new out=... or name=..., "
+                "or delete the folder to start over"
+            )
+    atomic_write_text(cfg_path, text)
+    atomic_write_json(run_dir / "env.json", environment())
+
+
+def _strip_display(yaml_text: str) -> str:
+    import yaml
+
+    tree = yaml.safe_load(yaml_text)
+    tree.pop("out", None)
+    for k in ("progress", "threads", "eval_every"):
+        tree.get("runtime", {}).pop(k, None)
+    return json.dumps(tree, sort_keys=True)
+
+
+def environment() -> dict:
+    info = {
+        "kdlab": kdlab.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git": _git_hash(),
+        "argv": sys.argv,
+    }
+    return info
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_csv(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys: list[str] = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "config_hash",
+           "teacher_hash", "load_teacher", "CheckpointError"]

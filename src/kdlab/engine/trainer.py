@@ -1,0 +1,284 @@
+"""The one training loop, for teacher and student stages alike.
+
+SGD with momentum, step/cosine schedule with warm-up (the learning rate is a pure function of the
+fractional epoch, so there is no scheduler state to lose), bf16 autocast and channels_last when the
+runtime asks for them, evaluation every epoch, atomic checkpoints every epoch and resume from them.
+A non-finite loss stops the run with the step it happened at, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.config import OptimConfig
+from kdlab.engine.checkpoint import CheckpointError, atomic_write_text, load_latest, save_checkpoint
+from kdlab.engine.method import TrainMethod
+from kdlab.engine.metrics import epoch_loss_stats, summarize
+from kdlab.engine.runtime import Runtime, peak_memory_mb
+
+CHECKPOINT_FORMAT = "kdlab-checkpoint/1"
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN/Inf."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; the last completed epoch is checkpointed."""
+
+
+def lr_at(cfg: OptimConfig, epochs: int, progress: float) -> float:
+    """Learning rate at fractional epoch ``progress`` (0 <= progress < epochs)."""
+    if cfg.warmup_epochs and progress < cfg.warmup_epochs:
+        return cfg.lr * (progress + 1e-3) / cfg.warmup_epochs
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        span = max(epochs - cfg.warmup_epochs, 1e-9)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (progress - cfg.warmup_epochs) / span))
+    passed = sum(1 for m in cfg.milestones if int(progress) >= round(m * epochs if m < 1 else m))
+    return cfg.lr * cfg.gamma**passed
+
+
+@dataclass
+class StageInfo:
+    """What a checkpoint records about the network it holds (so a later stage can check it)."""
+
+    stage: str  # "teacher" | "student"
+    arch: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    dataset: str
+    config: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, method: TrainMethod, train_loader, test_loader, *, epochs: int, optim: OptimConfig,
+                 runtime: Runtime, run_dir: Path, info: StageInfo, seed: int):
+        self.method = method
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.epochs = epochs
+        self.optim_cfg = optim
+        self.rt = runtime
+        self.run_dir = run_dir
+        self.info = info
+        self.seed = seed
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.optimizer = torch.optim.SGD(
+            list(method.trainable_parameters()), lr=optim.lr, momentum=optim.momentum,
+            weight_decay=optim.weight_decay, nesterov=optim.nesterov,
+        )
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.best = {"top1": -1.0, "epoch": -1}
+        self._stop_signal: int | None = None
+        self._forward = method.forward_train
+        if runtime.compile:
+            self._forward = torch.compile(method.forward_train)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _state(self, epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "stage": self.info.stage,
+            "arch": self.info.arch,
+            "num_classes": self.info.num_classes,
+            "input_shape": list(self.info.input_shape),
+            "dataset": self.info.dataset,
+            "config": self.info.config,
+            "epoch": epoch,  # epochs completed
+            "model": self.method.model.state_dict(),  # network only: RepDistiller-style {'model': ...}
+            "method": self.method.state_dict(),  # network + heads + caches + banks + EMA copies
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "best": dict(self.best),
+        }
+
+    def resume(self) -> str | None:
+        """Restore the newest good checkpoint, if any. Returns a warning to show, if one applies."""
+        ckpt, warning = load_latest(self.ckpt_dir)
+        if ckpt is None:
+            return None
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("stage") != self.info.stage:
+            raise CheckpointError(f"{self.ckpt_dir} holds no {self.info.stage} checkpoint of this kdlab version")
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if ckpt["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        self.best = dict(ckpt["best"])
+        self.start_epoch = int(ckpt["epoch"])
+        # Epoch records written after that checkpoint belong to the lost part of the run: drop them.
+        self.history = [r for r in _read_jsonl(self.metrics_path) if r["epoch"] <= self.start_epoch]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        return warning
+
+    # ------------------------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        """Train from ``start_epoch`` to ``epochs``; returns the summary metrics."""
+        old_handlers = self._install_signal_handlers()
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                record = self._train_epoch(epoch)
+                if record is None:  # a signal arrived mid-epoch: the previous epoch's checkpoint stands
+                    raise Interrupted(f"stopped by signal {self._stop_signal} during epoch {epoch + 1}; "
+                                      f"run the same command again to resume from epoch {epoch}")
+                record.update(self.evaluate())
+                record["peak_mem_mb"] = peak_memory_mb(self.rt.device)
+                if record["test_top1"] > self.best["top1"]:
+                    self.best = {"top1": record["test_top1"], "epoch": epoch + 1}
+                    save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
+                self.history.append(record)
+                with open(self.metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
+                if self._stop_signal is not None:
+                    raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; "
+                                      "run the same command again to resume")
+        finally:
+            self._restore_signal_handlers(old_handlers)
+        return summarize(self.history, extra_state_bytes=self.method.extra_state_bytes())
+
+    def _train_epoch(self, epoch: int) -> dict | None:
+        """Train one epoch; the epoch's record, or None when a stop signal cut it short."""
+        method, loader, rt = self.method, self.train_loader, self.rt
+        method.train()
+        loader.set_epoch(epoch)
+        steps = len(loader)
+        step_losses = torch.zeros(steps, device=rt.device)
+        term_sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), device=rt.device)
+        seen = 0
+        bar = _progress(loader, rt.progress, f"{self.info.stage} {epoch + 1}/{self.epochs}", steps)
+        start = time.perf_counter()
+        for step, batch in enumerate(bar):
+            progress = epoch + step / steps
+            lr = lr_at(self.optim_cfg, self.epochs, progress)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with rt.autocast():
+                logits, terms = self._forward(batch, progress)
+                loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            method.after_step()
+            step_losses[step] = loss.detach()
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + v.detach().float()
+            correct += (logits.detach().argmax(1) == batch.labels).sum()
+            seen += batch.labels.shape[0]
+            if step % 25 == 24 or step == steps - 1:  # one host sync every 25 steps
+                self._check_finite(step_losses, epoch, step)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{float(step_losses[step]):.3f}", lr=f"{lr:.3g}")
+            if self._stop_signal is not None:
+                return None
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        elapsed = time.perf_counter() - start
+        losses = step_losses.float().cpu()
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": float(losses.mean()),
+            **{f"train_{k}": float(v) / steps for k, v in term_sums.items()},
+            "train_top1": 100.0 * float(correct) / max(seen, 1),
+            **epoch_loss_stats(losses),
+            "epoch_time_s": elapsed,
+            "step_time_ms": 1000.0 * elapsed / steps,
+            **method.epoch_stats(),
+        }
+        return record
+
+    def _check_finite(self, step_losses: Tensor, epoch: int, step: int) -> None:
+        window = step_losses[: step + 1]
+        bad = ~torch.isfinite(window)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0])
+            kept = self.history[-1]["epoch"] if self.history else 0
+            raise DivergedError(
+                f"loss became {float(window[first])} at epoch {epoch + 1}, step {first + 1}; the checkpoint of "
+                f"epoch {kept} is kept. Lower the learning rate or the loss weights (e.g. objective.intra.lambda_)."
+            )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        model, rt = self.method.model, self.rt
+        model.eval()
+        total = 0
+        loss_sum = torch.zeros((), device=rt.device)
+        c1 = torch.zeros((), device=rt.device)
+        c5 = torch.zeros((), device=rt.device)
+        for batch in self.test_loader:
+            with rt.autocast():
+                logits = model(batch.views[0]).logits.float()
+            loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum")
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hit = top == batch.labels[:, None]
+            c1 += hit[:, 0].sum()
+            c5 += hit.any(1).sum()
+            total += batch.labels.shape[0]
+        correct1, correct5 = float(c1), float(c5)
+        return {
+            "test_top1": 100.0 * correct1 / max(total, 1),
+            "test_top5": 100.0 * correct5 / max(total, 1),
+            "test_loss": float(loss_sum) / max(total, 1),
+        }
+
+    # --------------------------------------------------------------------------------- signals
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _progress(it: Iterable, enabled: bool, desc: str, total: int):
+    if not enabled:
+        return it
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a crash
+            break
+    return out
