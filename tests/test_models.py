@@ -23,7 +23,16 @@ from kdlab.models.checkpoint import (
     state_dict_for_export,
 )
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intraop_thread():
+    """Batch-2 CPU passes are faster on one thread, and do not thrash when the (2-core) machine
+    is shared: 2 OpenMP threads under contention made this file ~4x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 EXPECTED_NAMES = {
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
@@ -65,7 +74,7 @@ def _check_contract(name: str, model: nn.Module, x: torch.Tensor, num_classes: i
     assert out.logits.shape == (b, num_classes)
     assert out.pooled.dim() == 2 and out.pooled.shape[0] == b
     assert len(out.stages) == len(out.preacts) == _lookup(name, NUM_STAGES)
-    for s, p in zip(out.stages, out.preacts):
+    for s, p in zip(out.stages, out.preacts, strict=True):
         assert s.dim() == 4 and s.shape == p.shape and s.shape[0] == b and s.numel() > 0
     return out
 
@@ -90,8 +99,8 @@ def test_forward_backward_and_contract(name, in_channels, size):
         head = getattr(model, _lookup(name, HEAD, default="fc"))
         assert model.get_classifier() is head
         torch.testing.assert_close(head(out.pooled), out.logits)
-        # pooled is the global average of the last feature map that feeds the head
-        if not name.startswith(("wrn", "MobileNetV2", "ShuffleV2")):  # these have a head conv/BN-ReLU after the last stage
+        # pooled is the global average of the last stage (except where a head conv or BN-ReLU follows it)
+        if not name.startswith(("wrn", "MobileNetV2", "ShuffleV2")):
             torch.testing.assert_close(out.stages[-1].mean(dim=(2, 3)), out.pooled)
         _check_preacts(name, model, out)
 
@@ -105,10 +114,10 @@ def _check_preacts(name: str, model: nn.Module, out: ModelOutput) -> None:
         torch.testing.assert_close(out.preacts[2], model.block3.layer[0].bn1(out.stages[2]))
         torch.testing.assert_close(out.preacts[3], model.bn1(out.stages[3]))
         torch.testing.assert_close(F.relu(out.preacts[3]).mean(dim=(2, 3)), out.pooled)
-        assert all(not torch.equal(s, p) for s, p in zip(out.stages, out.preacts))
+        assert all(not torch.equal(s, p) for s, p in zip(out.stages, out.preacts, strict=True))
         return
     linear = {1, 2, 3, 4} if name == "MobileNetV2" else set()  # linear bottlenecks: no ReLU follows
-    for i, (s, p) in enumerate(zip(out.stages, out.preacts)):
+    for i, (s, p) in enumerate(zip(out.stages, out.preacts, strict=True)):
         if i in linear:
             assert torch.equal(s, p)
         else:
@@ -337,7 +346,8 @@ def test_exact_param_counts(name, expected):
     assert sum(p.numel() for p in build_model(name, num_classes=100).parameters()) == expected
 
 
-# Sizes (millions, CIFAR-100 heads) as commonly tabulated in the KD literature (CRD / DKD tables).
+# Sizes (millions, CIFAR-100 heads) as commonly tabulated in the KD literature (CRD / DKD tables);
+# tables round or truncate to 2 decimals (vgg8 = 3,965,028 is listed as 3.96), hence < 0.01.
 PUBLISHED_M = {
     "resnet56": 0.86, "resnet110": 1.74, "resnet20": 0.28, "resnet32x4": 7.43, "resnet8x4": 1.23,
     "wrn_40_2": 2.26, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "vgg13": 9.46, "vgg8": 3.96,
@@ -348,7 +358,7 @@ PUBLISHED_M = {
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
 def test_published_param_counts(name):
     count = sum(p.numel() for p in build_model(name, num_classes=100).parameters())
-    assert abs(count / 1e6 - PUBLISHED_M[name]) <= 0.005 + 1e-9, f"{name}: {count:,}"
+    assert abs(count / 1e6 - PUBLISHED_M[name]) < 0.01, f"{name}: {count:,}"
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -427,7 +437,7 @@ def test_wrong_class_count_is_a_clear_mismatch(tmp_path):
     assert "fc.weight: checkpoint (10, 64) vs model (100, 64)" in msg
     assert "fc.bias: checkpoint (10,) vs model (100,)" in msg
     assert "different architecture or class count" in msg
-    assert "checkpoint has 10 classes, the model 100" in msg
+    assert "checkpoint has 10 classes, the model 100; build the model with num_classes=10" in msg
 
 
 def test_wrong_architecture_is_a_clear_mismatch(tmp_path):
@@ -448,6 +458,76 @@ def test_wrong_architecture_is_a_clear_mismatch(tmp_path):
     # a different family entirely
     with pytest.raises(CheckpointMismatch, match="first mismatching key: 'block0.0.weight'"):
         load_weights(build_model("vgg8", num_classes=100), path, model_name="vgg8")
+
+
+def _bn_keys(prefix: str, c: int):
+    yield from ((f"{prefix}.{n}", (c,)) for n in ("weight", "bias", "running_mean", "running_var"))
+    yield f"{prefix}.num_batches_tracked", ()
+
+
+def released_cifar_resnet_layout(depth: int, widths: tuple[int, ...], classes: int):
+    """RepDistiller models/resnet.py key order: conv1, bn1, layer*.i.{conv1,bn1,conv2,bn2,downsample}, fc."""
+    n = (depth - 2) // 6
+    yield "conv1.weight", (widths[0], 3, 3, 3)
+    yield from _bn_keys("bn1", widths[0])
+    cin = widths[0]
+    for s, cout in enumerate(widths[1:], start=1):
+        for i in range(n):
+            p = f"layer{s}.{i}"
+            yield f"{p}.conv1.weight", (cout, cin, 3, 3)
+            yield from _bn_keys(f"{p}.bn1", cout)
+            yield f"{p}.conv2.weight", (cout, cout, 3, 3)
+            yield from _bn_keys(f"{p}.bn2", cout)
+            if i == 0 and (s > 1 or cin != cout):
+                yield f"{p}.downsample.0.weight", (cout, cin, 1, 1)
+                yield from _bn_keys(f"{p}.downsample.1", cout)
+            cin = cout
+    yield "fc.weight", (classes, cin)
+    yield "fc.bias", (classes,)
+
+
+def released_wrn_layout(depth: int, k: int, classes: int):
+    """RepDistiller models/wrn.py key order: conv1, block*.layer.i.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc."""
+    n = (depth - 4) // 6
+    yield "conv1.weight", (16, 3, 3, 3)
+    cin = 16
+    for b, cout in enumerate((16 * k, 32 * k, 64 * k), start=1):
+        for i in range(n):
+            p = f"block{b}.layer.{i}"
+            yield from _bn_keys(f"{p}.bn1", cin)
+            yield f"{p}.conv1.weight", (cout, cin, 3, 3)
+            yield from _bn_keys(f"{p}.bn2", cout)
+            yield f"{p}.conv2.weight", (cout, cout, 3, 3)
+            if cin != cout:
+                yield f"{p}.convShortcut.weight", (cout, cin, 1, 1)
+            cin = cout
+    yield from _bn_keys("bn1", cin)
+    yield "fc.weight", (classes, cin)
+    yield "fc.bias", (classes,)
+
+
+@pytest.mark.parametrize(
+    "name,layout",
+    [
+        ("resnet20", released_cifar_resnet_layout(20, (16, 16, 32, 64), 100)),
+        ("resnet8x4", released_cifar_resnet_layout(8, (32, 64, 128, 256), 100)),
+        ("wrn_16_2", released_wrn_layout(16, 2, 100)),
+        ("wrn_40_1", released_wrn_layout(40, 1, 100)),
+    ],
+)
+def test_checkpoint_from_independently_enumerated_release_layout(tmp_path, name, layout):
+    """A teacher file written from the release's key list alone (not from our model) loads strictly."""
+    layout = list(layout)
+    gen = torch.Generator().manual_seed(1)
+    sd = OrderedDict(
+        (key, torch.tensor(240) if not shape else torch.rand(shape, generator=gen) + 0.5) for key, shape in layout
+    )
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": OrderedDict(("module." + k, v) for k, v in sd.items()), "best_acc": 70.0}, path)
+    model = load_weights(build_model(name, num_classes=100), path, model_name=name)
+    ours = model.state_dict()
+    assert list(ours) == [key for key, _ in layout]  # same keys, same order
+    assert all(torch.equal(ours[k], v) for k, v in sd.items())
 
 
 class _Exploit:
@@ -480,7 +560,9 @@ def test_whole_module_pickle_is_refused(tmp_path):
         load_weights(nn.Linear(2, 2), path, model_name="linear")
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint", b"\x80\x04K\x01."], ids=["empty", "text", "int"])
+@pytest.mark.parametrize(
+    "content", [b"", b"this is not a checkpoint", b"\x80\x02K\x01."], ids=["empty", "text", "pickled-int"]
+)
 def test_not_a_checkpoint(tmp_path, content):
     path = tmp_path / "bad.pth"
     path.write_bytes(content)

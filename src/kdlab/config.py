@@ -347,17 +347,26 @@ def build_config(
     """Validate ``base`` (a dict from YAML, or a config) with ``overrides`` applied on top."""
     if isinstance(base, ExperimentConfig):
         tree = base.model_dump()
-    else:
-        tree = copy.deepcopy(base) if base else {}
+    else:  # a partial tree (YAML) lands on the full defaults, section by section
+        tree = _merge(ExperimentConfig().model_dump(), copy.deepcopy(base) if base else {})
     if overrides:
         pairs = parse_overrides(overrides) if isinstance(overrides[0], str) else overrides
         for key, value in pairs:  # type: ignore[misc]
             apply_override(tree, key, value)
-    # Sections given as partial dicts are merged onto the section defaults by pydantic itself.
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+
+
+def _merge(defaults: dict, given: dict) -> dict:
+    """``given`` over ``defaults``, recursing into sections; unknown keys are kept for validation to report."""
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            _merge(defaults[key], value)
+        else:
+            defaults[key] = value
+    return defaults
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -386,9 +395,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     if shipped.is_file():
         return shipped
     names = sorted(str(q.relative_to(shipped_configs_dir()).with_suffix("")) for q in shipped_configs_dir().rglob("*.yaml"))
-    raise ConfigError(
-        f"config {name_or_path!r} is neither a file nor a shipped recipe{_suggest(name_or_path, names)}"
-    )
+    close = difflib.get_close_matches(name_or_path, names, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"shipped recipes: {', '.join(names)} (`kdlab configs`)"
+    raise ConfigError(f"config {name_or_path!r} not found: neither a file nor a shipped recipe; {hint}")
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -96,6 +96,10 @@ for canon, words in {
     "confidence": "confidence confident certainty",
     "teacher": "teacher teachers",
     "student": "student students",
+    "lpred": "lpred",
+    "intraclass": "intraclass lintra",
+    "lctr": "lctr",
+    "lcls": "lcls lce",
 }.items():
     for w in words.split():
         _SYN[w] = canon

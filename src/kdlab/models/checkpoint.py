@@ -52,7 +52,8 @@ def read_checkpoint(path_or_state: PathOrState) -> tuple[dict[str, Tensor], dict
         obj: Any = path_or_state
         source = "the given checkpoint mapping"
     else:
-        source = f"checkpoint {os.fspath(path_or_state)!r}" if isinstance(path_or_state, (str, os.PathLike)) else "checkpoint stream"
+        is_path = isinstance(path_or_state, (str, os.PathLike))
+        source = f"checkpoint {os.fspath(path_or_state)!r}" if is_path else "checkpoint stream"
         obj = _safe_load(path_or_state, source)
     state, meta = _unwrap(obj, source)
     return _strip_prefixes(state), meta
@@ -216,5 +217,6 @@ def _hint(state, expected, target, reshaped, missing, unexpected) -> str:
     if prefix is None or not all(k.startswith(prefix) for k in reshaped):
         return _HINT
     weight = next((k for k in reshaped if k.endswith("weight")), reshaped[0])
-    return (f"{_HINT} Only the classifier differs: the checkpoint has {_shape(state[weight])[0]} classes, "
-            f"the model {_shape(expected[weight])[0]}; build the model with that num_classes.")
+    ckpt_classes, model_classes = _shape(state[weight])[0], _shape(expected[weight])[0]
+    return (f"{_HINT} Only the classifier differs: the checkpoint has {ckpt_classes} classes, the model "
+            f"{model_classes}; build the model with num_classes={ckpt_classes}.")

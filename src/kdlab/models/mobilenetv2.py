@@ -31,7 +31,15 @@ from kdlab.models._common import ZooModel, global_pool, init_conv_bn
 from kdlab.models.base import ModelOutput, register_model
 
 # (expansion, channels, repeats, first stride); ``None`` expansion means "use T".
-_SETTING = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+_SETTING = [
+    (1, 16, 1, 1),
+    (None, 24, 2, 1),
+    (None, 32, 3, 2),
+    (None, 64, 4, 2),
+    (None, 96, 3, 1),
+    (None, 160, 3, 2),
+    (None, 320, 1, 1),
+]
 # Indices of ``blocks`` whose output is a distillation stage.
 _STAGE_GROUPS = (1, 2, 4, 6)
 

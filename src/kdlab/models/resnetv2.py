@@ -84,7 +84,7 @@ class ResNetV2(ZooModel):
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64
         stages = []
-        for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
+        for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2), strict=True):
             blocks = [block(in_planes, planes, stride)]
             in_planes = planes * block.expansion
             blocks += [block(in_planes, planes, 1) for _ in range(n - 1)]

@@ -73,7 +73,7 @@ class ShuffleNetV1(ZooModel):
         self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
         in_planes = STEM_WIDTH
         stages = []
-        for width, n in zip(out_planes, num_blocks):
+        for width, n in zip(out_planes, num_blocks, strict=True):
             units = []
             for i in range(n):
                 if i == 0:  # stride 2; branch width leaves room for the concatenated shortcut

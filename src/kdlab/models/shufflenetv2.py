@@ -101,7 +101,7 @@ class ShuffleNetV2(ZooModel):
         self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
         in_ch = STEM_WIDTH
         stages = []
-        for width, n in zip(widths[:3], num_blocks):
+        for width, n in zip(widths[:3], num_blocks, strict=True):
             stages.append(Stage(DownUnit(in_ch, width), *(BasicUnit(width) for _ in range(n))))
             in_ch = width
         self.layer1, self.layer2, self.layer3 = stages

@@ -1,0 +1,988 @@
+"""Resolve a parsed plan into a grid of validated configs: part -> knob, text -> values, base selection.
+
+Rules (docs/ABLATION.md repeats them):
+
+* The plan's method (``scope``) comes from the base config when one is given (``objective.kind=intra`` ->
+  intra, ``cocord`` in ``distill.methods`` -> cocord), else from the plan's title and parts. Without
+  ``--base`` the shipped base of that method on digits is used (``ablation/intra_digits`` or
+  ``ablation/cocord_digits``).
+* Each ablated part resolves to ONE knob: ``--map`` first (by ablation name, part text or ``#k``), else the
+  best-scoring knob of the registry (aliases, description, scope of the plan, what the action needs,
+  whether the replacement values parse and fit the knob's type and range). Too weak a best match, or a
+  runner-up within 20 % that would do something else, is an error listing the closest knobs and ``--map``.
+* Values are parsed to the knob's type; REMOVE applies the knob's off value, ADD its on value (or appends a
+  named method / augmentation); every variant is validated by building the config.
+* Every error of the plan is collected and reported together: nothing runs unless everything resolves.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable, Sequence
+
+from kdlab.ablation.knobs import (
+    AUGMENT_NAMES,
+    KNOBS,
+    METHOD_NAMES,
+    NOTHING,
+    FieldInfo,
+    Knob,
+    field_info,
+    generic_knob,
+    knob_by_name,
+    knobs_for_path,
+)
+from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
+from kdlab.ablation.text import PhraseIndex, ascii_text, tokens
+from kdlab.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    get_path,
+    load_yaml,
+    parse_overrides,
+    resolve_config_path,
+)
+
+__all__ = [
+    "ResolveError",
+    "Variant",
+    "MetricSpec",
+    "ResolvedAblation",
+    "Grid",
+    "resolve_plan",
+    "detect_scope",
+    "scope_of_config",
+    "rank_knobs",
+    "parse_value",
+    "map_metric",
+    "METRICS",
+    "SHIPPED_BASES",
+    "format_grid",
+    "parse_maps",
+]
+
+SHIPPED_BASES = {"intra": "ablation/intra_digits", "cocord": "ablation/cocord_digits"}
+MIN_SCORE = 1.5  # below this the best knob is "unknown"
+AMBIGUOUS_RATIO = 0.8  # a runner-up within this ratio of the best, doing something else, is "ambiguous"
+
+
+class ResolveError(AblationError):
+    """A plan that does not resolve: unknown/ambiguous parts, bad values; the message says how to fix it."""
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class Variant:
+    label: str  # what the table shows: "0.1", "supcon", "removed", "+rkd", "base"
+    value: Any  # for plots: a number for numeric sweeps, else the label
+    raw: str  # the plan's text for it ("" for base / REMOVE without values)
+    overrides: dict[str, Any]  # dotted path -> value, on top of the base
+    config: ExperimentConfig
+    is_base: bool = False
+    same_as_base: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "value": self.value,
+            "raw": self.raw,
+            "overrides": self.overrides,
+            "is_base": self.is_base,
+            "same_as_base": self.same_as_base,
+        }
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as the plan says it
+    keys: tuple[str, ...]  # kdlab metric keys ("top1", "loss_std", ...); () = not measured
+    stage: str | None = None  # "teacher" | "student" | None (the default: student, teacher too if it varies)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "keys": list(self.keys), "stage": self.stage}
+
+
+@dataclass
+class ResolvedAblation:
+    ablation: Ablation
+    knob: Knob
+    how: str  # "score 4.21 via 'margin threshold'" | "--map"
+    score: float
+    variants: list[Variant]
+    metrics: list[MetricSpec]
+    base_value: Any = None
+
+    @property
+    def numeric(self) -> bool:
+        vals = [v.value for v in self.variants]
+        return self.knob.kind in ("float", "int") and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals)
+
+    @property
+    def teacher_varies(self) -> bool:
+        return any(_touches_teacher(v.overrides) for v in self.variants)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.ablation.name,
+            "part": self.ablation.part,
+            "action": self.ablation.action,
+            "replacements": list(self.ablation.replacements),
+            "line": self.ablation.line,
+            "knob": {"name": self.knob.name, "path": self.knob.path, "kind": self.knob.kind, "scope": self.knob.scope,
+                     "description": self.knob.description},
+            "how": self.how,
+            "score": round(self.score, 3),
+            "base_value": _jsonable(self.base_value),
+            "numeric": self.numeric,
+            "teacher_varies": self.teacher_varies,
+            "metrics": [m.to_dict() for m in self.metrics],
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+
+@dataclass
+class Grid:
+    plan: Plan
+    scope: str
+    scope_reason: str
+    base_name: str
+    base: ExperimentConfig
+    seeds: list[int]
+    ablations: list[ResolvedAblation]
+    overrides: list[str] = field(default_factory=list)
+    maps: dict[str, str] = field(default_factory=dict)
+
+    def configs(self) -> list[ExperimentConfig]:
+        """The distinct configs of the grid (base first), without seeds."""
+        seen: dict[str, ExperimentConfig] = {}
+        for cfg in [self.base] + [v.config for a in self.ablations for v in a.variants]:
+            key = json.dumps(_ident(cfg), sort_keys=True)
+            seen.setdefault(key, cfg)
+        return list(seen.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "plan": self.plan.to_dict(),
+            "scope": self.scope,
+            "scope_reason": self.scope_reason,
+            "base_name": self.base_name,
+            "base": self.base.model_dump(mode="json"),
+            "seeds": self.seeds,
+            "overrides": self.overrides,
+            "maps": self.maps,
+            "ablations": [a.to_dict() for a in self.ablations],
+        }
+
+
+def _ident(cfg: ExperimentConfig) -> dict:
+    d = cfg.model_dump(mode="json")
+    d.pop("name", None)
+    d.pop("out", None)
+    return d
+
+
+def _touches_teacher(overrides: dict) -> bool:
+    return any(p.split(".")[0] in ("objective", "teacher", "data") for p in overrides)
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return str(v)
+
+
+# ------------------------------------------------------------------------------------------ scope
+_SCOPE_CUES = {
+    "cocord": ["cocord", "contrastive consistent representation distillation", "consistent representation",
+               "slow moving student", "slowmoving", "teacher dictionary", "dictionary size", "lpred", "prediction loss",
+               "teacher projection head", "mc", "mr", "cognate", "momentum coefficient", "lctr", "consistency loss"],
+    "intra": ["intraclass contrastive", "intraclass", "margin", "pipeline", "cache", "enriching knowledge distillation",
+              "soft labels", "lintra", "anchor", "intra"],
+}
+
+
+def _count_cues(text: str, scope: str) -> int:
+    toks = " " + " ".join(tokens(text)) + " "
+    n = 0
+    for cue in _SCOPE_CUES[scope]:
+        ct = " " + " ".join(tokens(cue)) + " "
+        if ct.strip() and ct in toks:
+            n += 1
+    return n
+
+
+def detect_scope(plan: Plan) -> tuple[str, str]:
+    """Which method the plan ablates: ``intra`` or ``cocord`` (title counts thrice), with the reason."""
+    scores = {}
+    for s in ("intra", "cocord"):
+        scores[s] = 3 * _count_cues(plan.title, s) + _count_cues(
+            "\n".join(f"{a.name} {a.part} {' '.join(a.replacements)}" for a in plan.ablations), s
+        )
+    if scores["intra"] == scores["cocord"] == 0:
+        return "intra", "no method cue in the plan; the intra-class method is the default"
+    best = max(scores, key=lambda s: (scores[s], s == "intra"))
+    return best, f"plan cues intra={scores['intra']} cocord={scores['cocord']}"
+
+
+def scope_of_config(cfg: ExperimentConfig) -> str | None:
+    if "cocord" in cfg.distill.methods:
+        return "cocord"
+    if cfg.objective.kind == "intra":
+        return "intra"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ metrics
+METRICS: dict[str, tuple[str, ...]] = {
+    "top1": ("top1 accuracy", "accuracy", "top1", "acc", "test accuracy", "classification accuracy", "top1 acc",
+             "final accuracy", "performance", "validation accuracy", "student accuracy", "teacher accuracy",
+             "last epoch accuracy", "recognition accuracy", "top1 test accuracy", "student performance"),
+    "top1_best": ("best accuracy", "best top1 accuracy", "peak accuracy", "maximum accuracy", "best epoch accuracy"),
+    "top5": ("top5 accuracy", "top5", "top5 acc"),
+    "convergence_epoch": ("convergence speed", "convergence", "epochs to converge", "convergence rate", "speed of convergence",
+                          "time to converge", "convergence epoch", "epochs to convergence", "training speed"),
+    "stability": ("training stability", "stability", "loss variance", "loss oscillation", "loss fluctuation",
+                  "training instability", "loss spikes", "stability of training", "loss curve smoothness"),
+    "loss": ("loss", "training loss", "train loss", "final loss", "final training loss", "objective value"),
+    "test_loss": ("test loss", "validation loss", "val loss", "evaluation loss", "generalization loss"),
+    "peak_mem_mb": ("gpu memory", "memory utilization", "memory usage", "memory", "peak memory", "memory consumption",
+                    "memory footprint", "vram", "gpu memory utilization", "memory cost", "memory efficiency"),
+    "train_time_s": ("training time", "wall clock time", "training cost", "computational cost", "overhead",
+                     "training overhead", "runtime", "time", "computation time", "compute cost", "efficiency"),
+    "step_time_ms": ("step time", "iteration time", "time per iteration", "throughput", "time per step", "per step time",
+                     "speed per iteration", "latency"),
+    "margin_pass_frac": ("margin pass fraction", "fraction of anchors", "anchor ratio", "fraction of samples passing the margin",
+                         "selected samples", "anchor rate", "number of anchors", "selected anchor fraction"),
+    "intra_inter_ratio": ("intra inter ratio", "intraclass distance", "intraclass diversity", "feature spread",
+                          "intra inter distance ratio", "intraclass variance", "intraclass to interclass distance ratio",
+                          "feature diversity", "embedding diversity"),
+    "cache_fill": ("cache fill", "cache occupancy", "cache utilization"),
+}
+_METRIC_KEYS = {"stability": ("loss_std", "loss_spikes")}
+
+
+@lru_cache(maxsize=1)
+def _metric_index() -> PhraseIndex:
+    return PhraseIndex(METRICS)
+
+
+def map_metric(name: str) -> MetricSpec:
+    """A plan metric name -> kdlab metric keys (empty keys: kept, reported as not measured)."""
+    t = ascii_text(name)
+    stage = "teacher" if re.search(r"\bteachers?\b", t) else "student" if re.search(r"\bstudents?\b", t) else None
+    q = tokens(name)
+    if not q:
+        return MetricSpec(name, (), stage)
+    idx = _metric_index()
+    ranked = sorted(((k, idx.score(k, q)[0]) for k in METRICS), key=lambda x: -x[1])
+    best, score = ranked[0]
+    if score < 0.9:
+        return MetricSpec(name, (), stage)
+    return MetricSpec(name, _METRIC_KEYS.get(best, (best,)), stage)
+
+
+# ------------------------------------------------------------------------------------------ knob index
+@lru_cache(maxsize=1)
+def _knob_index() -> PhraseIndex:
+    groups = {}
+    weak = {}
+    for k in KNOBS:
+        groups[k.name] = list(k.aliases) + [k.name.replace(".", " ").replace("_", " ")]
+        w = [k.description]
+        if k.kind == "choice":
+            w += [p for ps in k.choices.values() for p in ps]
+        weak[k.name] = w
+    return PhraseIndex(groups, weak=weak)
+
+
+def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
+    if not knob.requires:
+        return True, ""
+    if "~" in knob.requires:
+        path, item = knob.requires.split("~", 1)
+        cur = get_path(cfg, path)
+        return item in (cur or []), f"{path} to contain {item} (base: {cur})"
+    path, want = knob.requires.split("=", 1)
+    cur = get_path(cfg, path)
+    return str(cur) == want, f"{path}={want} (base: {cur})"
+
+
+def _value_fit(knob: Knob, values: Sequence[str], base: ExperimentConfig) -> tuple[float, float]:
+    """Fraction of the values that parse for the knob, and fraction of those inside the knob's range."""
+    if not values:
+        return 1.0, 1.0
+    ok = inr = 0
+    info = _info(knob)
+    for raw in values:
+        try:
+            v = parse_value(knob, raw, base)
+        except ValueError:
+            if _is_off_word(raw) and knob.removable():
+                ok += 1
+                inr += 1
+            continue
+        ok += 1
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and info is not None:
+            inr += int(info.in_range(float(v)))
+        else:
+            inr += 1
+    return ok / len(values), (inr / ok if ok else 0.0)
+
+
+def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | None = None) -> list[tuple[Knob, float, str]]:
+    """Every knob with its score for this ablation, best first (see module doc for the factors)."""
+    idx = _knob_index()
+    q = tokens(ab.part)
+    if not q:
+        q = tokens(ab.name)
+    out = []
+    for k in KNOBS:
+        s, phrase = idx.score(k.name, q)
+        if s <= 0:
+            continue
+        s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
+        if not _requires_ok(k, base)[0]:
+            s *= 0.6
+        if ab.action == "REMOVE":
+            s *= (1.1 if k.kind == "bool" else 1.0) if k.removable() else 0.4
+        elif ab.action == "ADD":
+            if k.addable():
+                s *= 1.1 if k.kind in ("bool", "methods", "augment") else 1.0
+            elif not ab.replacements:
+                s *= 0.4
+        if ab.action == "REPLACE" or (ab.action == "ADD" and ab.replacements and k.kind not in ("bool", "methods", "augment")):
+            p, r = _value_fit(k, ab.replacements, base)
+            s *= (0.3 + 0.7 * p) * (0.75 + 0.25 * r)
+        out.append((k, s, phrase))
+    out.sort(key=lambda x: -x[1])
+    return out[:top] if top else out
+
+
+# ------------------------------------------------------------------------------------------ values
+_OFF_WORDS = {"none", "off", "no", "disabled", "disable", "without", "removed", "remove", "absent", "inactive", "drop", "dropped", "nothing"}
+_TRUE_WORDS = {"true", "on", "yes", "enabled", "enable", "with", "use", "used", "active", "present", "keep", "kept", "1"}
+_FALSE_WORDS = _OFF_WORDS | {"false", "0"}
+_FILLER = {"default", "baseline", "original", "paper", "epoch", "epochs", "sample", "samples", "entries", "entry", "negatives",
+           "negative", "keys", "key", "per", "class", "classes", "items", "elements", "dims", "dim", "dimensional", "d",
+           "only", "value", "setting", "set", "to", "of", "the", "with", "a", "approximately", "approx", "about", "eg", "e", "g",
+           "fixed", "ie", "i", "x", "ours", "proposed", "used", "in", "is", "as", "and", "queue", "size", "weight",
+           "frozen", "freeze", "no", "momentum", "update", "updates", "standard", "typical", "higher", "lower", "larger",
+           "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy"}
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+
+
+def _is_off_word(raw: str) -> bool:
+    words = set(re.findall(r"[a-z]+", ascii_text(raw)))
+    return bool(words & _OFF_WORDS) and not re.search(r"\d", raw)
+
+
+def _info(knob: Knob) -> FieldInfo | None:
+    try:
+        return field_info(knob.path)
+    except KeyError:
+        return None
+
+
+def _alias_words(knob: Knob) -> set[str]:
+    words = set()
+    for a in knob.aliases + (knob.name,):
+        words.update(re.findall(r"[a-z]+", a.lower()))
+    return words | {"lambda", "delta", "tau", "rho", "alpha", "beta", "gamma"}
+
+
+def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int | float:
+    t = ascii_text(text)
+    t = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", t) if re.search(r"\d", re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", t)) else t
+    t = re.sub(r"(\d+(?:\.\d+)?)\s*[x*]\s*10\s*\^\s*([-+]?\d+)", lambda m: repr(float(m[1]) * 10 ** int(m[2])), t)
+    t = re.sub(r"\b10\s*\^\s*\{?([-+]?\d+)\}?", lambda m: repr(10.0 ** int(m[1])), t)
+    t = re.sub(r"\b2\s*\^\s*\{?(\d+)\}?", lambda m: str(2 ** int(m[1])), t)
+    t = re.sub(r"\bzero\b", "0", t)
+    if "=" in t:
+        t = t.rsplit("=", 1)[1]
+    elif re.search(r":\s*" + _NUM, t):
+        t = t.rsplit(":", 1)[1]
+    matches = list(re.finditer(r"(?<![\w.])(" + _NUM + r")(\s*%|\s*k\b)?", t))
+    if len(matches) != 1:
+        raise ValueError(f"expected one number, found {len(matches) or 'none'} in {text!r}")
+    m = matches[0]
+    rest = (t[: m.start()] + " " + t[m.end():]).lower()
+    words = set(re.findall(r"[a-z]+", rest))
+    extra = words - _FILLER - _alias_words(knob)
+    if extra:
+        raise ValueError(f"{text!r} is not a plain number (unexpected {', '.join(sorted(extra))})")
+    v = float(m.group(1))
+    suffix = (m.group(2) or "").strip()
+    info = _info(knob)
+    if suffix == "%":
+        if knob.name == "subset" and base is not None:
+            ref = base.data.subset
+            if ref is None:
+                raise ValueError("a percentage of the training set needs data.subset in the base")
+            v = round(ref * v / 100.0)
+        elif info is not None and info.hi is not None and info.hi <= 1:
+            v = v / 100.0
+        else:
+            raise ValueError(f"a percentage makes no sense for {knob.path}")
+    elif suffix == "k":
+        pow2 = v * 1024
+        v = pow2 if pow2 == int(pow2) and int(pow2) & (int(pow2) - 1) == 0 else v * 1000
+    kind = knob.kind if knob.kind in ("int", "float") else (info.kind if info else "float")
+    if kind == "int":
+        if v != int(v):
+            raise ValueError(f"{knob.path} takes an integer, got {text!r}")
+        return int(v)
+    return float(v)
+
+
+def _parse_bool(text: str) -> bool:
+    words = set(re.findall(r"[a-z0-9]+", ascii_text(text)))
+    if words & {"non", "not"} and words & {"enabled", "on", "used", "active"}:
+        return False
+    if words & _FALSE_WORDS:
+        return False
+    if words & _TRUE_WORDS:
+        return True
+    raise ValueError(f"{text!r} is not on/off (say on, off, true, false, with, without)")
+
+
+@lru_cache(maxsize=None)
+def _choice_index(knob_name: str, items: tuple) -> PhraseIndex:
+    return PhraseIndex({c: tuple(ps) + (str(c),) for c, ps in items})
+
+
+def _parse_choice(text: str, knob: Knob) -> str:
+    raw = unicodedata_lower(text)
+    choices = dict(knob.choices) or {c: (str(c),) for c in (_info(knob).choices if _info(knob) else ())}
+    if knob.path == "distill.cocord.pred":
+        if re.search(r"[~\u0303\u02dc]|tilde|revers|swap|opposite", raw):
+            return "reverse"
+        if re.search(r"asym|non[\s-]*sym|without\s+sym|one[\s-]*(way|direction|sided)|unidirection|only", raw):
+            return "forward"
+        if re.search(r"\bboth\b|symmetri|bidirection|\+", raw):
+            return "both"
+    t = ascii_text(text).strip()
+    compact = re.sub(r"[^a-z0-9]", "", t)
+    for c in choices:
+        if compact == re.sub(r"[^a-z0-9]", "", str(c).lower()):
+            return c
+    idx = _choice_index(knob.name, tuple((c, tuple(ps)) for c, ps in choices.items()))
+    ranked = idx.rank(text)
+    if ranked and ranked[0][1] > 0.5 and (len(ranked) == 1 or ranked[0][1] > 1.15 * ranked[1][1]):
+        return ranked[0][0]
+    raise ValueError(f"{text!r} is none of {', '.join(map(str, choices))}")
+
+
+def unicodedata_lower(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _find_phrases(text: str, table: dict[str, tuple[str, ...]]) -> list[str]:
+    t = ascii_text(text)
+    found: list[tuple[int, str]] = []
+    mask = [False] * len(t)
+    phrases = sorted(((p, name) for name, ps in table.items() for p in ps + (name,)), key=lambda x: -len(x[0]))
+    for phrase, name in phrases:
+        pat = r"(?<![a-z0-9])" + r"[\s_\-]*".join(re.escape(w) for w in re.split(r"[\s_\-]+", phrase.lower())) + r"(?![a-z0-9])"
+        for m in re.finditer(pat, t):
+            if any(mask[m.start(): m.end()]):
+                continue
+            for i in range(m.start(), m.end()):
+                mask[i] = True
+            found.append((m.start(), name))
+    out: list[str] = []
+    for _, name in sorted(found):
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _parse_augment(text: str) -> list[str] | None:
+    t = ascii_text(text).strip()
+    ops = _find_phrases(text, AUGMENT_NAMES)
+    if ops:
+        return ops
+    if re.fullmatch(r"(none|no( data)? augmentations?|identity|nothing|\[\]|off|disabled?|no views? augmentation)", t):
+        return []
+    if re.search(r"\b(default|same as (the )?train(ing)?|standard)\b", t):
+        return None
+    raise ValueError(f"{text!r} names no augmentation (known: {', '.join(AUGMENT_NAMES)})")
+
+
+_METHOD_EXTRA = {"kd": ("ours", "vanilla", "baseline kd", "standard kd")}
+
+
+def _parse_methods(text: str, *, allow_empty: bool = True) -> list[str]:
+    table = {k: v + _METHOD_EXTRA.get(k, ()) for k, v in METHOD_NAMES.items()}
+    table["at"] = tuple(p for p in table["at"] if p != "at")  # bare "at" is an English word
+    found = _find_phrases(text, table)
+    if re.search(r"(?<![A-Za-z])AT(?![A-Za-z])", text) and "at" not in found:
+        found.append("at")
+    if found:
+        return found
+    t = ascii_text(text).strip()
+    if allow_empty and re.fullmatch(r"(none|no distillation|no kd|ce only|crossentropy only|cross[\s-]*entropy only|"
+                                    r"without distillation|student alone|\[\]|label only|labels only)", t):
+        return []
+    raise ValueError(f"{text!r} names no distillation method (known: {', '.join(METHOD_NAMES)})")
+
+
+def _arch_table() -> dict[str, str]:
+    from kdlab.models import list_models
+
+    return {re.sub(r"[^a-z0-9]", "", n.lower()): n for n in list_models()}
+
+
+def _find_archs(text: str) -> list[tuple[int, str]]:
+    t = ascii_text(text)
+    t = re.sub(r"wide\s*-?\s*res\s*-?\s*net", "wrn", t)
+    t = re.sub(r"shuffle\s*-?\s*net", "shuffle", t)
+    t = re.sub(r"mobile\s*-?\s*net", "mobilenet", t)
+    t = re.sub(r"res\s*-?\s*net", "resnet", t)
+    keep = [(i, c) for i, c in enumerate(t) if c.isalnum()]
+    compact = "".join(c for _, c in keep)
+    table = _arch_table()
+    mask = [False] * len(compact)
+    found = []
+    for key in sorted(table, key=len, reverse=True):
+        start = 0
+        while True:
+            j = compact.find(key, start)
+            if j < 0:
+                break
+            start = j + 1
+            end = j + len(key)
+            if any(mask[j:end]) or (end < len(compact) and (compact[end].isdigit() or (key[-1].isdigit() and compact[end] == "x" and end + 1 < len(compact) and compact[end + 1].isdigit()))):
+                continue
+            for i in range(j, end):
+                mask[i] = True
+            found.append((keep[j][0], table[key]))
+    return sorted(found)
+
+
+def _parse_arch(text: str) -> str:
+    found = _find_archs(text)
+    names = {n for _, n in found}
+    if len(names) != 1:
+        from kdlab.models import list_models
+
+        raise ValueError(
+            f"{text!r} names {'no' if not names else 'more than one'} architecture (known: {', '.join(list_models())})"
+        )
+    return found[0][1]
+
+
+def _parse_pair(text: str) -> tuple[str, str]:
+    found = _find_archs(text)
+    if len(found) != 2:
+        raise ValueError(f"{text!r} should name a teacher and a student architecture, e.g. 'resnet32x4 -> resnet8x4'")
+    t = ascii_text(text)
+    (p0, a0), (p1, a1) = found
+    # "student X ... teacher Y" / "X (student)": a role word right next to the first name decides the order
+    near0 = t[max(0, p0 - 12): p0 + len(a0) + 14]
+    if re.search(r"student", near0) and not re.search(r"teacher", near0):
+        return a1, a0
+    return a0, a1
+
+
+def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> Any:
+    """Parse one replacement text to the knob's type (ValueError with a readable message if it does not)."""
+    text = clean_inline(raw)
+    if knob.parse is not None:
+        return knob.parse(text)
+    kind = knob.kind
+    if kind in ("float", "int"):
+        return _parse_number(text, knob, base)
+    if kind == "bool":
+        return _parse_bool(text)
+    if kind == "choice":
+        return _parse_choice(text, knob)
+    if kind == "augment":
+        return _parse_augment(text)
+    if kind == "methods":
+        return _parse_methods(text)
+    if kind == "arch":
+        return _parse_arch(text)
+    if kind == "pair":
+        return _parse_pair(text)
+    return text
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(map(str, v)) + "]"
+    if isinstance(v, tuple):
+        return " -> ".join(map(str, v))
+    if v is None:
+        return "default"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------ variants
+def _effective_augment(base: ExperimentConfig, path: str) -> list[str]:
+    cur = get_path(base, path)
+    if cur is None and path == "data.view_augment":
+        cur = base.data.augment
+    if cur is None:
+        try:
+            from kdlab.data.augment import default_policy
+
+            cur = default_policy(base.data.name)
+        except Exception:  # the data module may be absent in stripped installs
+            cur = ["crop"] if base.data.name == "digits" else ["crop", "flip"]
+    return list(cur)
+
+
+def _companions(overrides: dict[str, Any], base: ExperimentConfig) -> dict[str, Any]:
+    """Settings that must move with a change so the variant means what the plan says."""
+    out = dict(overrides)
+    kind = overrides.get("objective.kind")
+    if kind in ("supcon", "simclr") and base.objective.kind == "intra":
+        # "replace the intra-class loss by X": same lambda and temperature, only the loss changes
+        out.setdefault(f"objective.{kind}.lambda_", base.objective.intra.lambda_)
+        out.setdefault(f"objective.{kind}.tau", base.objective.intra.tau)
+    return out
+
+
+def _overrides_for(knob: Knob, value: Any) -> dict[str, Any]:
+    if knob.kind == "pair":
+        return {"teacher.arch": value[0], "student.arch": value[1]}
+    return {p: copy.deepcopy(value) for p in knob.paths}
+
+
+def _off_overrides(knob: Knob) -> dict[str, Any]:
+    if knob.off_path:
+        return {knob.off_path: copy.deepcopy(knob.off_value)}
+    return {p: copy.deepcopy(knob.off_value) for p in knob.paths}
+
+
+def _on_overrides(knob: Knob) -> dict[str, Any]:
+    if knob.on_path:
+        return {knob.on_path: copy.deepcopy(knob.on_value)}
+    return {p: copy.deepcopy(knob.on_value) for p in knob.paths}
+
+
+def _build(base_tree: dict, overrides: dict[str, Any]) -> ExperimentConfig:
+    return build_config(base_tree, list(overrides.items()))
+
+
+def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[list[Variant], list[str]]:
+    """The variants of one ablation on the base, and the errors (empty when all is well)."""
+    errors: list[str] = []
+    specs: list[tuple[str, Any, str, dict[str, Any]]] = []  # (label, value, raw, overrides)
+    base_tree = base.model_dump(mode="json")
+
+    def named_in_part(parser) -> list[str]:
+        for text in list(ab.replacements) + [ab.part, ab.name]:
+            try:
+                found = parser(text)
+            except ValueError:
+                continue
+            if found:
+                return found
+        return []
+
+    if ab.action == "REMOVE":
+        if knob.kind == "methods":
+            named = named_in_part(lambda s: _parse_methods(s, allow_empty=False))
+            cur = list(base.distill.methods)
+            if named:
+                missing = [m for m in named if m not in cur]
+                if len(missing) == len(named):
+                    errors.append(f"REMOVE {', '.join(named)}: not among the base's distill.methods {cur}")
+                value = [m for m in cur if m not in named]
+                specs.append((f"-{'-'.join(n for n in named if n in cur)}", f"-{'-'.join(named)}", "", {knob.path: value}))
+            else:
+                specs.append(("no distillation", "removed", "", {knob.path: []}))
+        elif knob.kind == "augment":
+            named = named_in_part(lambda s: _find_phrases(s, AUGMENT_NAMES))
+            cur = _effective_augment(base, knob.path)
+            if named:
+                value = [o for o in cur if o not in named]
+                specs.append((f"-{'-'.join(named)}", f"-{'-'.join(named)}", "", {knob.path: value}))
+            else:
+                specs.append(("no augmentation", "removed", "", {knob.path: []}))
+        elif knob.removable():
+            ov = _off_overrides(knob) if knob.off_value is not NOTHING else {knob.path: False}
+            specs.append(("removed", "removed", "", ov))
+        else:
+            errors.append(f"REMOVE has no meaning for {knob.name} ({knob.path}): it has no off value; use REPLACE with values")
+    elif ab.action == "ADD" and (knob.kind in ("methods", "augment", "bool") or not ab.replacements):
+        if knob.kind in ("methods", "augment"):
+            parser = (lambda s: _parse_methods(s, allow_empty=False)) if knob.kind == "methods" else (lambda s: _find_phrases(s, AUGMENT_NAMES))
+            cur = list(base.distill.methods) if knob.kind == "methods" else _effective_augment(base, knob.path)
+            groups: list[tuple[str, list[str]]] = []
+            for raw in ab.replacements:
+                try:
+                    names = parser(raw)
+                except ValueError:
+                    names = []
+                if names:
+                    groups.append((raw, names))
+                else:
+                    errors.append(f"ADD value {raw!r}: names no {'distillation method' if knob.kind == 'methods' else 'augmentation'}")
+            if not ab.replacements:
+                names = named_in_part(parser)
+                if names:
+                    groups.append(("", names))
+                else:
+                    errors.append(f"ADD on {knob.name}: the part names no {'method' if knob.kind == 'methods' else 'augmentation'} to add; list it under Replacement")
+            for raw, names in groups:
+                value = cur + [n for n in names if n not in cur]
+                label = "+" + "+".join(names)
+                specs.append((label, label, raw, {knob.path: value}))
+        elif knob.kind == "bool":
+            ov = _on_overrides(knob) if knob.on_value is not NOTHING else {knob.path: True}
+            specs.append(("added", "added", "", ov))
+        elif knob.on_value is not NOTHING:
+            ov = _on_overrides(knob)
+            specs.append((f"added ({_fmt(knob.on_value)})", knob.on_value, "", ov))
+        else:
+            errors.append(f"ADD on {knob.name} ({knob.path}) needs values under Replacement (it has no 'on' value)")
+    else:  # REPLACE (or ADD with values on a value knob)
+        for raw in ab.replacements:
+            try:
+                v = parse_value(knob, raw, base)
+            except ValueError as exc:
+                if _is_off_word(raw) and knob.removable() and knob.kind not in ("choice",):
+                    ov = _off_overrides(knob) if knob.off_value is not NOTHING else {knob.path: False}
+                    specs.append(("removed", "removed", raw, ov))
+                    continue
+                errors.append(f"value {raw!r} for {knob.name} ({knob.path}): {exc}")
+                continue
+            specs.append((_fmt(v), v if knob.kind in ("float", "int") else _fmt(v), raw, _overrides_for(knob, v)))
+
+    variants: list[Variant] = []
+    base_ident = _ident(base)
+    seen = set()
+    for label, value, raw, ov in specs:
+        ov = _companions(ov, base)
+        try:
+            cfg = _build(base_tree, ov)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in ov.items())
+            errors.append(f"value {raw or label!r} ({shown}) is invalid: {exc}")
+            continue
+        key = json.dumps(_ident(cfg), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        variants.append(Variant(label, _jsonable(value), raw, _jsonable(ov), cfg, same_as_base=_ident(cfg) == base_ident))
+    return variants, errors
+
+
+# ------------------------------------------------------------------------------------------ maps
+def parse_maps(maps: Iterable[str] | dict[str, str]) -> dict[str, str]:
+    if isinstance(maps, dict):
+        return dict(maps)
+    out = {}
+    for m in maps:
+        if "=" not in m:
+            raise ResolveError(f"--map {m!r} must look like \"ABLATION NAME=knob or config.path\", e.g. \"Ablation A=objective.intra.delta\"")
+        name, target = m.rsplit("=", 1)
+        out[name.strip()] = target.strip()
+    return out
+
+
+def _norm_name(s: str) -> str:
+    return re.sub(r"\s+", " ", ascii_text(clean_inline(s))).strip(" .:")
+
+
+def _knob_for_target(target: str) -> Knob:
+    k = knob_by_name(target)
+    if k is not None:
+        return k
+    ks = knobs_for_path(target)
+    if ks:
+        return ks[0]
+    try:
+        return generic_knob(target)
+    except KeyError:
+        names = [k.name for k in KNOBS]
+        import difflib
+
+        close = difflib.get_close_matches(target, names + [k.path for k in KNOBS], n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; see docs/ABLATION.md for the knob table"
+        raise ResolveError(f"--map target {target!r} is neither a knob name nor a config path{hint}") from None
+
+
+def _mapped(ab: Ablation, index: int, maps: dict[str, str]) -> tuple[str, str] | None:
+    for key, target in maps.items():
+        k = _norm_name(key)
+        if k in (_norm_name(ab.name), _norm_name(ab.part)) or k == f"#{index}":
+            return key, target
+    return None
+
+
+# ------------------------------------------------------------------------------------------ base
+def load_base(base: Any, scope: str, overrides: Sequence[str]) -> tuple[str, ExperimentConfig]:
+    try:
+        if base is None:
+            name = SHIPPED_BASES[scope]
+            tree = load_yaml(resolve_config_path(name))
+        elif isinstance(base, ExperimentConfig):
+            name, tree = base.name, base.model_dump(mode="json")
+        elif isinstance(base, dict):
+            name, tree = str(base.get("name", "base")), copy.deepcopy(base)
+        else:
+            name = str(base)
+            tree = load_yaml(resolve_config_path(name))
+        cfg = build_config(tree, parse_overrides(list(overrides)) if overrides else None)
+    except ConfigError as exc:
+        raise ResolveError(f"base config: {exc}") from None
+    return name, cfg
+
+
+# ------------------------------------------------------------------------------------------ resolve
+def _describe(k: Knob, s: float) -> str:
+    return f"  {k.name:<22} {k.path:<34} score {s:5.2f}  {k.description[:70]}"
+
+
+def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> tuple[ResolvedAblation | None, list[str]]:
+    where = f"ablation #{index} {ab.name!r}" + (f" (line {ab.line})" if ab.line else "")
+    mapped = _mapped(ab, index, maps)
+    if mapped:
+        try:
+            knob = _knob_for_target(mapped[1])
+        except ResolveError as exc:
+            return None, [f"{where}: {exc}"]
+        how, score = f"--map {mapped[0]}={mapped[1]}", float("inf")
+    else:
+        ranked = rank_knobs(ab, scope, base)
+        if not ranked or ranked[0][1] < MIN_SCORE:
+            close = "\n".join(_describe(k, s) for k, s, _ in ranked[:5]) or "  (nothing close)"
+            eg = ranked[0][0].path if ranked else "objective.intra.delta"
+            return None, [
+                f"{where}: cannot place the ablated part {ab.part!r} on a knob. Closest knobs:\n{close}\n"
+                f"  fix: --map \"{ab.name}={eg}\" (a knob name or any config path)"
+            ]
+        knob, score, phrase = ranked[0]
+        how = f"matched {phrase!r} (score {score:.2f})"
+        # ambiguity: a close runner-up that would do something else
+        for k2, s2, _ in ranked[1:4]:
+            if s2 < AMBIGUOUS_RATIO * score:
+                break
+            v1, _ = make_variants(ab, knob, base)
+            v2, e2 = make_variants(ab, k2, base)
+            same = not e2 and [v.overrides for v in v1] == [v.overrides for v in v2]
+            if not same and not (set(k2.paths) & set(knob.paths)):
+                close = "\n".join(_describe(k, s) for k, s, _ in ranked[:4])
+                return None, [
+                    f"{where}: the ablated part {ab.part!r} is ambiguous between {knob.name} and {k2.name}:\n{close}\n"
+                    f"  fix: --map \"{ab.name}={knob.path}\" (or the one you mean)"
+                ]
+    errors: list[str] = []
+    ok, need = _requires_ok(knob, base)
+    if not ok and not mapped:
+        errors.append(
+            f"{where}: {knob.name} ({knob.path}) has no effect on this base: it needs {need}; "
+            f"pass another --base, or --override to enable it, or --map \"{ab.name}=<knob>\""
+        )
+    variants, verr = make_variants(ab, knob, base)
+    errors += [f"{where}: {e}" for e in verr]
+    if not variants and not verr:
+        errors.append(f"{where}: no variant to run")
+    metrics = [map_metric(m) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
+    try:
+        base_value = get_path(base, knob.path) if knob.kind != "pair" else (base.teacher.arch, base.student.arch)
+    except ConfigError:
+        base_value = None
+    if errors:
+        return None, errors
+    return ResolvedAblation(ab, knob, how, score, variants, metrics, _jsonable(base_value)), []
+
+
+def resolve_plan(
+    plan: Plan,
+    *,
+    base: Any = None,
+    maps: Iterable[str] | dict[str, str] = (),
+    overrides: Sequence[str] = (),
+    seeds: int | Sequence[int] = 3,
+) -> Grid:
+    """Resolve every ablation of ``plan`` against a base config; raise ResolveError listing every problem."""
+    maps_d = parse_maps(maps)
+    if base is None:
+        scope, reason = detect_scope(plan)
+    else:
+        scope, reason = "intra", ""
+    name, base_cfg = load_base(base, scope, overrides)
+    if base is not None:
+        s = scope_of_config(base_cfg)
+        if s is not None:
+            scope, reason = s, f"from the base config ({name})"
+        else:
+            scope, reason = detect_scope(plan)
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ResolveError(f"--seeds must be >= 1, got {seeds}")
+        seed_list = [base_cfg.seed + i for i in range(seeds)]
+    else:
+        seed_list = [int(s) for s in seeds]
+        if not seed_list:
+            raise ResolveError("--seeds: give a count >= 1 or a list of seeds")
+    resolved: list[ResolvedAblation] = []
+    errors: list[str] = []
+    for i, ab in enumerate(plan.ablations, 1):
+        r, errs = resolve_ablation(ab, i, scope, base_cfg, maps_d)
+        errors += errs
+        if r is not None:
+            resolved.append(r)
+    unused = [k for k in maps_d if not any(_mapped(ab, i, {k: maps_d[k]}) for i, ab in enumerate(plan.ablations, 1))]
+    if unused:
+        names = ", ".join(repr(a.name) for a in plan.ablations)
+        errors.append(f"--map {', '.join(map(repr, unused))} matches no ablation of the plan (names: {names})")
+    if errors:
+        head = f"{plan.source}: the plan does not resolve ({len(errors)} problem{'s' if len(errors) > 1 else ''}); nothing was run"
+        raise ResolveError(head + "\n" + "\n".join(f"- {e}" for e in errors))
+    return Grid(plan, scope, reason, name, base_cfg, seed_list, resolved, list(overrides), maps_d)
+
+
+def format_grid(grid: Grid) -> str:
+    """Human-readable resolved grid (what ``--dry-run`` prints)."""
+    lines = [
+        f"Plan: {grid.plan.title}  [{grid.plan.source}]",
+        f"Method: {grid.scope} ({grid.scope_reason}); base: {grid.base_name}"
+        + (f" + {' '.join(grid.overrides)}" if grid.overrides else ""),
+        f"  teacher {grid.base.teacher.arch} ({grid.base.teacher.epochs} ep, objective {grid.base.objective.kind}) -> "
+        f"student {grid.base.student.arch} ({grid.base.student.epochs} ep, {'+'.join(grid.base.distill.methods) or 'CE'}) "
+        f"on {grid.base.data.name}",
+        f"Seeds: {', '.join(map(str, grid.seeds))}",
+    ]
+    for i, a in enumerate(grid.ablations, 1):
+        lines.append("")
+        lines.append(f"[{i}] {a.ablation.name}: {a.ablation.action} {a.ablation.part!r}")
+        lines.append(f"    -> knob {a.knob.name} = {' + '.join(a.knob.paths)}  ({a.how}); base value {_fmt(a.base_value)}")
+        lines.append(f"    {'base':<22} (shared base run)")
+        for v in a.variants:
+            ov = ", ".join(f"{k}={_fmt(x)}" for k, x in v.overrides.items())
+            note = "  [= base]" if v.same_as_base else ""
+            raw = f"  <- {v.raw!r}" if v.raw and v.raw != v.label else ""
+            lines.append(f"    {v.label:<22} {ov}{note}{raw}")
+        mets = ", ".join(f"{m.name} -> {'+'.join(m.keys) if m.keys else 'not measured'}" for m in a.metrics)
+        lines.append(f"    metrics: {mets}")
+    n_cfg = len(grid.configs())
+    teachers = {json.dumps(_teacher_ident(c), sort_keys=True) for c in grid.configs()}
+    lines.append("")
+    lines.append(
+        f"Runs: {n_cfg} configs x {len(grid.seeds)} seeds = {n_cfg * len(grid.seeds)} student runs; "
+        f"{len(teachers) * len(grid.seeds)} teacher trainings"
+    )
+    return "\n".join(lines)
+
+
+def _teacher_ident(cfg: ExperimentConfig) -> dict:
+    d = cfg.model_dump(mode="json")
+    return {"data": d["data"], "teacher": d["teacher"], "objective": d["objective"], "det": d["runtime"]["deterministic"]}

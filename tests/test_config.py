@@ -1,0 +1,67 @@
+"""Configs: typed, validated, overridable; each mistake gets one clear line."""
+
+import pytest
+
+from kdlab.config import ConfigError, build_config, load_config, parse_overrides, to_yaml
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("demo", ["objective.intra.lambda_=0.03", "data.batch_size=128", "distill.methods=[kd,rkd]",
+                               "objective.intra.cache.enabled=false", "data.view_augment=[rrc, color_jitter]"])
+    assert cfg.objective.intra.lambda_ == 0.03 and cfg.data.batch_size == 128
+    assert cfg.distill.methods == ["kd", "rkd"]
+    assert cfg.objective.intra.cache.enabled is False
+    assert cfg.data.view_augment == ["rrc", "color_jitter"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("objective.intra.lamda_=1", "unknown config key 'objective.intra.lamda_'; did you mean 'lambda_'?"),
+    ("objectve.kind=ce", "did you mean 'objective'?"),
+    ("objective.intra.lambda_=-0.1", "objective.intra.lambda_: input should be greater than or equal to 0"),
+    ("objective.intra.delta=1.5", "objective.intra.delta: input should be less than or equal to 1"),
+    ("objective.intra.delta=-2", "objective.intra.delta: input should be greater than or equal to -1"),
+    ("objective.intra.tau=0", "objective.intra.tau: input should be greater than 0"),
+    ("objective.intra.cache.size=0", "objective.intra.cache.size: input should be greater than or equal to 1"),
+    ("data.batch_size=many", "data.batch_size: input should be a valid integer"),
+    ("objective.kind=triplet", "objective.kind: input should be 'ce', 'intra', 'supcon' or 'simclr'"),
+    ("teacher.arch=resnet21", "did you mean resnet"),
+    ("runtime.device=tpu", "device must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_values_give_one_clear_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", [override])
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+def test_contrastive_kind_needs_two_views():
+    with pytest.raises(ConfigError, match="objective.views=2"):
+        build_config({}, ["objective.kind=supcon", "objective.views=1"])
+    cfg = build_config({}, ["objective.kind=intra", "objective.intra.positive=memory"])
+    assert cfg.teacher_views() == 1
+
+
+def test_malformed_overrides_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["objective.intra.lambda_"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+def test_yaml_round_trip():
+    cfg = load_config("demo", ["objective.intra.delta=0.25"])
+    import yaml
+
+    again = build_config(yaml.safe_load(to_yaml(cfg)))
+    assert again == cfg
+
+
+def test_ce_and_kd_weight_defaults_follow_repdistiller():
+    assert build_config({}).distill.resolved_ce_weight() == 0.1
+    assert build_config({}).distill.resolved_kd_weight() == 0.9
+    both = build_config({}, ["distill.methods=[kd,rkd]"]).distill
+    assert (both.resolved_ce_weight(), both.resolved_kd_weight()) == (1.0, 1.0)
