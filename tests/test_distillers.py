@@ -226,8 +226,12 @@ def _avg_pool_2x2(x: torch.Tensor) -> list:
     """(B, C, 2H, 2W) -> nested lists (B, C, H, W) of 2×2 block means, by loops."""
     b, c, h, w = x.shape
     v = lst(x)
-    return [[[[(v[i][j][2 * p][2 * q] + v[i][j][2 * p + 1][2 * q] + v[i][j][2 * p][2 * q + 1] + v[i][j][2 * p + 1][2 * q + 1]) / 4
-               for q in range(w // 2)] for p in range(h // 2)] for j in range(c)] for i in range(b)]
+
+    def block(i, j, p, q):
+        m = v[i][j]
+        return (m[2 * p][2 * q] + m[2 * p + 1][2 * q] + m[2 * p][2 * q + 1] + m[2 * p + 1][2 * q + 1]) / 4
+
+    return [[[[block(i, j, p, q) for q in range(w // 2)] for p in range(h // 2)] for j in range(c)] for i in range(b)]
 
 
 @pytest.mark.parametrize("s_hw,t_hw", [(4, 4), (4, 2), (2, 4)])
@@ -270,7 +274,8 @@ def _attention(x: list) -> list[list[float]]:
     out = []
     for sample in x:
         c = len(sample)
-        flat = [sum(sample[ch][p][q] ** 2 for ch in range(c)) / c for p in range(len(sample[0])) for q in range(len(sample[0][0]))]
+        h, w = len(sample[0]), len(sample[0][0])
+        flat = [sum(sample[ch][p][q] ** 2 for ch in range(c)) / c for p in range(h) for q in range(w)]
         out.append(unit(flat))
     return out
 
@@ -334,7 +339,8 @@ def test_crd_nce_on_a_tiny_bank_by_hand():
     torch.manual_seed(0)
     n, d, k, T, m = 6, 3, 2, 0.5, 0.25
     cfg = DistillConfig().crd.model_copy(update={"feat_dim": d, "nce_k": k, "nce_t": T, "nce_m": m, "weight": 0.8})
-    term = build_distill_loss("crd", cfg, fake_ctx(s_probe=fake_probe(pooled_dim=d), t_probe=fake_probe(pooled_dim=d), num_train=n))
+    ctx = fake_ctx(s_probe=fake_probe(pooled_dim=d), t_probe=fake_probe(pooled_dim=d), num_train=n)
+    term = build_distill_loss("crd", cfg, ctx)
     with torch.no_grad():  # identity embeddings: v = normalize(f)
         for e in (term.embed_s, term.embed_t):
             e.linear.weight.copy_(torch.eye(d))
@@ -408,7 +414,8 @@ def _hand_cocord(pred="both", tau=0.5, queue=None, memory="queue"):
     d = 3
     student = LinearNet(torch.eye(d))
     cfg = DistillConfig().cocord.model_copy(update={
-        "pred": pred, "tau": tau, "queue_size": 3, "proj_dim": d, "memory": memory, "ctr_weight": 1.0, "pred_weight": 1.0,
+        "pred": pred, "tau": tau, "queue_size": 3, "proj_dim": d, "memory": memory,
+        "ctr_weight": 1.0, "pred_weight": 1.0,
     })
     term = build_distill_loss("cocord", cfg, fake_ctx(student=student, s_probe=fake_probe(pooled_dim=d),
                                                       t_probe=fake_probe(pooled_dim=d), num_train=5))
@@ -552,7 +559,8 @@ def test_cocord_ema_moves_by_one_minus_m_times_delta(t_arch, m_c):
 def test_cocord_same_arch_teacher_head_starts_as_student_projector_copy():
     m = make_distillation(["cocord"])
     term = m.terms["cocord"]
-    for a, b, c in zip(term.projector.parameters(), term.teacher_projector.parameters(), term.slow_projector.parameters()):
+    heads = zip(term.projector.parameters(), term.teacher_projector.parameters(), term.slow_projector.parameters())
+    for a, b, c in heads:
         assert torch.equal(a, b) and torch.equal(a, c)
     for a, b in zip(m.student.parameters(), term.slow_student.parameters()):
         assert torch.equal(a, b)
@@ -700,3 +708,25 @@ def test_epoch_stats_report_memory_state():
     assert stats["cocord_queue_ptr"] == 8 and stats["cocord_queue_fill"] == pytest.approx(8 / 20)
     assert 0 <= stats["cocord_ctr_acc"] <= 1 and stats["crd_z_s"] > 0 and stats["crd_z_t"] > 0
     assert "cocord_ctr_acc" not in m.epoch_stats()  # reset after reading
+
+
+# ------------------------------------------------------------------------------ mixed precision
+def _devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_step_under_bf16_autocast_keeps_losses_and_memories_float32(device):
+    m = make_distillation(["kd", "crd", "cocord", "dkd"], t_arch="wrn_16_2").to(device)
+    m.train()
+    assert next(m.teacher.parameters()).device.type == device
+    batch = random_batch(m)
+    batch = Batch([v.to(device) for v in batch.views], batch.labels.to(device), batch.index.to(device))
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        _, losses = m.forward_train(batch, 0.0)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for k, v in losses.items() if k != "ce")
+    sum(losses.values()).backward()
+    m.after_step()
+    crd, cocord = m.terms["crd"], m.terms["cocord"]
+    assert crd.memory_s.dtype == cocord.queue.dtype == torch.float32
+    assert torch.allclose(cocord.queue[:8].norm(dim=1), torch.ones(8, device=device), atol=1e-5)

@@ -19,6 +19,10 @@ EXAMPLES = {
     "pipeline": "kdlab pipeline demo objective.kind=intra",
     "ablate": "kdlab ablate plan.md --dry-run\n  kdlab ablate plan.md --seeds 3 --map \"Ablation A=objective.intra.delta\"",
     "report": "kdlab report runs/ablate-plan",
+    "runs": "kdlab runs runs/\n  kdlab runs runs/ --filter stage=student --filter status=done",
+    "compare": "kdlab compare runs/a/student runs/b/student --out cmp.png",
+    "export": "kdlab export runs/demo-1234abcd/teacher_intra --out exported/",
+    "analyze": "kdlab analyze runs/x/teacher_ce/checkpoints/last.pt runs/x/teacher_intra/checkpoints/last.pt",
 }
 
 
@@ -31,6 +35,11 @@ def _stage_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.intra.lambda_=0.03")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: OUT/NAME-HASH[/stage])")
     return p
+
+
+def _plain_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="examples:\n  " + EXAMPLES["report"], formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("dir", type=Path)
     rep.set_defaults(func=cmd_report)
+
+    runs = _plain_parser(sub, "runs", "list the runs under a folder (method, knobs, seed, status, top-1, time)")
+    runs.add_argument("root", type=Path)
+    runs.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+    runs.set_defaults(func=cmd_runs)
+    cmp_ = _plain_parser(sub, "compare", "show runs' metrics side by side and plot their curves")
+    cmp_.add_argument("runs", type=Path, nargs="+")
+    cmp_.add_argument("--out", type=Path, default=None, help="PNG path (default: beside the first run)")
+    cmp_.set_defaults(func=cmd_compare)
+    exp = _plain_parser(sub, "export", "write a run's network as a plain state dict (+ safetensors) with a JSON card")
+    exp.add_argument("run", type=Path)
+    exp.add_argument("--out", type=Path, default=None)
+    exp.add_argument("--which", choices=["last", "best"], default="last")
+    exp.set_defaults(func=cmd_export)
+    ana = _plain_parser(sub, "analyze", "feature geometry, soft-label entropy and t-SNE of one or two checkpoints")
+    ana.add_argument("checkpoints", type=Path, nargs="+")
+    ana.add_argument("--out", type=Path, default=Path("analysis"))
+    ana.add_argument("--max-samples", type=int, default=None)
+    ana.add_argument("--T", type=float, default=4.0, help="temperature for soft-label statistics")
+    ana.set_defaults(func=cmd_analyze)
 
     models = sub.add_parser("models", help="list the registered architectures")
     models.set_defaults(func=cmd_models)
@@ -163,6 +192,38 @@ def cmd_report(args) -> int:
     from kdlab.ablation import rebuild_report
 
     print(rebuild_report(args.dir))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from kdlab.runs import format_runs, list_runs
+
+    print(format_runs(list_runs(args.root, args.filter)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from kdlab.runs import compare_runs
+
+    table, png = compare_runs(args.runs, args.out)
+    print(table)
+    print(f"\ncurves: {png}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kdlab.runs import export_run
+
+    card = export_run(args.run, args.out, which=args.which)
+    print(f"card: {card}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from kdlab.report.analyze import main_analyze
+
+    out = main_analyze(args.checkpoints, args.out, max_samples=args.max_samples, T=args.T)
+    print(f"analysis: {out}")
     return 0
 
 

@@ -230,7 +230,7 @@ class RuntimeConfig(_Strict):
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)
     progress: bool = True
-    eval_every: int = Field(1, ge=1)
+    tensorboard: bool = Field(True, description="write TensorBoard event files when the package is installed")
 
     @field_validator("device")
     @classmethod

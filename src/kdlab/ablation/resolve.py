@@ -442,7 +442,10 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
 
 
 def _parse_bool(text: str) -> bool:
-    words = set(re.findall(r"[a-z0-9]+", ascii_text(text)))
+    t = ascii_text(text).strip()
+    if re.search(r"\d", t) and t not in ("0", "1"):
+        raise ValueError(f"{text!r} is a number, not on/off")
+    words = set(re.findall(r"[a-z0-9]+", t))
     if words & {"non", "not"} and words & {"enabled", "on", "used", "active"}:
         return False
     if words & _FALSE_WORDS:

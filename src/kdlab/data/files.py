@@ -16,8 +16,9 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+import posixpath
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .base import DataError
 
@@ -30,6 +31,7 @@ __all__ = [
     "safe_extract",
     "is_archive",
     "extract_once",
+    "iter_archive",
 ]
 
 # (module, name) pairs a pickle of plain numpy arrays (the CIFAR python batches) needs. numpy >= 2 moved
@@ -256,3 +258,61 @@ def extract_once(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _link_stays_inside(rel: PurePosixPath, linkname: str, symlink: bool) -> bool:
+    link = linkname.replace("\\", "/")
+    if link.startswith("/"):
+        return False
+    base = str(rel.parent) if symlink else ""
+    norm = posixpath.normpath(posixpath.join(base, link))
+    return not (norm == ".." or norm.startswith("../") or norm.startswith("/"))
+
+
+def iter_archive(
+    archive: str | os.PathLike[str], want: Callable[[PurePosixPath], bool] = lambda p: True
+) -> Iterator[tuple[PurePosixPath, bytes | None]]:
+    """Stream a tar (any compression) or zip archive without extracting it: yields ``(path, bytes)`` for regular
+    files for which ``want(path)`` holds and ``(path, None)`` for folders.
+
+    The same refusals as :func:`safe_extract` apply (absolute paths, ``..``, links leaving the archive, device
+    files -> :class:`DataError`); nothing is written to disk. Links that stay inside yield their target's bytes.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DataError(f"{archive}: archive not found")
+    if archive.name.lower().endswith(".zip"):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    rel = _check_member_name(archive, info.filename)
+                    mode = (info.external_attr >> 16) & 0o170000
+                    if mode and mode not in (0o100000, 0o040000):
+                        raise DataError(f"{archive}: refusing special member {info.filename!r}")
+                    if info.is_dir():
+                        yield rel, None
+                    elif want(rel):
+                        yield rel, zf.read(info)
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{archive}: not a valid zip archive ({exc})") from exc
+        return
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            for m in tf:
+                rel = _check_member_name(archive, m.name)
+                if m.isdev() or m.ischr() or m.isblk() or m.isfifo():
+                    raise DataError(f"{archive}: refusing device/fifo member {m.name!r}")
+                if m.issym() or m.islnk():
+                    if not _link_stays_inside(rel, m.linkname, m.issym()):
+                        raise DataError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r}: it points outside the archive")
+                if m.isdir():
+                    yield rel, None
+                elif (m.isfile() or m.issym() or m.islnk()) and want(rel):
+                    fh = tf.extractfile(m)
+                    if fh is None:
+                        raise DataError(f"{archive}: cannot read member {m.name!r}")
+                    yield rel, fh.read()
+    except tarfile.TarError as exc:
+        raise DataError(f"{archive}: cannot read ({type(exc).__name__}: {exc})") from exc
+    except (EOFError, zlib.error) as exc:
+        raise DataError(f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from exc

@@ -31,7 +31,9 @@ from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, regi
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """Linear → BatchNorm1d → ReLU → Linear (the release's projector and predictor shape)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+    )
 
 
 def prediction_distance(u: Tensor, v: Tensor) -> Tensor:
@@ -39,7 +41,9 @@ def prediction_distance(u: Tensor, v: Tensor) -> Tensor:
     return 2.0 - 2.0 * (F.normalize(u.float(), dim=-1) * F.normalize(v.float(), dim=-1)).sum(-1)
 
 
-def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, tau: float, neg_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def info_nce(
+    query: Tensor, positive: Tensor, negatives: Tensor, tau: float, neg_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy of ``[q·k⁺, q·n_1, …, q·n_K] / τ`` with the positive at column 0.
 
     ``query``/``positive`` ``(B, d)``, ``negatives`` ``(K, d)``, all l2-normalised; ``neg_mask`` ``(B, K)``
@@ -135,7 +139,8 @@ class CoCoRD(DistillLoss):
         loss_pred = torch.stack(dist).sum(0).mean()
 
         with torch.no_grad():
-            self._hits += torch.stack([(logits.argmax(1) == 0).sum().float(), logits.new_tensor(float(logits.shape[0]))])
+            hits = (logits.argmax(1) == 0).sum().float()
+            self._hits += torch.stack([hits, torch.full_like(hits, logits.shape[0])])
             self._push(key, batch.index)
         return {"cocord_ctr": self.cfg.ctr_weight * loss_ctr, "cocord_pred": self.cfg.pred_weight * loss_pred}
 

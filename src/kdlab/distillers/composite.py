@@ -65,7 +65,8 @@ class Distillation(TrainMethod):
     def forward_train(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
         if len(batch.views) < self.views:
             raise ValueError(
-                f"distill.methods={self.cfg.methods} needs {self.views} views per image, the batch has {len(batch.views)}"
+                f"distill.methods={self.cfg.methods} needs {self.views} views per image, "
+                f"the batch has {len(batch.views)}"
             )
         teacher = self._teacher
         if teacher.training:  # someone switched it: a frozen teacher always runs in eval mode

@@ -16,9 +16,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read safely."""
+from kdlab.models.checkpoint import CheckpointError, safe_torch_load
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -55,13 +53,9 @@ def save_checkpoint(obj: dict, path: Path, *, keep_previous: bool = True) -> Non
 
 def load_checkpoint(path: Path) -> dict:
     """Load with ``weights_only=True``; a file that fails gives CheckpointError naming it and why."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # unpickling refused, truncated zip, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first[:200]})") from None
+    if not Path(path).exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    obj = safe_torch_load(path, str(path))
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj

@@ -36,13 +36,14 @@ from kdlab.models import build_model, probe
 from kdlab.models.checkpoint import load_weights
 
 SUMMARY = "summary.json"
+DISPLAY_ONLY = ("progress", "threads", "tensorboard")  # runtime keys that do not change results
 
 
 def config_hash(cfg: ExperimentConfig, *, parts: tuple[str, ...] | None = None) -> str:
     """Stable hash of the config (or of some top-level sections), blind to display-only settings."""
     tree = cfg.model_dump(mode="json")
     tree.pop("out", None)
-    tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in ("progress", "threads", "eval_every")}
+    tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in DISPLAY_ONLY}
     if parts is not None:
         tree = {k: tree[k] for k in parts}
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
@@ -149,7 +150,7 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     train_loader, test_loader = data.loaders(cfg, rt, views)
     info = StageInfo(stage, spec.arch, num_classes, in_shape, data.train.name, cfg.model_dump(mode="json"))
     trainer = Trainer(method, train_loader, test_loader, epochs=spec.epochs, optim=spec.optim, runtime=rt,
-                      run_dir=run_dir, info=info, seed=cfg.seed)
+                      run_dir=run_dir, info=info, seed=cfg.seed, tensorboard=cfg.runtime.tensorboard)
     warning = trainer.resume()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -210,10 +211,16 @@ def _student_method(cfg: ExperimentConfig, net, train: ArrayDataset, teacher_che
 
 
 def load_teacher(path: Path, arch: str, train: ArrayDataset) -> torch.nn.Module:
-    """A frozen teacher network from a kdlab checkpoint, a kdlab export or a RepDistiller-style file."""
+    """A frozen teacher from a kdlab run checkpoint, a kdlab export card (.json) or a RepDistiller-style file."""
     if not path.exists():
         raise ConfigError(f"teacher checkpoint {path} does not exist (train one with `kdlab train-teacher`)")
-    ckpt = load_checkpoint(path)
+    if path.suffix == ".json":
+        from kdlab.runs import read_card
+
+        meta, weights = read_card(path)
+        ckpt = {"model": load_checkpoint(weights), "arch": meta["arch"], "num_classes": meta["num_classes"]}
+    else:
+        ckpt = load_checkpoint(path)
     recorded = ckpt.get("arch")
     if recorded is not None and recorded != arch:
         raise ConfigError(f"teacher checkpoint {path} holds a {recorded}, but teacher.arch={arch}; "
@@ -255,7 +262,7 @@ def _strip_display(yaml_text: str) -> str:
 
     tree = yaml.safe_load(yaml_text)
     tree.pop("out", None)
-    for k in ("progress", "threads", "eval_every"):
+    for k in DISPLAY_ONLY:
         tree.get("runtime", {}).pop(k, None)
     return json.dumps(tree, sort_keys=True)
 

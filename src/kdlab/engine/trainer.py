@@ -22,6 +22,7 @@ from torch import Tensor
 
 from kdlab.config import OptimConfig
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_text, load_latest, save_checkpoint
+from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
 from kdlab.engine.metrics import epoch_loss_stats, summarize
 from kdlab.engine.runtime import Runtime, peak_memory_mb
@@ -64,7 +65,7 @@ class StageInfo:
 
 class Trainer:
     def __init__(self, method: TrainMethod, train_loader, test_loader, *, epochs: int, optim: OptimConfig,
-                 runtime: Runtime, run_dir: Path, info: StageInfo, seed: int):
+                 runtime: Runtime, run_dir: Path, info: StageInfo, seed: int, tensorboard: bool = True):
         self.method = method
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -84,6 +85,7 @@ class Trainer:
         self.start_epoch = 0
         self.best = {"top1": -1.0, "epoch": -1}
         self._stop_signal: int | None = None
+        self.events = EventLog(run_dir, tensorboard)
         self._forward = method.forward_train
         if runtime.compile:
             self._forward = torch.compile(method.forward_train)
@@ -144,12 +146,14 @@ class Trainer:
                 self.history.append(record)
                 with open(self.metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
+                self.events.epoch(record)
                 save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
                 if self._stop_signal is not None:
                     raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; "
                                       "run the same command again to resume")
         finally:
             self._restore_signal_handlers(old_handlers)
+            self.events.close()
         return summarize(self.history, extra_state_bytes=self.method.extra_state_bytes())
 
     def _train_epoch(self, epoch: int) -> dict | None:
@@ -183,6 +187,7 @@ class Trainer:
             seen += batch.labels.shape[0]
             if step % 25 == 24 or step == steps - 1:  # one host sync every 25 steps
                 self._check_finite(step_losses, epoch, step)
+                self.events.step(epoch * steps + step, float(step_losses[step]), lr)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{float(step_losses[step]):.3f}", lr=f"{lr:.3g}")
             if self._stop_signal is not None:

@@ -54,7 +54,7 @@ def read_checkpoint(path_or_state: PathOrState) -> tuple[dict[str, Tensor], dict
     else:
         is_path = isinstance(path_or_state, (str, os.PathLike))
         source = f"checkpoint {os.fspath(path_or_state)!r}" if is_path else "checkpoint stream"
-        obj = _safe_load(path_or_state, source)
+        obj = safe_torch_load(path_or_state, source)
     state, meta = _unwrap(obj, source)
     return _strip_prefixes(state), meta
 
@@ -101,7 +101,8 @@ def state_dict_for_export(model: nn.Module) -> "OrderedDict[str, Tensor]":
 # --------------------------------------------------------------------------- helpers
 
 
-def _safe_load(path_or_file: Any, source: str) -> Any:
+def safe_torch_load(path_or_file: Any, source: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU; anything refused or unreadable raises CheckpointError."""
     try:
         return torch.load(path_or_file, map_location="cpu", weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):

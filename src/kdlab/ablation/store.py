@@ -1,0 +1,294 @@
+"""The results store of an ablation: one record per run, atomic writes, per-run claims.
+
+Layout of an output folder::
+
+    OUT/grid.json                 the resolved plan (what `kdlab report OUT` rebuilds tables from)
+    OUT/teachers/<tkey>/          a teacher run (shared by every student run that needs it)
+        record.json               its result record, written atomically when it ends
+        claim.json                present while a process runs it
+        config.yaml metrics.jsonl summary.json checkpoints/   (written by the stage itself)
+    OUT/runs/<key>/               a student run (the pipeline's second stage), same files
+    OUT/report.md OUT/plots/ OUT/results.csv OUT/tables.json
+
+``key`` hashes the resolved config (seed included, display-only runtime settings excluded); ``tkey`` hashes
+what changes a teacher: data, teacher, objective, seed, runtime.deterministic and runtime.amp.
+
+Claims: a process that wants to run a run creates ``claim.json`` with ``O_CREAT | O_EXCL`` while holding an
+``fcntl`` lock on ``OUT/.lock``. A claim is stale when its process is gone (same host: the pid is dead or
+belongs to a newer process) or, for another host, when its heartbeat (the file's mtime, touched every
+minute while the run lives) is older than ``STALE_AFTER_S``. Stale claims are taken over; live ones are
+waited for. So two ``kdlab ablate`` processes on one folder never run one run twice, and a killed process
+leaves nothing that blocks a re-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from kdlab.config import ExperimentConfig
+
+__all__ = [
+    "RECORD",
+    "CLAIM",
+    "STALE_AFTER_S",
+    "run_key",
+    "teacher_key",
+    "teacher_config",
+    "Store",
+    "Claim",
+    "atomic_write_json",
+]
+
+RECORD = "record.json"
+CLAIM = "claim.json"
+STALE_AFTER_S = 600.0
+HEARTBEAT_S = 60.0
+_RUNTIME_DISPLAY = ("device", "threads", "progress")
+
+
+# -------------------------------------------------------------------------------------------- keys
+def _canon(tree: Any) -> str:
+    return json.dumps(tree, sort_keys=True, separators=(",", ":"))
+
+
+def _dump(cfg: ExperimentConfig | dict) -> dict:
+    return cfg.model_dump(mode="json") if isinstance(cfg, ExperimentConfig) else json.loads(json.dumps(cfg))
+
+
+def run_key(cfg: ExperimentConfig | dict) -> str:
+    """Identity of a (student) run: the whole resolved config with its seed, minus display-only settings."""
+    t = _dump(cfg)
+    t.pop("name", None)
+    t.pop("out", None)
+    t["runtime"] = {k: v for k, v in t.get("runtime", {}).items() if k not in _RUNTIME_DISPLAY}
+    return hashlib.sha256(_canon(t).encode()).hexdigest()[:20]
+
+
+def teacher_key(cfg: ExperimentConfig | dict) -> str:
+    """Identity of a teacher: data, teacher, objective, seed, runtime.deterministic (and amp)."""
+    t = _dump(cfg)
+    rt = t.get("runtime", {})
+    ident = {"data": t["data"], "teacher": t["teacher"], "objective": t["objective"], "seed": t["seed"],
+             "deterministic": rt.get("deterministic"), "amp": rt.get("amp")}
+    return hashlib.sha256(_canon(ident).encode()).hexdigest()[:20]
+
+
+def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config a teacher run is started with: a function of its teacher key only (student parts reset),
+    so whichever student needs it first, the teacher folder's config.yaml is the same."""
+    ref = ExperimentConfig()
+    return cfg.model_copy(update={"name": "ablation-teacher", "student": ref.student, "distill": ref.distill})
+
+
+# ------------------------------------------------------------------------------------------- files
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync it, ``os.replace`` it over ``path``, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(obj, indent=2, default=str) + "\n").encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of a process (Linux /proc), to tell a live claimant from a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            data = fh.read()
+        return data.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped) is not alive for our purpose
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+# ------------------------------------------------------------------------------------------ claims
+class Claim:
+    """A held claim on a run folder; ``release()`` removes it. A heartbeat thread keeps it fresh."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            info = read_json(self.path)
+            if info is None or info.get("pid") == os.getpid():
+                self.path.unlink()
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Store:
+    """The output folder of one ablation (see module doc)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- paths
+    def run_dir(self, key: str) -> Path:
+        return self.root / "runs" / key
+
+    def teacher_dir(self, tkey: str) -> Path:
+        return self.root / "teachers" / tkey
+
+    @property
+    def grid_path(self) -> Path:
+        return self.root / "grid.json"
+
+    # -- records
+    def record(self, run_dir: Path) -> dict | None:
+        rec = read_json(Path(run_dir) / RECORD)
+        return rec if isinstance(rec, dict) and rec.get("status") in ("done", "failed") else None
+
+    def write_record(self, run_dir: Path, record: dict) -> None:
+        atomic_write_json(Path(run_dir) / RECORD, record)
+
+    def records(self) -> dict[str, dict]:
+        """Every finished student-run record by key."""
+        out = {}
+        for p in sorted((self.root / "runs").glob(f"*/{RECORD}")):
+            rec = read_json(p)
+            if isinstance(rec, dict) and rec.get("status") in ("done", "failed"):
+                out[p.parent.name] = rec
+        return out
+
+    def write_grid(self, grid: dict) -> None:
+        atomic_write_json(self.grid_path, grid)
+
+    def read_grid(self) -> dict | None:
+        g = read_json(self.grid_path)
+        return g if isinstance(g, dict) else None
+
+    # -- claims
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except ImportError:  # pragma: no cover - non-POSIX: O_EXCL alone
+                pass
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def claim_state(self, run_dir: Path) -> str:
+        """``free`` (no claim), ``busy`` (a live process holds it) or ``stale`` (its holder is gone)."""
+        path = Path(run_dir) / CLAIM
+        if not path.exists():
+            return "free"
+        return "stale" if self._stale(path) else "busy"
+
+    def _stale(self, path: Path) -> bool:
+        info = read_json(path)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return False  # vanished: treat as free next time
+        if not isinstance(info, dict):
+            return age > 30  # a claim being written (or torn): give it a moment
+        if info.get("host") == socket.gethostname():
+            pid = int(info.get("pid", -1))
+            if not _pid_alive(pid):
+                return True
+            start = info.get("start")
+            return bool(start) and _proc_start(pid) not in (None, start)
+        return age > STALE_AFTER_S
+
+    def try_claim(self, run_dir: Path) -> Claim | None:
+        """Claim a run folder for this process; None if it is finished or a live process holds it."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / CLAIM
+        with self._locked():
+            if self.record(run_dir) is not None and not (run_dir / ".retry").exists():
+                return None
+            if path.exists():
+                if not self._stale(path):
+                    return None
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return None
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
+                    "time": time.time()}
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return Claim(path)
+
+    def clear_stale_claim(self, run_dir: Path) -> bool:
+        """Remove a claim whose holder is gone (the orchestrator does this for workers that died)."""
+        path = Path(run_dir) / CLAIM
+        with self._locked():
+            if path.exists() and self._stale(path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                return True
+        return False

@@ -1,0 +1,176 @@
+"""Run folders as data: list them, compare them, export their networks with a provenance card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdlab.config import ConfigError
+from kdlab.engine.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint
+from kdlab.engine.stages import read_summary
+from kdlab.report.curves import markdown_table, plot_curves, read_history, text_table
+
+RUN_COLUMNS = ["run", "stage", "method", "arch", "seed", "knobs", "status", "top1", "top1_best", "time_s"]
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run folder (a folder with summary.json or config.yaml + checkpoints/) under ``root``."""
+    root = Path(root)
+    if not root.exists():
+        raise ConfigError(f"{root} does not exist")
+    found = {p.parent for p in root.rglob("summary.json")} | {p.parent for p in root.rglob("config.yaml")
+                                                               if (p.parent / "checkpoints").exists()}
+    return sorted(found)
+
+
+def describe_run(run_dir: Path) -> dict[str, Any]:
+    """One row about a run: what was trained, with which key knobs, and how it ended."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) or {}
+    cfg_path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+    stage = summary.get("stage") or ("student" if run_dir.name.startswith("student") else "teacher")
+    obj, distill = cfg.get("objective", {}), cfg.get("distill", {})
+    if stage == "teacher":
+        kind = obj.get("kind", "?")
+        method = kind
+        block = obj.get(kind, {}) if kind != "ce" else {}
+        knobs = {k: v for k, v in block.items() if k in ("lambda_", "delta", "margin", "tau")}
+        if kind == "intra":
+            knobs["cache"] = block.get("cache", {}).get("size") if block.get("cache", {}).get("enabled") else "off"
+    else:
+        methods = distill.get("methods", [])
+        method = "+".join(methods) if methods else "ce (alone)"
+        knobs = {"T": distill.get("kd", {}).get("T")} if "kd" in methods else {}
+    metrics = summary.get("metrics") or {}
+    history = read_history(run_dir)
+    return {
+        "run": str(run_dir),
+        "stage": stage,
+        "method": method,
+        "arch": (cfg.get(stage) or {}).get("arch", summary.get("arch", "?")),
+        "seed": cfg.get("seed"),
+        "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()),
+        "status": summary.get("status", "running" if history else "empty"),
+        "top1": metrics.get("top1", history[-1]["test_top1"] if history else None),
+        "top1_best": metrics.get("top1_best"),
+        "time_s": metrics.get("train_time_s"),
+        "epochs": f"{history[-1]['epoch'] if history else 0}/{(cfg.get(stage) or {}).get('epochs', '?')}",
+    }
+
+
+def list_runs(root: Path, filters: list[str] = ()) -> list[dict[str, Any]]:
+    """Rows for every run under ``root`` matching all ``key=value`` filters (substring match)."""
+    rows = [describe_run(p) for p in find_runs(root)]
+    for f in filters:
+        if "=" not in f:
+            raise ConfigError(f"filter {f!r} must look like key=value, e.g. status=done or method=kd")
+        key, value = f.split("=", 1)
+        if rows and key not in rows[0]:
+            raise ConfigError(f"unknown filter key {key!r}; use one of {', '.join(rows[0])}")
+        rows = [r for r in rows if value in str(r.get(key))]
+    return rows
+
+
+def format_runs(rows: list[dict[str, Any]]) -> str:
+    header = RUN_COLUMNS + ["epochs"]
+    return text_table(header, [[_fmt(r.get(k)) for k in header] for r in rows]) if rows else "no runs found"
+
+
+def compare_runs(run_dirs: list[Path], out: Path | None = None) -> tuple[str, Path]:
+    """Summary metrics side by side (Markdown) and one curves PNG; returns (table, png path)."""
+    keys = ["top1", "top1_best", "best_epoch", "top5", "loss", "test_loss", "convergence_epoch", "loss_std",
+            "loss_spikes", "peak_mem_mb", "train_time_s", "step_time_ms"]
+    labels = _short_labels(run_dirs)
+    rows = []
+    for key in keys:
+        row: list[Any] = [key]
+        for d in run_dirs:
+            summary = read_summary(d) or {}
+            row.append(_fmt((summary.get("metrics") or {}).get(key)))
+        rows.append(row)
+    out = Path(out) if out else Path(run_dirs[0]).parent / "compare.png"
+    png = plot_curves({lab: read_history(d) for lab, d in zip(labels, run_dirs)}, out, title="kdlab compare")
+    return markdown_table(["metric", *labels], rows), png
+
+
+def export_run(run_dir: Path, out_dir: Path | None = None, *, which: str = "last") -> Path:
+    """Write the run's network as a plain state dict (.pt, and .safetensors when available) plus a JSON card."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    if "model" not in ckpt or "arch" not in ckpt:
+        raise ConfigError(f"{ckpt_path} is not a kdlab run checkpoint (no model/arch)")
+    out_dir = Path(out_dir) if out_dir else run_dir / "export"
+    stem = f"{ckpt['stage']}-{ckpt['arch']}-{ckpt['dataset']}"
+    import io
+
+    import torch
+
+    state = {k: v.contiguous() for k, v in ckpt["model"].items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    pt_path = out_dir / f"{stem}.pt"
+    atomic_write_bytes(pt_path, buf.getvalue())
+    files = {"pt": {"file": pt_path.name, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}}
+    try:
+        from safetensors.torch import save as st_save
+
+        data = st_save(state)
+        st_path = out_dir / f"{stem}.safetensors"
+        atomic_write_bytes(st_path, data)
+        files["safetensors"] = {"file": st_path.name, "sha256": hashlib.sha256(data).hexdigest()}
+    except ImportError:
+        pass
+    summary = read_summary(run_dir) or {}
+    metrics = summary.get("metrics") or {}
+    card = {
+        "format": "kdlab-card/1",
+        "stage": ckpt["stage"],
+        "arch": ckpt["arch"],
+        "num_classes": ckpt["num_classes"],
+        "input_shape": ckpt["input_shape"],
+        "dataset": ckpt["dataset"],
+        "epoch": ckpt["epoch"],
+        "accuracy": {"top1": metrics.get("top1"), "top1_best": metrics.get("top1_best"),
+                     "top5": metrics.get("top5")},
+        "recipe": ckpt.get("config", {}),
+        "files": files,
+        "source": str(ckpt_path),
+    }
+    card_path = out_dir / f"{stem}.json"
+    atomic_write_json(card_path, card)
+    return card_path
+
+
+def read_card(path: Path) -> tuple[dict, Path]:
+    """A card's contents and the verified weight file it names (sha256 checked)."""
+    card = json.loads(Path(path).read_text())
+    if card.get("format") != "kdlab-card/1":
+        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format')!r})")
+    entry = card["files"]["pt"]
+    weights = Path(path).parent / entry["file"]
+    if not weights.exists():
+        raise ConfigError(f"card {path} names {weights}, which does not exist")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise ConfigError(f"{weights} does not match the sha256 in {path}: the file changed or is corrupted")
+    return card, weights
+
+
+def _short_labels(run_dirs: list[Path]) -> list[str]:
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 2)
+    return "-" if v is None else v
