@@ -264,7 +264,7 @@ class Store:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / CLAIM
         with self._locked():
-            if self.record(run_dir) is not None and not (run_dir / ".retry").exists():
+            if self.record(run_dir) is not None:
                 return None
             if path.exists():
                 if not self._stale(path):

@@ -47,6 +47,13 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 ) | frozenset({("numpy", "ndarray"), ("numpy", "dtype")})
 
 
+def _safe_codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(text, "latin1")
+    if not isinstance(obj, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise DataError(f"refusing _codecs.encode with encoding {encoding!r} in a dataset pickle")
+    return obj.encode(encoding, errors)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that rebuilds only numpy arrays, dtypes and plain Python containers/scalars.
 
@@ -59,6 +66,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        if (module, name) == ("_codecs", "encode"):
+            return _safe_codecs_encode
         if (module, name) not in _ALLOWED_GLOBALS:
             raise DataError(
                 f"{self._source}: refusing to unpickle global {module}.{name}; only numpy arrays are allowed "

@@ -21,6 +21,7 @@ from kdlab.models import mobilenetv2  # noqa: F401,E402  (MobileNetV2)
 from kdlab.models import shufflenetv1  # noqa: F401,E402  (ShuffleV1)
 from kdlab.models import shufflenetv2  # noqa: F401,E402  (ShuffleV2)
 from kdlab.models import resnetv2  # noqa: F401,E402  (ResNet18, ResNet34, ResNet50)
+from kdlab.models import imagenet  # noqa: F401,E402  (imagenet_resnet18/34/50/101, imagenet_mobilenetv1/v2)
 from kdlab.models.checkpoint import (  # noqa: E402
     CheckpointError,
     CheckpointMismatch,
