@@ -148,7 +148,12 @@ def test_random_crop_per_sample_offsets_and_determinism():
     padded = F.pad(x.float(), (p,) * 4, mode="reflect")
     found = []
     for b in range(64):  # recover each sample's offset by brute force
-        hits = [(i, j) for i in range(2 * p + 1) for j in range(2 * p + 1) if torch.equal(padded[b, :, i : i + 12, j : j + 12], out[b].float())]
+        hits = [
+            (i, j)
+            for i in range(2 * p + 1)
+            for j in range(2 * p + 1)
+            if torch.equal(padded[b, :, i : i + 12, j : j + 12], out[b].float())
+        ]
         assert hits, f"sample {b} is no crop of its padded image"
         found.append(hits[0])
     assert len(set(found)) > 20  # different samples, different offsets
@@ -352,7 +357,9 @@ def test_loader_views_differ_but_share_labels_and_index():
     assert not torch.equal(b.views[0], b.views[1]) and not torch.equal(b.views[1], b.views[2])
     # a separate view_augment for views 1..
     plain = build_augment([], mean=ds.mean, std=ds.std, image_size=8)
-    dl2 = DeviceLoader(ds, batch_size=10, device="cpu", augment=aug, views=2, view_augment=plain, shuffle=False, drop_last=True, seed=0)
+    dl2 = DeviceLoader(
+        ds, batch_size=10, device="cpu", augment=aug, views=2, view_augment=plain, shuffle=False, drop_last=True, seed=0
+    )
     b2 = next(iter(dl2))
     torch.testing.assert_close(b2.views[1], normalize(ds.images[:10], ds.mean, ds.std))
 
@@ -365,7 +372,9 @@ def test_eval_loader_only_normalises_in_order():
     want = (ds.images[:32].float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(bs[0].views[0], want)
     assert bs[0].views[0].is_contiguous(memory_format=torch.channels_last)
-    flat = DeviceLoader(ds, batch_size=32, device="cpu", augment=None, shuffle=False, drop_last=False, seed=0, channels_last=False)
+    flat = DeviceLoader(
+        ds, batch_size=32, device="cpu", augment=None, shuffle=False, drop_last=False, seed=0, channels_last=False
+    )
     assert next(iter(flat)).views[0].is_contiguous()
 
 
@@ -405,7 +414,7 @@ def _write_fake_cifar(root: Path, n_per_batch: int = 4, bad_label: bool = False)
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     written = {}
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
         if bad_label and name == "data_batch_3":
@@ -413,7 +422,11 @@ def _write_fake_cifar(root: Path, n_per_batch: int = 4, bad_label: bool = False)
         written[name] = (data, labels)
         # as the official files: a dict of bytes keys written with protocol 2
         with open(folder / name, "wb") as fh:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n_per_batch}, fh, protocol=2)
+            pickle.dump(
+                {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n_per_batch},
+                fh,
+                protocol=2,
+            )
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}, fh)
     return written
@@ -431,6 +444,13 @@ def test_cifar_pickle_reader_on_fake_folder(tmp_path):
     # the root may also be the batches folder itself
     t2, _ = load_dataset("cifar10", tmp_path / "cifar-10-batches-py")
     assert torch.equal(t2.images, train.images)
+    # pickles naming numpy.core (as the official files, written with numpy 1.x) read as well
+    f = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    raw = f.read_bytes()
+    assert b"numpy._core" in raw
+    f.write_bytes(raw.replace(b"numpy._core", b"numpy.core"))
+    t3, _ = load_dataset("cifar10", tmp_path)
+    assert torch.equal(t3.images, train.images)
 
 
 def test_cifar_labels_out_of_range(tmp_path):
@@ -692,10 +712,14 @@ def test_tiny_imagenet_layout(tmp_path):
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{w}_{i}.JPEG", format="JPEG")
     # one grayscale JPEG, as in the real set: expanded to RGB
-    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), "L").save(root / "train" / "n01" / "images" / "n01_9.JPEG", format="JPEG")
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), "L").save(
+        root / "train" / "n01" / "images" / "n01_9.JPEG", format="JPEG"
+    )
     lines = []
     for i, w in enumerate(["n01", "n02", "n02"]):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG", format="JPEG")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            root / "val" / "images" / f"val_{i}.JPEG", format="JPEG"
+        )
         lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     train, val = load_dataset("tiny-imagenet", tmp_path, workers=1)
@@ -727,3 +751,43 @@ def test_shared_cifar10_jpeg_through_imagefolder():
     assert torch.bincount(train.labels).tolist() == [5000] * 10 and torch.bincount(test.labels).tolist() == [1000] * 10
     assert train.mean == pytest.approx((0.4914, 0.4822, 0.4465), abs=0.01)
     assert math.isclose(sum(train.std) / 3, 0.25, abs_tol=0.02)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+
+def test_streaming_image_folder_and_loader(tmp_path):
+    from kdlab.data import StreamingImageFolder, StreamingLoader
+
+    root = tmp_path / "big"
+    rng = np.random.default_rng(0)
+    for c, sizes in (("a", [(12, 10), (10, 16), (10, 10)]), ("b", [(20, 14), (10, 11)])):
+        (root / "train" / c).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.png")
+    Image.fromarray(np.full((10, 10, 3), 77, np.uint8)).save(root / "train" / "a" / "9.png")
+    ds = StreamingImageFolder(root, "train", image_size=8, resize=10)
+    assert len(ds) == 6 and ds.classes == ["a", "b"] and ds.labels.tolist() == [0, 0, 0, 0, 1, 1]
+    x, y, i = ds[3]
+    assert x.dtype == torch.uint8 and x.shape == (3, 8, 8) and y == 0 and i == 3
+    assert (x == 77).all()  # resize of a constant image, centre crop
+    # a 10x10 image at resize=10 is only centre-cropped: equals slicing
+    arr = np.asarray(Image.open(root / "train" / "a" / "2.png"))
+    assert np.array_equal(ds[2][0].permute(1, 2, 0).numpy(), arr[1:9, 1:9])
+    aug = build_augment(["crop", "flip"], mean=ds.mean, std=ds.std, image_size=8, crop_padding=1)
+    for workers in (0, 1):
+        dl = StreamingLoader(
+            ds, batch_size=4, device="cpu", augment=aug, views=2, shuffle=True, drop_last=False, seed=3, num_workers=workers
+        )
+        batches = list(dl)
+        assert len(dl) == len(batches) == 2
+        assert sorted(torch.cat([b.index for b in batches]).tolist()) == list(range(6))
+        b = batches[0]
+        assert b.views[0].shape == (4, 3, 8, 8) and b.views[0].dtype == torch.float32
+        assert b.views[0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(b.labels, ds.labels[b.index])
+        dl.set_epoch(0)
+        assert all(torch.equal(u.views[1], v.views[1]) for u, v in zip(batches, dl))
+    with pytest.raises(DataError, match="empty class folder"):
+        (root / "train" / "c").mkdir()
+        StreamingImageFolder(root, "train", image_size=8)

@@ -37,7 +37,7 @@ from kdlab.ablation.knobs import (
     knobs_for_path,
 )
 from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
-from kdlab.ablation.text import PhraseIndex, ascii_text, tokens
+from kdlab.ablation.text import PhraseIndex, ascii_text, tokens, weighted_tokens
 from kdlab.config import (
     ConfigError,
     ExperimentConfig,
@@ -339,12 +339,12 @@ def _value_fit(knob: Knob, values: Sequence[str], base: ExperimentConfig) -> tup
 def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | None = None) -> list[tuple[Knob, float, str]]:
     """Every knob with its score for this ablation, best first (see module doc for the factors)."""
     idx = _knob_index()
-    q = tokens(ab.part)
+    q, qw = weighted_tokens(ab.part)
     if not q:
-        q = tokens(ab.name)
+        q, qw = weighted_tokens(ab.name)
     out = []
     for k in KNOBS:
-        s, phrase = idx.score(k.name, q)
+        s, phrase = idx.score(k.name, q, qw)
         if s <= 0:
             continue
         s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
@@ -471,6 +471,10 @@ def _parse_choice(text: str, knob: Knob) -> str:
         if re.search(r"\bboth\b|symmetri|bidirection|\+", raw):
             return "both"
     t = ascii_text(text).strip()
+    if knob.path == "objective.kind":  # "CE + SupCon" means L_CE + lambda * L_supcon
+        t2 = re.sub(r"\b(l\s*_?\s*ce|ce|cross[\s-]*entropy)\s*(\+|and|with|plus)\s*", " ", t).strip()
+        if t2 != t and t2:
+            text, t = t2, t2
     compact = re.sub(r"[^a-z0-9]", "", t)
     for c in choices:
         if compact == re.sub(r"[^a-z0-9]", "", str(c).lower()):
@@ -866,7 +870,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
         ranked = rank_knobs(ab, scope, base)
         if not ranked or ranked[0][1] < MIN_SCORE:
             close = "\n".join(_describe(k, s) for k, s, _ in ranked[:5]) or "  (nothing close)"
-            eg = ranked[0][0].path if ranked else "objective.intra.delta"
+            eg = ranked[0][0].path if ranked and ranked[0][1] >= 0.3 * MIN_SCORE else "some.config.path"
             return None, [
                 f"{where}: cannot place the ablated part {ab.part!r} on a knob. Closest knobs:\n{close}\n"
                 f"  fix: --map \"{ab.name}={eg}\" (a knob name or any config path)"

@@ -18,7 +18,9 @@ import unicodedata
 from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["tokens", "ascii_text", "PhraseIndex", "token_sim"]
+__all__ = ["tokens", "weighted_tokens", "ascii_text", "PhraseIndex", "token_sim", "TAIL_WEIGHT"]
+
+TAIL_WEIGHT = 0.7  # tokens after the head of a noun phrase ("X between/for/used to ... Y") count this much
 
 _CANON: list[tuple[re.Pattern, str]] = [
     (re.compile(p, re.I), r)
@@ -70,7 +72,7 @@ _STOP = frozenset(
 _SYN: dict[str, str] = {}
 for canon, words in {
     "weight": "weight weights weighting weighted coefficient coefficients coeff coef factor factors balance balancing "
-    "tradeoff strength importance multiplier lambda",
+    "tradeoff strength importance multiplier lambda scale scaling",
     "threshold": "threshold thresholds thresh cutoff delta",
     "temperature": "temperature temperatures temp tau t",
     "cache": "cache caches caching cached pipeline pipelines pipelined buffer buffers",
@@ -152,6 +154,37 @@ def tokens(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_BOUNDARY = re.compile(
+    r"\b(between|that|which|used|using|to|when|where|while|for|in|with|from|by|on|during|via|across|within|under|so)\b",
+    re.I,
+)
+
+
+def weighted_tokens(text: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """Tokens of a free-text part, with the head of the phrase (up to the first "for/in/between/used..."
+    outside parentheses) at weight 1 and the rest at TAIL_WEIGHT; parenthesised symbols count fully."""
+    depth, cut = 0, None
+    for m in re.finditer(r"[()]|" + _BOUNDARY.pattern, text, re.I):
+        g = m.group(0)
+        if g == "(":
+            depth += 1
+        elif g == ")":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            if tokens(text[: m.start()]):
+                cut = m.start()
+                break
+    if cut is None:
+        t = tokens(text)
+        return t, tuple(1.0 for _ in t)
+    head, tail = tokens(text[:cut]), text[cut:]
+    parens = " ".join(re.findall(r"\(([^)]*)\)", tail))
+    rest = re.sub(r"\([^)]*\)", " ", tail)
+    toks = list(head) + list(tokens(parens)) + list(tokens(rest))
+    weights = [1.0] * (len(head) + len(tokens(parens))) + [TAIL_WEIGHT] * len(tokens(rest))
+    return tuple(toks), tuple(weights)
+
+
 @lru_cache(maxsize=200000)
 def token_sim(a: str, b: str) -> float:
     if a == b:
@@ -163,15 +196,17 @@ def token_sim(a: str, b: str) -> float:
     return 0.0
 
 
-def _best(tok: str, pool: Sequence[str]) -> float:
+def _best(tok: str, pool: Sequence[str], weights: Sequence[float] | None = None) -> float:
     best = 0.0
-    for p in pool:
-        s = token_sim(tok, p)
+    for i, p in enumerate(pool):
+        s = token_sim(tok, p) * (weights[i] if weights is not None else 1.0)
         if s > best:
             best = s
-            if s == 1.0:
-                break
     return best
+
+
+def _dedupe(toks: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(toks))
 
 
 class PhraseIndex:
@@ -185,10 +220,13 @@ class PhraseIndex:
     def __init__(self, groups: Mapping[str, Iterable[str]], *, weak: Mapping[str, Iterable[str]] | None = None):
         self.phrases: dict[str, list[tuple[tuple[str, ...], float]]] = {}
         self.vocab: dict[str, set[str]] = {}
+        self.originals: dict[tuple[str, tuple[str, ...]], str] = {}
         for name, phrases in groups.items():
-            lst = [(tokens(p), 1.0) for p in phrases]
+            for p in list(phrases) + list((weak or {}).get(name, ())):
+                self.originals.setdefault((name, _dedupe(tokens(p))), p)
+            lst = [(_dedupe(tokens(p)), 1.0) for p in phrases]
             if weak and name in weak:
-                lst += [(tokens(p), 0.5) for p in weak[name]]
+                lst += [(_dedupe(tokens(p)), 0.5) for p in weak[name]]
             lst = [(t, f) for t, f in lst if t]
             self.phrases[name] = lst
             self.vocab[name] = {tok for t, _ in lst for tok in t}
@@ -203,30 +241,31 @@ class PhraseIndex:
     def weight(self, tok: str) -> float:
         return math.log(1.0 + self._n / (1.0 + self._df.get(tok, 0)))
 
-    def phrase_score(self, phrase: tuple[str, ...], query: Sequence[str]) -> float:
+    def phrase_score(self, phrase: tuple[str, ...], query: Sequence[str], qw: Sequence[float] | None = None) -> float:
         total = sum(self.weight(t) for t in phrase)
         if total <= 0:
             return 0.0
-        m = sum(self.weight(t) * _best(t, query) for t in phrase)
+        m = sum(self.weight(t) * _best(t, query, qw) for t in phrase)
         c = m / total
         return m * c * c
 
-    def query_coverage(self, name: str, query: Sequence[str]) -> float:
-        total = sum(self.weight(t) for t in query)
+    def query_coverage(self, name: str, query: Sequence[str], qw: Sequence[float] | None = None) -> float:
+        qw = qw if qw is not None else [1.0] * len(query)
+        total = sum(self.weight(t) * w for t, w in zip(query, qw))
         if total <= 0:
             return 0.0
         vocab = list(self.vocab[name])
-        return sum(self.weight(t) * _best(t, vocab) for t in query) / total
+        return sum(self.weight(t) * w * _best(t, vocab) for t, w in zip(query, qw)) / total
 
-    def score(self, name: str, query: Sequence[str]) -> tuple[float, str]:
+    def score(self, name: str, query: Sequence[str], qw: Sequence[float] | None = None) -> tuple[float, str]:
         best, best_phrase = 0.0, ""
         for phrase, factor in self.phrases[name]:
-            s = factor * self.phrase_score(phrase, query)
+            s = factor * self.phrase_score(phrase, query, qw)
             if s > best:
-                best, best_phrase = s, " ".join(phrase)
+                best, best_phrase = s, self.originals.get((name, phrase), " ".join(phrase))
         if best <= 0:
             return 0.0, ""
-        return best * (0.6 + 0.4 * self.query_coverage(name, query)), best_phrase
+        return best * (0.6 + 0.4 * self.query_coverage(name, query, qw)), best_phrase
 
     def rank(self, text: str, names: Iterable[str] | None = None) -> list[tuple[str, float]]:
         q = tokens(text)

@@ -24,6 +24,7 @@ from .augment import (
 from .base import ArrayDataset, Batch, DataError
 from .files import RestrictedUnpickler, check_md5, download_url, restricted_load, safe_extract
 from .loader import DeviceLoader
+from .streaming import StreamingImageFolder, StreamingLoader
 from .sources import (
     channel_stats,
     default_cache_dir,
@@ -65,6 +66,8 @@ __all__ = [
     "cutout_at",
     "normalize",
     "DeviceLoader",
+    "StreamingImageFolder",
+    "StreamingLoader",
     "RestrictedUnpickler",
     "restricted_load",
     "safe_extract",

@@ -13,9 +13,10 @@ Colour ops on 1-channel images: grayscale is a no-op; colour jitter applies brig
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,9 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------- crop
 
 
-def crop_offsets(batch: int, padding: int, x: Tensor, generator: torch.Generator | None = None, *, extra: tuple[int, int] = (0, 0)) -> tuple[Tensor, Tensor]:
+def crop_offsets(
+    batch: int, padding: int, x: Tensor, generator: torch.Generator | None = None, *, extra: tuple[int, int] = (0, 0)
+) -> tuple[Tensor, Tensor]:
     """Per-sample crop offsets ``(oy, ox)`` in ``[0, 2*padding + extra]`` (offsets into the padded image)."""
     oy = torch.randint(0, 2 * padding + extra[0] + 1, (batch,), generator=generator, device=x.device)
     ox = torch.randint(0, 2 * padding + extra[1] + 1, (batch,), generator=generator, device=x.device)
@@ -281,7 +284,7 @@ def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     # closed form: channel n in (R, G, B) = v - v*s*clamp(min(k, 4-k), 0, 1), k = (n' + 6h) mod 6, n' = 5, 3, 1
-    n = torch.tensor([5.0, 3.0, 1.0], device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5, 0, -2, device=h.device, dtype=h.dtype).view(1, 3, 1, 1)  # made on the device: no copy
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 
@@ -429,24 +432,30 @@ def cutout(
 # -------------------------------------------------------------------------------------------- normalise
 
 
-def normalize(
-    x: Tensor, mean: Sequence[float], std: Sequence[float], *, channels_last: bool = True
-) -> Tensor:
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float], *, channels_last: bool = True) -> Tensor:
     """``(x/255 - mean)/std`` for uint8 (``(x - mean)/std`` for float in [0, 1]) as one fused multiply-add.
 
     Returns float32, channels_last in memory for 4-D input when ``channels_last``.
     """
-    C = x.shape[1]
+    C = x.shape[1] if x.dim() == 4 else x.shape[0]
     if len(mean) != C or len(std) != C:
         raise ValueError(f"normalize: {C} channels but mean/std of length {len(mean)}/{len(std)}")
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device)
-    scale = 1.0 / (s * 255.0) if x.dtype == torch.uint8 else 1.0 / s
-    shift = -m / s
+    scale, shift = _affine(tuple(map(float, mean)), tuple(map(float, std)), x.device, x.dtype == torch.uint8)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    shape = (1, C, 1, 1) if x.dim() == 4 else (C, 1, 1)
-    return torch.addcmul(shift.view(shape), x.to(torch.float32), scale.view(shape))
+    if x.dim() == 3:
+        scale, shift = scale[0], shift[0]
+    return torch.addcmul(shift, x.to(torch.float32), scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, from_uint8: bool) -> tuple[Tensor, Tensor]:
+    # cached per device: no host-to-device copy (and no CUDA sync) per batch
+    m = torch.tensor(mean, dtype=torch.float64)
+    s = torch.tensor(std, dtype=torch.float64)
+    scale = 1.0 / (s * 255.0) if from_uint8 else 1.0 / s
+    shift = -m / s
+    return (scale.float().view(1, -1, 1, 1).to(device), shift.float().view(1, -1, 1, 1).to(device))
 
 
 # ---------------------------------------------------------------------------------------------- Augment
@@ -522,7 +531,12 @@ def build_augment(
     h, w = _pair(image_size)
     unknown = [p for p in policy if p not in POLICY_NAMES]
     if unknown:
-        hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, POLICY_NAMES, 1, 0.5)[0]!r}?)" if difflib.get_close_matches(u, POLICY_NAMES, 1, 0.5) else repr(u) for u in unknown]
+        hints = [
+            f"{u!r} (did you mean {difflib.get_close_matches(u, POLICY_NAMES, 1, 0.5)[0]!r}?)"
+            if difflib.get_close_matches(u, POLICY_NAMES, 1, 0.5)
+            else repr(u)
+            for u in unknown
+        ]
         raise DataError(f"unknown augmentation {', '.join(hints)}; known: {', '.join(POLICY_NAMES)} (normalize is implicit)")
     dup = sorted({p for p in policy if list(policy).count(p) > 1})
     if dup:
@@ -543,9 +557,21 @@ def build_augment(
     }
     ops = [_Op(name, *makers[name]) for name in policy]
     config = dict(
-        policy=list(policy), image_size=(h, w), crop_padding=crop_padding, padding_mode=padding_mode, flip_p=flip_p,
-        rrc_scale=rrc_scale, rrc_ratio=rrc_ratio, jitter=jitter, jitter_p=jitter_p, grayscale_p=grayscale_p,
-        blur_sigma=blur_sigma, blur_kernel=kernel, blur_p=blur_p, cutout_size=csize, cutout_p=cutout_p,
+        policy=list(policy),
+        image_size=(h, w),
+        crop_padding=crop_padding,
+        padding_mode=padding_mode,
+        flip_p=flip_p,
+        rrc_scale=rrc_scale,
+        rrc_ratio=rrc_ratio,
+        jitter=jitter,
+        jitter_p=jitter_p,
+        grayscale_p=grayscale_p,
+        blur_sigma=blur_sigma,
+        blur_kernel=kernel,
+        blur_p=blur_p,
+        cutout_size=csize,
+        cutout_p=cutout_p,
     )
     return Augment(ops, tuple(float(m) for m in mean), tuple(float(v) for v in std), channels_last, config)
 

@@ -18,7 +18,8 @@ import zipfile
 import zlib
 import posixpath
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
 
 from .base import DataError
 

@@ -19,12 +19,11 @@ import difflib
 import hashlib
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -338,8 +337,8 @@ def _pool_context() -> mp.context.BaseContext:
 def default_workers() -> int:
     """Decode processes by default: one per core (up to 8) on machines with 4+ cores, else 1.
 
-    On 2-vCPU machines a pool measured slower than decoding in-process (see the data README notes), so
-    small machines decode in this process; pass ``workers=`` to override.
+    On a 2-vCPU VM a pool measured no faster (slightly slower) than decoding in-process, so small machines
+    decode in this process; pass ``workers=`` to override.
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -349,35 +348,55 @@ def default_workers() -> int:
 
 
 def decode_files(paths: list[_decode.Source], workers: int | None = None, chunk: int = 500) -> np.ndarray:
-    """Decode image files to one uint8 ``(N, H, W, C)`` array, in worker processes.
+    """Decode image files (paths or ``(name, bytes)``) into one uint8 ``(N, C, H, W)`` array.
 
-    All images must share one size (else :class:`DataError` naming the first odd file); grayscale files are
-    expanded to RGB when mixed with colour ones. Truncated/corrupt files raise :class:`DataError` naming them.
+    Chunks of ``chunk`` files are decoded in ``workers`` processes (default :func:`default_workers`) and
+    written into one preallocated array as they arrive (peak memory: the result plus a few chunks). All
+    images must share one size (else :class:`DataError` naming the first odd file); grayscale images are
+    expanded to RGB when mixed with colour ones; truncated/corrupt files raise :class:`DataError` naming them.
     """
     if not paths:
         raise DataError("no image files to decode")
     workers = default_workers() if workers is None else int(workers)
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    if workers <= 1 or len(chunks) == 1:
-        results = [_decode.decode_chunk(c) for c in chunks]
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context()) as ex:
-            results = list(ex.map(_decode.decode_chunk, chunks))
-    for arr, err in results:
+    out: np.ndarray | None = None
+
+    def place(start: int, first: _decode.Source, res: tuple[np.ndarray | None, str | None]) -> None:
+        nonlocal out
+        arr, err = res
         if err is not None:
             raise DataError(err)
-    arrays = [r[0] for r in results]
-    h, w = arrays[0].shape[1:3]
-    for c, a in zip(chunks, arrays):
-        if a.shape[1:3] != (h, w):
+        assert arr is not None
+        arr = arr.transpose(0, 3, 1, 2)  # (n, C, H, W)
+        if out is None:
+            out = np.empty((len(paths),) + arr.shape[1:], np.uint8)
+        if arr.shape[2:] != out.shape[2:]:
             raise DataError(
-                f"{_decode.source_name(c[0])}: image size {a.shape[2]}x{a.shape[1]} differs from {w}x{h} "
-                f"({_decode.source_name(paths[0])}); an in-memory "
-                "image folder needs one size (resize the images or use StreamingImageFolder)"
+                f"{_decode.source_name(first)}: image size {arr.shape[3]}x{arr.shape[2]} differs from "
+                f"{out.shape[3]}x{out.shape[2]} ({_decode.source_name(paths[0])}); an in-memory image folder needs "
+                "one size (resize the images or use StreamingImageFolder)"
             )
-    if len({a.shape[3] for a in arrays}) > 1:
-        arrays = [a if a.shape[3] == 3 else np.repeat(a, 3, axis=3) for a in arrays]
-    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        if arr.shape[1] != out.shape[1]:  # grayscale mixed with colour -> colour
+            if arr.shape[1] == 1:
+                arr = np.repeat(arr, 3, axis=1)
+            else:
+                out = np.repeat(out, 3, axis=1)
+        out[start : start + len(arr)] = arr
+
+    if workers <= 1 or len(chunks) == 1:
+        for i, c in enumerate(chunks):
+            place(i * chunk, c[0], _decode.decode_chunk(c))
+    else:
+        ex = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context())
+        try:
+            for i, (c, res) in enumerate(zip(chunks, ex.map(_decode.decode_chunk, chunks))):
+                place(i * chunk, c[0], res)
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True)  # a bad file: do not decode the rest
+            raise
+        ex.shutdown()
+    assert out is not None
+    return out
 
 
 def _is_image(p: Path) -> bool:
@@ -417,6 +436,7 @@ def _save_cache(path: Path, payload: dict) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -435,23 +455,23 @@ def _load_cache(path: Path) -> dict | None:
     return payload
 
 
-def _build_payload(
-    splits: dict[str, tuple[list, list[int]]], classes: list[str], workers: int | None
-) -> dict:
+def _build_payload(splits: dict[str, tuple[list, list[int]]], classes: list[str], workers: int | None) -> dict:
     """Decode every split; images become uint8 (N, C, H, W) tensors; mean/std from the train split."""
     out: dict = {"version": _CACHE_VERSION, "classes": list(classes), "splits": list(splits)}
     shapes = {}
     for split, (files, labels) in splits.items():
         srcs = [str(p) if isinstance(p, Path) else p for p in files]
-        arr = decode_files(srcs, workers=workers)  # (N, H, W, C)
+        arr = decode_files(srcs, workers=workers)  # (N, C, H, W)
         shapes[split] = (arr.shape[1:], _decode.source_name(srcs[0]))
-        out[f"{split}_images"] = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        out[f"{split}_images"] = torch.from_numpy(arr)
         out[f"{split}_labels"] = torch.tensor(labels, dtype=torch.int64)
     (tr_shape, tr_file) = shapes["train"]
     for split, (shape, first) in shapes.items():
-        if shape[:2] != tr_shape[:2]:
-            raise DataError(f"{first}: {split} images are {shape[1]}x{shape[0]} but train images are {tr_shape[1]}x{tr_shape[0]} ({tr_file})")
-        if shape[2] != tr_shape[2]:  # gray split vs colour split -> colour
+        if shape[1:] != tr_shape[1:]:
+            raise DataError(
+                f"{first}: {split} images are {shape[2]}x{shape[1]} but train images are {tr_shape[2]}x{tr_shape[1]} ({tr_file})"
+            )
+        if shape[0] != tr_shape[0]:  # gray split vs colour split -> colour
             for s in shapes:
                 if out[f"{s}_images"].shape[1] == 1:
                     out[f"{s}_images"] = out[f"{s}_images"].expand(-1, 3, -1, -1).contiguous()
@@ -511,7 +531,9 @@ def _imagefolder_splits(
     if eval_split is None:
         eval_split = next((s for s in ("val", "test") if (data_root / s).is_dir()), None)
         if eval_split is None:
-            raise DataError(f"{data_root}: no val/ or test/ folder next to train/ (expected root/{{train,val|test}}/<class>/*.jpg)")
+            raise DataError(
+                f"{data_root}: no val/ or test/ folder next to train/ (expected root/{{train,val|test}}/<class>/*.jpg)"
+            )
     elif not (data_root / eval_split).is_dir():
         raise DataError(f"{data_root / eval_split}: evaluation split folder not found")
     class_dirs = _list_class_folders(train_dir)
@@ -556,7 +578,9 @@ def _scan_archive(
     if len(prefixes) > 1:
         raise DataError(f"{archive}: several train/ folders inside ({', '.join('/'.join(p) or '.' for p in sorted(prefixes))})")
     pre = prefixes.pop()
-    present = {split for (p, split, _) in files if p == pre} | {d[len(pre)] for d in dirs if len(d) > len(pre) and d[: len(pre)] == pre}
+    present = {split for (p, split, _) in files if p == pre} | {
+        d[len(pre)] for d in dirs if len(d) > len(pre) and d[: len(pre)] == pre
+    }
     if eval_split is None:
         eval_split = next((s for s in ("val", "test") if s in present), None)
         if eval_split is None:
@@ -571,7 +595,7 @@ def _scan_archive(
     for split in ("train", eval_split):
         srcs: list[_decode.Source] = []
         labels: list[int] = []
-        for (p, s_, c) in sorted(k for k in files if k[0] == pre and k[1] == split):
+        for p, s_, c in sorted(k for k in files if k[0] == pre and k[1] == split):
             if c not in index:
                 raise DataError(f"{archive}:{'/'.join(pre + (split, c))}: class {c!r} is not among the train classes")
             items = sorted(files[(p, s_, c)], key=lambda t: t[0])
@@ -600,7 +624,9 @@ def _load_imagefolder(
         payload = _cached(base / f"{stem}.pt", build)
         return _datasets_from_payload(payload, name, payload["eval_split"])
     if not root.exists():
-        raise DataError(f"imagefolder: {root} not found (expected a folder root/{{train,val|test}}/<class>/*.jpg or a .tar.gz of it)")
+        raise DataError(
+            f"imagefolder: {root} not found (expected a folder root/{{train,val|test}}/<class>/*.jpg or a .tar.gz of it)"
+        )
     has_train = lambda p: (p / "train").is_dir()  # noqa: E731
     data_root = _find_data_root(root, has_train)
     if data_root is None:

@@ -48,7 +48,8 @@ class Collected:
 
 # --------------------------------------------------------------------------------------------- loading
 def resolve_checkpoint(path: Path | str) -> Path:
-    """A checkpoint file, or a run folder holding ``checkpoints/last.pt`` (or ``last.pt``)."""
+    """A checkpoint file (``.pt``/``.pth``, or an export card ``.json``), or a run folder holding
+    ``checkpoints/last.pt`` (or ``last.pt``)."""
     p = Path(path)
     if p.is_dir():
         for cand in (p / "checkpoints" / "last.pt", p / "last.pt", p / "checkpoints" / "best.pt"):
@@ -58,6 +59,18 @@ def resolve_checkpoint(path: Path | str) -> Path:
     if not p.exists():
         raise ConfigError(f"checkpoint {p} does not exist")
     return p
+
+
+def read_any_checkpoint(path: Path) -> dict:
+    """A kdlab run checkpoint or RepDistiller-style file (``weights_only=True``), or a kdlab export card
+    (``.json``, sha256-checked; its weights hold the network only, so no projection head)."""
+    if path.suffix == ".json":
+        from kdlab.runs import read_card
+
+        card, weights = read_card(path)
+        keys = ("stage", "arch", "num_classes", "input_shape", "dataset", "epoch")
+        return {"model": load_checkpoint(weights), **{k: card.get(k) for k in keys}, "config": card.get("recipe") or {}}
+    return load_checkpoint(path)  # weights_only=True
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -140,7 +153,7 @@ def collect_outputs(path: Path | str, *, split: str = "test", max_samples: int |
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)  # weights_only=True
+    ckpt = read_any_checkpoint(ckpt_path)
     arch = arch or ckpt.get("arch")
     if arch is None:
         raise ConfigError(f"checkpoint {ckpt_path} records no architecture; pass arch=NAME")
@@ -358,9 +371,10 @@ def plot_tsne(features: Mapping[str, Any], path: Path, *, classes: Sequence[str]
         xy, y = tsne_embed(feats, labels, max_points=max_points, seed=seed)
         k = n_cls or int(y.max()) + 1
         cmap = plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "turbo")
-        colours = y if k <= 20 else y / max(k - 1, 1)
-        ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(int(v)) if k <= 20 else cmap(float(v)) for v in colours], s=6,
-                   alpha=0.8, linewidths=0)
+        if k <= 20:  # qualitative map: class i gets colour i
+            ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(int(v)) for v in y], s=6, alpha=0.8, linewidths=0)
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap=cmap, vmin=0, vmax=k - 1, s=6, alpha=0.8, linewidths=0)
         ax.set(title=f"{label} (n={len(y)})", xticks=[], yticks=[])
         if k <= 20:
             names = list(classes) if classes else [str(i) for i in range(k)]
@@ -506,4 +520,4 @@ def main_analyze(paths: list[Path], out: Path, **kw: Any) -> Path:
 
 __all__ = ["Collected", "collect_outputs", "summarize", "analyze_checkpoint", "write_analysis", "main_analyze",
            "plot_ratio_vs", "plot_tsne", "plot_ratio_hist", "plot_margin_hist", "tsne_embed", "analysis_markdown",
-           "resolve_checkpoint", "run_label", "SPACES"]
+           "resolve_checkpoint", "read_any_checkpoint", "run_label", "SPACES"]

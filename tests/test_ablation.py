@@ -1,0 +1,597 @@
+"""`kdlab ablate`: plan parsing, knob resolution, the results store, executors and reports.
+
+Fast tests use the plan files in tests/plans/ (written for these tests in the AblationBench format, with the
+same mojibake and HTML noise as the seed plans). Tests marked ``shared`` read the seed plans from ../shared
+and are skipped when it is absent. End-to-end tests train tiny real runs on the embedded digits data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kdlab.ablation import (
+    KNOBS,
+    PlanError,
+    ResolveError,
+    parse_plan,
+    rebuild_report,
+    render_knob_table,
+    resolve_plan,
+    run_plan,
+)
+from kdlab.ablation.knobs import NOTHING, field_info
+from kdlab.ablation.plan import parse_plan_text
+from kdlab.ablation.resolve import load_base, map_metric, parse_value
+from kdlab.ablation.store import CLAIM, Store, atomic_write_json, run_key, teacher_key
+from kdlab.config import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = Path(__file__).resolve().parent / "plans"
+SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+shared = pytest.mark.shared
+needs_seeds = pytest.mark.skipif(not SEEDS.is_dir(), reason="../shared/seeds not present")
+needs_stages = pytest.mark.skipif(importlib.util.find_spec("kdlab.engine.stages") is None,
+                                  reason="kdlab.engine.stages not available yet")
+FAKE = "kdlab.ablation.fakestages"
+TINY = ("teacher.epochs=1", "student.epochs=1", "data.subset=200", "data.test_subset=100")
+
+
+def grid_of(grid) -> list[tuple[str, str, list[str]]]:
+    """(knob name, action, variant labels) per ablation: what the tests compare exactly."""
+    return [(a.knob.name, a.ablation.action, [v.label for v in a.variants]) for a in grid.ablations]
+
+
+def overrides_of(grid) -> list[list[dict]]:
+    return [[v.overrides for v in a.variants] for a in grid.ablations]
+
+
+def seed_file(prefix: str) -> Path:
+    return next(SEEDS.glob(f"{prefix}_*.txt"))
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+def test_markdown_plan_parses_and_ignores_the_reasoning_trace():
+    plan = parse_plan(PLANS / "intra_renamed.md")
+    assert plan.title == "Enriching Knowledge Distillation with Intra Class Contrastive Learning"
+    names = [a.name for a in plan.ablations]
+    assert "Draft: drop the teacher entirely" not in names  # lives in the reasoning trace
+    assert len(plan.ablations) == 8
+    first = plan.ablations[0]
+    assert first.action == "REPLACE"
+    assert first.replacements == ("Î´ = 0.2", "未=0.8", "-0.5")
+    assert first.metrics == ("Top-1 accuracy (%)", "convergence speed")
+    assert plan.ablations[3].action == "REMOVE" and plan.ablations[3].replacements == ()
+    assert plan.ablations[3].metrics == ("Training time", "peak memory")
+    assert plan.ablations[4].action == "ADD"
+
+
+def test_jsonl_plan_parses_lists_strings_and_nulls():
+    plan = parse_plan(PLANS / "intra_plan.jsonl")
+    assert plan.format == "jsonl"
+    assert [a.name for a in plan.ablations] == ["Margin sweep", "No anchor filtering", "Temperature", "Intra loss off"]
+    assert plan.ablations[0].line == 1 and plan.ablations[1].line == 3  # blank lines are skipped, lines counted
+    assert plan.ablations[1].metrics == ("Top-1 Accuracy", "Convergence Speed", "Training Stability")
+    assert plan.ablations[2].replacements == ("0.05", "0.5")  # an inline numeric list is split
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty.md", "the plan file is empty"),
+    ("no_plan.md", "no ablation plan found"),
+    ("bad_action.md", "bad_action.md:7: ablation 'Margin': unknown action 'TWEAK'; use REMOVE, REPLACE or ADD"),
+    ("bad_line.jsonl", "bad_line.jsonl:2: not valid JSON"),
+    ("replace_without_values.md", "is REPLACE but lists no"),
+])
+def test_malformed_plans_give_clear_errors(name, message):
+    with pytest.raises(PlanError) as err:
+        parse_plan(PLANS / name)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_plan_file():
+    with pytest.raises(PlanError, match="not found"):
+        parse_plan(PLANS / "nope.md")
+
+
+def test_json_object_that_is_not_an_ablation(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"name": "a", "action": "REMOVE"}\n')
+    with pytest.raises(PlanError, match=r"x.jsonl:1: missing 'ablated_part'"):
+        parse_plan(p)
+
+
+# --------------------------------------------------------------------------------------------- resolution
+def test_renamed_intra_plan_resolves_to_the_intended_grid():
+    grid = resolve_plan(parse_plan(PLANS / "intra_renamed.md"))
+    assert grid.scope == "intra" and grid.base_name == "ablation/intra_digits"
+    assert grid.seeds == [0, 1, 2]
+    assert grid_of(grid) == [
+        ("intra.delta", "REPLACE", ["0.2", "0.8", "-0.5"]),
+        ("intra.cache_size", "REPLACE", ["16", "256"]),
+        ("objective.kind", "REPLACE", ["supcon", "simclr"]),
+        ("intra.cache", "REMOVE", ["removed"]),
+        ("distill.methods", "ADD", ["+rkd"]),
+        ("intra.lambda", "REPLACE", ["0", "0.01", "0.05"]),
+        ("view_augment", "REPLACE", ["[rrc, color_jitter]"]),
+        ("view_augment", "ADD", ["+cutout"]),
+    ]
+    ov = overrides_of(grid)
+    assert ov[0] == [{"objective.intra.delta": 0.2}, {"objective.intra.delta": 0.8}, {"objective.intra.delta": -0.5}]
+    assert ov[1] == [{"objective.intra.cache.size": 16}, {"objective.intra.cache.size": 256}]
+    # replacing the loss keeps the base's lambda and temperature
+    assert ov[2][0] == {"objective.kind": "supcon", "objective.supcon.lambda_": 0.02, "objective.supcon.tau": 0.1}
+    assert ov[3] == [{"objective.intra.cache.enabled": False}]
+    assert ov[4] == [{"distill.methods": ["kd", "rkd"]}]
+    assert ov[7] == [{"data.view_augment": ["crop", "cutout"]}]
+    metrics = [[(m.name, m.keys) for m in a.metrics] for a in grid.ablations]
+    assert metrics[0] == [("Top-1 accuracy (%)", ("top1",)), ("convergence speed", ("convergence_epoch",))]
+    assert metrics[1][1] == ("GPU memory footprint", ("peak_mem_mb",))
+    assert metrics[5] == [("Top-1 Accuracy", ("top1",)), ("Training Stability", ("loss_std", "loss_spikes")),
+                          ("Frobnication index", ())]  # unknown metric: kept, not measured
+
+
+def test_renamed_cocord_plan_resolves_to_the_intended_grid():
+    grid = resolve_plan(parse_plan(PLANS / "cocord_renamed.md"))
+    assert grid.scope == "cocord" and grid.base_name == "ablation/cocord_digits"
+    assert grid_of(grid) == [
+        ("cocord.queue_size", "REPLACE", ["256", "1024", "2048"]),
+        ("cocord.m_r", "REPLACE", ["0", "0.99"]),
+        ("cocord.pred_weight", "REMOVE", ["removed"]),
+        ("cocord.tau", "REPLACE", ["0.05", "0.2"]),  # "temperature" in a CoCoRD plan is CoCoRD's tau
+        ("cocord.m_c", "REPLACE", ["0.99", "1"]),
+        ("cocord.pred", "REPLACE", ["reverse", "forward", "both"]),
+        ("cocord.memory", "REPLACE", ["bank"]),
+    ]
+    assert grid.ablations[5].variants[2].same_as_base
+    assert overrides_of(grid)[2] == [{"distill.cocord.pred_weight": 0.0}]
+    assert not any(a.teacher_varies for a in grid.ablations)  # one CE teacher shared by every variant
+
+
+def test_jsonl_plans_resolve():
+    grid = resolve_plan(parse_plan(PLANS / "intra_plan.jsonl"))
+    assert grid_of(grid) == [
+        ("intra.delta", "REPLACE", ["0.1", "0.9"]),
+        ("intra.margin", "REMOVE", ["removed"]),
+        ("intra.tau", "REPLACE", ["0.05", "0.5"]),
+        ("objective.kind", "REMOVE", ["removed"]),
+    ]
+    assert overrides_of(grid)[3] == [{"objective.kind": "ce"}]
+    assert grid.ablations[3].metrics[1].stage == "teacher"
+    grid = resolve_plan(parse_plan(PLANS / "cocord_plan.jsonl"))
+    assert grid.scope == "cocord"
+    assert grid_of(grid) == [("cocord.queue_size", "REPLACE", ["512", "4096"]),
+                             ("cocord.pred_weight", "REPLACE", ["1", "8"])]
+
+
+PHRASINGS = [
+    # (method, ablated part, action, replacements, knob, expected overrides of the first variant)
+    ("intra", "margin-based selection", "REMOVE", [], "intra.margin", {"objective.intra.margin": False}),
+    ("intra", "Margin threshold", "REMOVE", [], "intra.delta", {"objective.intra.margin": False}),
+    ("intra", "anchor filtering by teacher confidence", "REMOVE", [], "intra.margin", {"objective.intra.margin": False}),
+    ("intra", "confidence threshold", "REPLACE", ["0.25"], "intra.delta", {"objective.intra.delta": 0.25}),
+    ("intra", "pipeline queue", "REMOVE", [], "intra.cache", {"objective.intra.cache.enabled": False}),
+    ("intra", "caching mechanism", "REMOVE", [], "intra.cache", {"objective.intra.cache.enabled": False}),
+    ("intra", "memory queue", "REMOVE", [], "intra.cache", {"objective.intra.cache.enabled": False}),
+    ("intra", "negative bank length", "REPLACE", ["32"], "intra.cache_size", {"objective.intra.cache.size": 32}),
+    ("intra", "cache update strategy", "REPLACE", ["flush after each computation"], "intra.cache_mode",
+     {"objective.intra.cache.mode": "flush"}),
+    ("intra", "intra-class loss entirely", "REMOVE", [], "objective.kind", {"objective.kind": "ce"}),
+    ("intra", "weight of the intra-class loss", "REMOVE", [], "intra.lambda", {"objective.intra.lambda_": 0.0}),
+    ("intra", "Trade-off hyperparameter λ", "REPLACE", ["λ = 0.05"], "intra.lambda", {"objective.intra.lambda_": 0.05}),
+    ("intra", "temperature", "REPLACE", ["0.2"], "intra.tau", {"objective.intra.tau": 0.2}),
+    ("intra", "temperature of InfoNCE", "REPLACE", ["0.2"], "intra.tau", {"objective.intra.tau": 0.2}),
+    ("intra", "KD temperature T", "REPLACE", ["8"], "kd.T", {"distill.kd.T": 8.0}),
+    ("intra", "projection head depth", "REPLACE", ["single-layer MLP"], "head.kind", {"objective.head.kind": "linear"}),
+    ("intra", "projection head", "REPLACE", ["linear projection"], "head.kind", {"objective.head.kind": "linear"}),
+    ("intra", "projection head", "REMOVE", [], "head.kind", {"objective.head.kind": "none"}),
+    ("intra", "positive sample source", "REPLACE", ["memory bank of previous embeddings"], "intra.positive",
+     {"objective.intra.positive": "memory"}),
+    ("intra", "Teacher training objective", "REPLACE", ["CE + SupCon"], "objective.kind",
+     {"objective.kind": "supcon", "objective.supcon.lambda_": 0.02, "objective.supcon.tau": 0.1}),
+    ("intra", "Combining with RKD (Ours+RKD)", "ADD", [], "distill.methods", {"distill.methods": ["kd", "rkd"]}),
+    ("intra", "Distillation loss used for the student", "REPLACE", ["KD + CRD"], "distill.methods",
+     {"distill.methods": ["kd", "crd"]}),
+    ("intra", "Gaussian blur augmentation", "ADD", [], "view_augment", {"data.view_augment": ["crop", "blur"]}),
+    ("intra", "student architecture", "REPLACE", ["ResNet-20"], "student.arch", {"student.arch": "resnet20"}),
+    ("intra", "teacher-student pair", "REPLACE", ["WRN-40-2 -> WRN-16-2"], "arch.pair",
+     {"teacher.arch": "wrn_40_2", "student.arch": "wrn_16_2"}),
+    ("intra", "number of training epochs", "REPLACE", ["3"], "epochs", {"teacher.epochs": 3, "student.epochs": 3}),
+    ("intra", "label smoothing", "ADD", [], "label_smoothing", {"objective.label_smoothing": 0.1}),
+    ("cocord", "dictionary size N", "REPLACE", ["4096"], "cocord.queue_size", {"distill.cocord.queue_size": 4096}),
+    ("cocord", "negative bank length", "REPLACE", ["2^10"], "cocord.queue_size", {"distill.cocord.queue_size": 1024}),
+    ("cocord", "momentum coefficient of the teacher head", "REPLACE", ["0.99"], "cocord.m_c", {"distill.cocord.m_c": 0.99}),
+    ("cocord", "slow-moving student", "REMOVE", [], "cocord.m_r", {"distill.cocord.m_r": 0.0}),
+    ("cocord", "consistency loss", "REMOVE", [], "cocord.pred_weight", {"distill.cocord.pred_weight": 0.0}),
+    ("cocord", "temperature of InfoNCE", "REPLACE", ["0.2"], "cocord.tau", {"distill.cocord.tau": 0.2}),
+    ("cocord", "classification loss weight λcls", "REPLACE", ["0.5"], "ce_weight", {"distill.ce_weight": 0.5}),
+    ("cocord", "symmetrization of Lpred", "REMOVE", [], "cocord.pred", {"distill.cocord.pred": "forward"}),
+    ("cocord", "Prediction loss (L_pred) between student and slow-moving student", "REMOVE", [], "cocord.pred_weight",
+     {"distill.cocord.pred_weight": 0.0}),
+]
+
+
+@pytest.mark.parametrize("scope, part, action, reps, knob, first", PHRASINGS)
+def test_other_phrasings_resolve(scope, part, action, reps, knob, first):
+    rep = "\n".join(f"  - {r}" for r in reps)
+    title = "Contrastive_Consistent_Representation_Distillation" if scope == "cocord" else \
+        "Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning"
+    text = f"# lm-planner/m/{title}\n\n<h2>Ablation Plan</h2>\n\n### A\n- **Ablated Part**: {part}\n" \
+           f"- **Action**: {action}\n" + (f"- **Replacement**: \n{rep}\n" if reps else "") + "- **Metrics**: accuracy\n"
+    grid = resolve_plan(parse_plan_text(text, "phrasing.md"))
+    assert grid.scope == scope
+    a = grid.ablations[0]
+    assert a.knob.name == knob
+    assert a.variants[0].overrides == first
+
+
+def test_unknown_part_lists_closest_knobs_and_map_fixes_it():
+    plan = parse_plan(PLANS / "unknown_part.md")
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(plan)
+    msg = str(err.value)
+    assert "nothing was run" in msg
+    assert "cannot place the ablated part 'Gradient clipping norm'" in msg
+    assert "Closest knobs" in msg
+    assert '--map "Clip the gradients=' in msg
+    grid = resolve_plan(plan, maps=["Clip the gradients=distill.kd.T"])
+    assert grid_of(grid)[1] == ("kd.T", "REPLACE", ["1", "5"])
+    assert "--map" in grid.ablations[1].how
+    # a map to any config path works, even one no knob names
+    grid = resolve_plan(plan, maps=["clip the gradients=data.crop_padding"])
+    assert overrides_of(grid)[1] == [{"data.crop_padding": 1}, {"data.crop_padding": 5}]
+    with pytest.raises(ResolveError, match="matches no ablation"):
+        resolve_plan(plan, maps=["Clip the gradients=distill.kd.T", "Nope=distill.kd.T"])
+    with pytest.raises(ResolveError, match="neither a knob name nor a config path"):
+        resolve_plan(plan, maps=["Clip the gradients=distill.kd.temperature"])
+
+
+def test_out_of_range_values_are_errors():
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan(PLANS / "out_of_range.md"))
+    msg = str(err.value)
+    assert "2 problems" in msg
+    assert "objective.intra.delta: input should be less than or equal to 1 (got 1.5)" in msg
+    assert "objective.intra.lambda_: input should be greater than or equal to 0 (got -0.1)" in msg
+
+
+def test_ambiguous_part_is_an_error(tmp_path):
+    p = tmp_path / "amb.jsonl"
+    p.write_text(json.dumps({"name": "Momentum", "ablated_part": "CoCoRD momentum", "action": "REPLACE",
+                             "replacement": ["0.5", "0.99"], "metrics": ["Top-1"]}) + "\n")
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan(p))
+    assert "ambiguous between cocord.m_" in str(err.value) and "--map" in str(err.value)
+    grid = resolve_plan(parse_plan(p), maps=["Momentum=cocord.m_r"])
+    assert overrides_of(grid) == [[{"distill.cocord.m_r": 0.5}, {"distill.cocord.m_r": 0.99}]]
+
+
+def test_knob_without_effect_on_the_base_is_an_error(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text(json.dumps({"name": "q", "ablated_part": "dictionary size N", "action": "REPLACE",
+                             "replacement": ["1024"], "metrics": []}) + "\n")
+    with pytest.raises(ResolveError, match="has no effect on this base"):
+        resolve_plan(parse_plan(p), base="ablation/intra_digits")
+
+
+def test_base_override_seeds_and_explicit_base():
+    plan = parse_plan(PLANS / "cocord_plan.jsonl")
+    grid = resolve_plan(plan, overrides=["distill.cocord.queue_size=256"], seeds=[5, 7])
+    assert grid.seeds == [5, 7] and grid.base.distill.cocord.queue_size == 256
+    assert [v.same_as_base for v in grid.ablations[0].variants] == [False, False]
+    with pytest.raises(ResolveError, match="base config"):
+        resolve_plan(plan, overrides=["distill.cocord.queue_size=0"])
+
+
+@pytest.mark.parametrize("knob, text, value", [
+    ("intra.lambda", "λ = 0.05", 0.05),
+    ("intra.lambda", "1e-3", 0.001),
+    ("intra.lambda", "位=0.03 (paper default)", 0.03),
+    ("intra.delta", "50%", 0.5),
+    ("intra.delta", "δ -0.25", -0.25),
+    ("intra.cache_size", "Q=256", 256),
+    ("intra.cache_size", "256 negatives per class", 256),
+    ("cocord.queue_size", "16K", 16384),
+    ("cocord.queue_size", "10k", 10000),
+    ("intra.margin", "off", False),
+    ("intra.margin", "with margin", True),
+    ("cocord.pred", "L̃pred only", "reverse"),
+    ("cocord.pred", "non-symmetric", "forward"),
+    ("objective.kind", "self-supervised contrastive learning", "simclr"),
+    ("objective.kind", "inter-class contrastive learning", "supcon"),
+    ("head.kind", "2-layer MLP", "mlp2"),
+    ("view_augment", "RandomResizedCrop + ColorJitter", ["rrc", "color_jitter"]),
+    ("view_augment", "random crop, horizontal flip and Gaussian blur", ["crop", "flip", "blur"]),
+    ("view_augment", "no augmentation", []),
+    ("distill.methods", "Ours+RKD", ["kd", "rkd"]),
+    ("distill.methods", "CE only", []),
+    ("student.arch", "ShuffleNetV2", "ShuffleV2"),
+    ("student.arch", "ResNet32×4", "resnet32x4"),
+    ("teacher.arch", "MobileNet-V2", "MobileNetV2"),
+    ("arch.pair", "student resnet8 with teacher resnet56", ("resnet56", "resnet8")),
+])
+def test_value_parsing(knob, text, value):
+    from kdlab.ablation.knobs import knob_by_name
+
+    assert parse_value(knob_by_name(knob), text) == value
+
+
+@pytest.mark.parametrize("knob, text", [
+    ("intra.delta", "ResNet-8"), ("intra.delta", "0.1 to 0.9"), ("intra.cache_size", "12.5"),
+    ("intra.margin", "0.5"), ("objective.kind", "banana"), ("student.arch", "resnet9000"),
+])
+def test_values_that_do_not_parse(knob, text):
+    from kdlab.ablation.knobs import knob_by_name
+
+    with pytest.raises(ValueError):
+        parse_value(knob_by_name(knob), text)
+
+
+@pytest.mark.parametrize("name, keys, stage", [
+    ("Top-1 accuracy (%)", ("top1",), None), ("accuracy", ("top1",), None), ("Top-5 accuracy", ("top5",), None),
+    ("Convergence Speed", ("convergence_epoch",), None), ("Training Stability", ("loss_std", "loss_spikes"), None),
+    ("GPU Memory Utilization", ("peak_mem_mb",), None), ("loss", ("loss",), None), ("test loss", ("test_loss",), None),
+    ("training time", ("train_time_s",), None), ("time per iteration", ("step_time_ms",), None),
+    ("best accuracy", ("top1_best",), None), ("teacher accuracy", ("top1",), "teacher"),
+    ("intra/inter-class distance ratio", ("intra_inter_ratio",), None), ("BLEU", (), None),
+])
+def test_metric_names_map_to_kdlab_keys(name, keys, stage):
+    m = map_metric(name)
+    assert m.keys == keys and m.stage == stage
+
+
+def test_registry_points_at_real_config_paths_and_values_validate():
+    _, intra = load_base(None, "intra", [])
+    _, cocord = load_base(None, "cocord", [])
+    names = [k.name for k in KNOBS]
+    assert len(names) == len(set(names))
+    for k in KNOBS:
+        for p in k.paths + tuple(x for x in (k.off_path, k.on_path) if x):
+            field_info(p)  # KeyError if the path does not exist
+        info = field_info(k.path)
+        if k.kind not in ("pair",):
+            assert info.kind == k.kind, k.name
+        if k.kind == "choice":
+            assert set(k.choices) == set(info.choices), k.name
+        base = cocord if k.scope == "cocord" else intra
+        for value, path in ((k.off_value, k.off_path), (k.on_value, k.on_path)):
+            if value is not NOTHING:
+                build_config(base, [(path or k.path, value)])
+        assert k.aliases and k.description
+
+
+def test_docs_knob_table_is_in_sync():
+    doc = (ROOT / "docs" / "ABLATION.md").read_text()
+    assert render_knob_table() in doc, "docs/ABLATION.md is stale: paste kdlab.ablation.render_knob_table()"
+
+
+def test_shipped_bases_are_valid_and_cross_architecture_for_cocord():
+    from kdlab.models import build_model, probe
+
+    _, intra = load_base(None, "intra", [])
+    _, cocord = load_base(None, "cocord", [])
+    assert intra.objective.kind == "intra" and intra.data.name == "digits"
+    assert cocord.objective.kind == "ce" and cocord.distill.methods == ["cocord"]
+    t = probe(build_model(cocord.teacher.arch, 10, in_channels=1), (1, 8, 8)).pooled_dim
+    s = probe(build_model(cocord.student.arch, 10, in_channels=1), (1, 8, 8)).pooled_dim
+    assert t != s  # seed 004's m_c ablation is about a teacher/student pair with different feature sizes
+
+
+# --------------------------------------------------------------------------------------------- seed plans
+@shared
+@needs_seeds
+def test_seed_000_margin_threshold_and_lambda():
+    grid = resolve_plan(parse_plan(seed_file("000")))
+    assert grid.scope == "intra"
+    assert grid_of(grid) == [
+        ("intra.delta", "REPLACE", ["0", "0.1", "0.5", "0.9"]),
+        ("intra.lambda", "REPLACE", ["0", "0.005", "0.01", "0.03", "0.05", "0.1"]),
+    ]
+    assert overrides_of(grid)[1][1] == {"objective.intra.lambda_": 0.005}
+    assert [[m.keys for m in a.metrics] for a in grid.ablations] == [[("top1",)], [("top1",)]]
+
+
+@shared
+@needs_seeds
+def test_seed_001_remove_margin_and_cache():
+    grid = resolve_plan(parse_plan(seed_file("001")))
+    assert grid_of(grid) == [("intra.margin", "REMOVE", ["removed"]), ("intra.cache", "REMOVE", ["removed"])]
+    assert overrides_of(grid) == [[{"objective.intra.margin": False}], [{"objective.intra.cache.enabled": False}]]
+    assert [[m.keys for m in a.metrics] for a in grid.ablations] == [
+        [("top1",), ("convergence_epoch",), ("loss_std", "loss_spikes")],
+        [("top1",), ("convergence_epoch",), ("peak_mem_mb",)],
+    ]
+
+
+@shared
+@needs_seeds
+def test_seed_002_margin_values_and_contrastive_method():
+    grid = resolve_plan(parse_plan(seed_file("002")))
+    assert grid_of(grid) == [("intra.delta", "REPLACE", ["0.1", "0.5", "1"]),
+                             ("objective.kind", "REPLACE", ["supcon", "simclr"])]
+    assert overrides_of(grid)[1] == [
+        {"objective.kind": "supcon", "objective.supcon.lambda_": 0.02, "objective.supcon.tau": 0.1},
+        {"objective.kind": "simclr", "objective.simclr.lambda_": 0.02, "objective.simclr.tau": 0.1},
+    ]
+    assert [[m.keys for m in a.metrics] for a in grid.ablations] == [[("top1",), ("loss",)]] * 2
+
+
+@shared
+@needs_seeds
+def test_seed_003_is_not_a_plan():
+    with pytest.raises(PlanError, match="no ablation plan found"):
+        parse_plan(seed_file("003"))
+
+
+@shared
+@needs_seeds
+def test_seed_004_cocord_symmetrisation_and_teacher_momentum():
+    grid = resolve_plan(parse_plan(seed_file("004")))
+    assert grid.scope == "cocord" and grid.base.teacher.arch == "resnet8x4" and grid.base.student.arch == "resnet8"
+    assert grid_of(grid) == [("cocord.pred", "REPLACE", ["forward", "reverse"]),
+                             ("cocord.m_c", "REPLACE", ["1", "0.999"])]
+    assert overrides_of(grid) == [[{"distill.cocord.pred": "forward"}, {"distill.cocord.pred": "reverse"}],
+                                  [{"distill.cocord.m_c": 1.0}, {"distill.cocord.m_c": 0.999}]]
+    assert grid.ablations[1].variants[1].same_as_base
+
+
+@shared
+@needs_seeds
+def test_seed_plans_dry_run(tmp_path, capsys):
+    r = run_plan(seed_file("000"), dry_run=True, out=tmp_path / "o")
+    out = capsys.readouterr().out
+    assert "intra.delta" in out and "dry run" in out
+    assert not (tmp_path / "o").exists() and r.execution is None
+
+
+# --------------------------------------------------------------------------------------------- store
+def test_keys_separate_what_matters():
+    _, base = load_base(None, "intra", [])
+    k = run_key(base)
+    assert run_key(base.model_copy(update={"name": "other"})) == k
+    assert run_key(build_config(base, ["runtime.threads=3", "runtime.progress=true"])) == k
+    assert run_key(build_config(base, ["seed=1"])) != k
+    assert run_key(build_config(base, ["objective.intra.delta=0.1"])) != k
+    t = teacher_key(base)
+    assert teacher_key(build_config(base, ["distill.kd.T=2", "student.arch=resnet20"])) == t
+    assert teacher_key(build_config(base, ["objective.intra.delta=0.1"])) != t
+    assert teacher_key(build_config(base, ["seed=1"])) != t
+    assert teacher_key(build_config(base, ["runtime.deterministic=true"])) != t
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_claims_busy_stale_and_foreign(tmp_path):
+    store = Store(tmp_path)
+    d = tmp_path / "runs" / "k1"
+    c = store.try_claim(d)
+    assert c is not None and store.claim_state(d) == "busy"
+    assert store.try_claim(d) is None  # held by a live process (us)
+    c.release()
+    assert store.claim_state(d) == "free"
+    # a claim left by a dead process is stale and taken over
+    atomic_write_json(d / CLAIM, {"pid": _dead_pid(), "host": socket.gethostname(), "start": None})
+    assert store.claim_state(d) == "stale"
+    c = store.try_claim(d)
+    assert c is not None
+    c.release()
+    # another host: stale only when its heartbeat is old
+    atomic_write_json(d / CLAIM, {"pid": 1, "host": "elsewhere", "start": None})
+    assert store.claim_state(d) == "busy"
+    old = time.time() - 3600
+    os.utime(d / CLAIM, (old, old))
+    assert store.claim_state(d) == "stale"
+    # a finished run cannot be claimed
+    (d / CLAIM).unlink()
+    store.write_record(d, {"status": "done", "metrics": {}})
+    assert store.try_claim(d) is None
+    assert json.loads((d / "record.json").read_text())["status"] == "done"
+    assert not list(d.glob(".record.json.*"))  # no temp files left
+
+
+# ---------------------------------------------------------------------------------- execution (fake stages)
+def _records(out: Path) -> dict[str, dict]:
+    return Store(out).records()
+
+
+def test_failed_runs_are_recorded_and_do_not_stop_the_others(tmp_path):
+    out = tmp_path / "o"
+    r = run_plan(PLANS / "failing.jsonl", seeds=2, out=out, stages=FAKE, jobs=2, echo=None, overrides=TINY)
+    recs = _records(out)
+    assert len(recs) == 6
+    failed = [x for x in recs.values() if x["status"] == "failed"]
+    assert len(failed) == 2 and all(x["config"]["objective"]["intra"]["lambda_"] == 2.0 for x in failed)
+    assert all(x["failed_stage"] == "teacher" and "teacher failed: loss became nan" in x["error"] for x in failed)
+    assert r.exit_code == 1
+    t = r.report.tables[0]
+    assert [(row.label, row.n_ok, row.n_failed) for row in t.rows] == [("base", 2, 0), ("0.05", 2, 0), ("2", 0, 2)]
+    report = (out / "report.md").read_text()
+    assert "Failed runs:" in report and "loss became nan" in report
+    # re-running skips failed runs; --retry-failed runs them again
+    r2 = run_plan(PLANS / "failing.jsonl", seeds=2, out=out, stages=FAKE, jobs=2, echo=None, overrides=TINY)
+    assert r2.executed == []
+    r3 = run_plan(PLANS / "failing.jsonl", seeds=2, out=out, stages=FAKE, jobs=2, echo=None, overrides=TINY,
+                  retry_failed=True)
+    assert sorted(r3.executed) == sorted(k for k, x in recs.items() if x["status"] == "failed")
+
+
+def test_two_processes_on_one_folder_run_each_run_once(tmp_path):
+    out, log = tmp_path / "o", tmp_path / "calls.log"
+    code = textwrap.dedent(f"""
+        from kdlab.ablation import run_plan
+        run_plan({str(PLANS / 'tiny.jsonl')!r}, seeds=3, out={str(out)!r}, stages={FAKE!r}, jobs=2, echo=None,
+                 overrides={TINY!r})
+    """)
+    env = dict(os.environ, KDLAB_FAKE_SLEEP="0.5", KDLAB_FAKE_LOG=str(log),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    calls = log.read_text().splitlines()
+    assert len(calls) == len(set(calls)) == 12  # 6 teachers + 6 students, none twice
+    assert all(x["status"] == "done" for x in _records(out).values()) and len(_records(out)) == 6
+
+
+# ------------------------------------------------------------------------------------- end to end (real)
+def _check_tiny_report(r, out: Path):
+    recs = _records(out)
+    assert len(recs) == 4 and all(x["status"] == "done" for x in recs.values()), recs
+    assert all("student.top1" in x["metrics"] and "teacher.top1" in x["metrics"] for x in recs.values())
+    t = r.report.tables[0]
+    assert [row.label for row in t.rows] == ["base", "removed"]
+    assert all(row.n_ok == 2 and row.n_failed == 0 for row in t.rows)
+    assert [c for c, _ in t.columns] == ["student.top1", "teacher.top1", "student.peak_mem_mb", "teacher.peak_mem_mb"]
+    assert t.not_measured == ["Frobnication index"]
+    md = (out / "report.md").read_text()
+    assert " ± " in md and "Δ vs base" in md and "Frobnication index" in md
+    assert (out / "plots" / "01-no-pipeline-cache.png").stat().st_size > 1000
+    assert (out / "plots" / "01-no-pipeline-cache-curves.png").exists()
+    assert (out / "results.csv").read_text().count("\n") == 5
+
+
+@needs_stages
+def test_tiny_plan_end_to_end_local_with_resume(tmp_path):
+    out = tmp_path / "local"
+    r = run_plan(PLANS / "tiny.jsonl", seeds=2, out=out, executor="local", jobs=2, overrides=TINY, echo=None)
+    assert r.exit_code == 0, r.report.text
+    assert len(r.execution.executed) == 4 and len(r.execution.executed_teachers) == 4
+    _check_tiny_report(r, out)
+    # the base's teacher is reused by no one else here, but each student found its teacher by key
+    recs = _records(out)
+    assert len({x["teacher_key"] for x in recs.values()}) == 4
+    # simulate an interruption: one run lost its record, another was left claimed by a dead process
+    keys = sorted(recs)
+    (out / "runs" / keys[0] / "record.json").unlink()
+    (out / "runs" / keys[1] / "record.json").unlink()
+    atomic_write_json(out / "runs" / keys[1] / CLAIM, {"pid": _dead_pid(), "host": socket.gethostname(), "start": None})
+    r2 = run_plan(PLANS / "tiny.jsonl", seeds=2, out=out, executor="local", jobs=2, overrides=TINY, echo=None)
+    assert sorted(r2.execution.executed) == keys[:2]
+    assert r2.execution.executed_teachers == []
+    assert sorted(r2.execution.skipped) == keys[2:]
+    # the report is rebuilt from the store alone
+    (out / "report.md").unlink()
+    text = rebuild_report(out)
+    assert "±" in text and (out / "report.md").exists()
+
+
+@needs_stages
+def test_tiny_plan_end_to_end_submitit_local(tmp_path):
+    pytest.importorskip("submitit")
+    out = tmp_path / "sub"
+    r = run_plan(PLANS / "tiny.jsonl", seeds=2, out=out, executor="submitit", jobs=4, overrides=TINY, echo=None,
+                 executor_options={"cluster": "local", "poll_s": 0.5})
+    assert r.exit_code == 0, r.report.text
+    _check_tiny_report(r, out)
+    assert list((out / "submitit").glob("*_submitted.pkl")) or list((out / "submitit").iterdir())
