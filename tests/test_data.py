@@ -139,6 +139,14 @@ def test_crop_with_known_offsets_equals_slicing_padded(mode, torch_mode):
     assert out.dtype == torch.uint8
 
 
+def test_index_padding_fallback_matches_f_pad():
+    from kdlab.data.augment import _pad_by_index
+
+    x = rand_u8(2, 3, 6, 7, seed=15).float()
+    for mode in ("reflect", "replicate"):
+        assert torch.equal(_pad_by_index(x, 3, mode), F.pad(x, (3,) * 4, mode=mode))
+
+
 def test_random_crop_per_sample_offsets_and_determinism():
     x = rand_u8(64, 3, 12, 12, seed=2)
     p = 4
@@ -774,7 +782,8 @@ def test_streaming_image_folder_and_loader(tmp_path):
     # a 10x10 image at resize=10 is only centre-cropped: equals slicing
     arr = np.asarray(Image.open(root / "train" / "a" / "2.png"))
     assert np.array_equal(ds[2][0].permute(1, 2, 0).numpy(), arr[1:9, 1:9])
-    aug = build_augment(["crop", "flip"], mean=ds.mean, std=ds.std, image_size=8, crop_padding=1)
+    aug = augment_for(ds)
+    assert aug.policy == ["crop", "flip"] and aug.config["crop_padding"] == 1 and aug.mean == ds.mean
     for workers in (0, 1):
         dl = StreamingLoader(
             ds, batch_size=4, device="cpu", augment=aug, views=2, shuffle=True, drop_last=False, seed=3, num_workers=workers

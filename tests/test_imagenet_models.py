@@ -52,7 +52,8 @@ def _bn(sd, name, c):
     sd[f"{name}.num_batches_tracked"] = ()
 
 
-def torchvision_resnet_layout(bottleneck: bool, layers, num_classes=1000, in_channels=3) -> "OrderedDict[str, tuple]":
+def torchvision_resnet_layout(bottleneck: bool, layers, num_classes=1000,
+                              in_channels=3) -> "OrderedDict[str, tuple]":
     sd: OrderedDict[str, tuple] = OrderedDict()
     _conv(sd, "conv1", 64, in_channels, 7)
     _bn(sd, "bn1", 64)
@@ -85,7 +86,8 @@ def torchvision_resnet_layout(bottleneck: bool, layers, num_classes=1000, in_cha
 
 
 def torchvision_mobilenetv2_layout(num_classes=1000, in_channels=3) -> "OrderedDict[str, tuple]":
-    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),  # t, c, n, s
+               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
     sd: OrderedDict[str, tuple] = OrderedDict()
     _conv(sd, "features.0.0", 32, in_channels, 3)
     _bn(sd, "features.0.1", 32)

@@ -65,7 +65,7 @@ def test_intra_loss_no_anchor_or_no_negative_is_zero_without_nan():
     for anchors in (torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)):
         loss, _ = intra_class_loss(emb, emb.roll(1, 0), labels, ids, anchors, 0.1)
         loss.backward()
-        assert float(loss) == 0.0
+        assert loss.item() == 0.0
         assert torch.isfinite(emb.grad).all()
         emb.grad = None
 
@@ -193,7 +193,7 @@ def test_supcon_anchor_without_positive_gives_no_nan():
     emb = F.normalize(torch.randn(3, 4), dim=1).requires_grad_(True)
     loss = supcon_loss(emb, torch.tensor([0, 1, 2]), 0.1)
     loss.backward()
-    assert float(loss) == 0.0 and torch.isfinite(emb.grad).all()
+    assert loss.item() == 0.0 and torch.isfinite(emb.grad).all()
 
 
 @pytest.mark.parametrize("kind,depth", [("none", 0), ("linear", 1), ("mlp2", 2), ("mlp3", 3)])

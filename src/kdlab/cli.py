@@ -235,10 +235,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_configs(args) -> int:
-    from kdlab.config import shipped_configs_dir
+    from kdlab.config import shipped_recipes
 
-    root = shipped_configs_dir()
-    print("\n".join(sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))))
+    print("\n".join(shipped_recipes()))
     return 0
 
 

@@ -47,6 +47,15 @@ class DataConfig(_Strict):
         None, description="augmentation of the extra contrastive views; None = same as augment"
     )
     crop_padding: int | None = Field(None, ge=0, description="None = dataset default (4; 1 for digits)")
+    streaming: bool = Field(False, description="imagefolder: decode in worker processes each epoch (ImageNet size)")
+    image_size: int = Field(224, ge=8, description="streaming: decoded image side (shorter side resized, centre crop)")
+    workers: int | None = Field(None, ge=0, description="streaming: decode processes (None = cores - 1)")
+
+    @model_validator(mode="after")
+    def _streaming_needs_folder(self) -> "DataConfig":
+        if self.streaming and (self.name != "imagefolder" or not self.root):
+            raise ValueError("data.streaming=true needs data.name=imagefolder and data.root=FOLDER")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- teacher
@@ -386,6 +395,12 @@ def shipped_configs_dir() -> Path:
     return Path(__file__).parent / "configs"
 
 
+def shipped_recipes() -> list[str]:
+    """Names of the shipped recipes (``demo``, ``cifar100/resnet56_resnet20``, ...); reference tables excluded."""
+    root = shipped_configs_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if p.name != "reference.yaml")
+
+
 def resolve_config_path(name_or_path: str) -> Path:
     """A path, or the name of a shipped recipe (``demo``, ``cifar100/resnet56_resnet20``)."""
     p = Path(name_or_path)
@@ -394,7 +409,7 @@ def resolve_config_path(name_or_path: str) -> Path:
     shipped = shipped_configs_dir() / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
     if shipped.is_file():
         return shipped
-    names = sorted(str(q.relative_to(shipped_configs_dir()).with_suffix("")) for q in shipped_configs_dir().rglob("*.yaml"))
+    names = shipped_recipes()
     close = difflib.get_close_matches(name_or_path, names, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"shipped recipes: {', '.join(names)} (`kdlab configs`)"
     raise ConfigError(f"config {name_or_path!r} not found: neither a file nor a shipped recipe; {hint}")

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import ConfigError, ExperimentConfig, build_config, load_config, shipped_configs_dir
+from kdlab.config import ConfigError, ExperimentConfig, build_config, load_config, shipped_configs_dir, shipped_recipes
 
 REFERENCE_FILE = "reference.yaml"
 
@@ -59,10 +59,7 @@ _ALIASES = {
 # ------------------------------------------------------------------------------------------ recipes
 def list_recipes() -> list[str]:
     """Names of the shipped recipes (``cifar100/resnet56_resnet20``, ...), reference files excluded."""
-    root = shipped_configs_dir()
-    return sorted(
-        str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if p.name != REFERENCE_FILE
-    )
+    return shipped_recipes()
 
 
 def reference_files() -> list[Path]:

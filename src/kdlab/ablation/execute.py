@@ -8,14 +8,16 @@ needs it. A student task starts when its teacher's record says done; a failed te
 
 Executors run one task per process:
 
-* ``local``: ``multiprocessing`` ``spawn`` processes, ``jobs`` at a time (default: one per GPU when CUDA is
-  present, else one per 2 cores... at least 1), each with ``cores // jobs`` torch threads;
+* ``local``: a pool of ``jobs`` worker processes (``multiprocessing``, ``spawn`` context; default: one per
+  GPU when CUDA is present, else one per core), each running one run at a time with ``cores // jobs`` torch
+  threads; a worker that dies is replaced and its run recorded as failed;
 * ``submitit``: ``submitit.AutoExecutor`` (SLURM when available, else submitit's local executor; force one
   with ``executor_options={"cluster": "local" | "slurm" | "debug"}``, pass SLURM settings such as
   ``slurm_partition``, ``gpus_per_node``, ``cpus_per_task``, ``timeout_min`` the same way).
 
-The worker claims its run folder first (see :mod:`kdlab.ablation.store`), so a second ``kdlab ablate`` on
-the same folder waits for runs another process holds instead of running them twice.
+The orchestrator claims a run folder before it launches its worker, and the worker joins that claim (see
+:mod:`kdlab.ablation.store`), so a second ``kdlab ablate`` on the same folder waits for runs another process
+holds instead of running them twice.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from __future__ import annotations
 import importlib
 import multiprocessing as mp
 import os
+import signal
 import socket
-import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -41,10 +44,6 @@ __all__ = ["Task", "RunSpec", "expand", "run_task", "execute", "ExecutionSummary
 
 STAGES_MODULE = "kdlab.engine.stages"
 
-# exit codes of a local worker process
-_EXIT = {"done": 0, "failed": 0, "busy": 3, "finished": 4, "interrupted": 5}
-_EXIT_BACK = {3: "busy", 4: "finished", 5: "interrupted"}
-
 
 @dataclass
 class Task:
@@ -59,6 +58,7 @@ class Task:
     teacher_key: str | None = None
     teacher_dir: str | None = None
     label: str = ""
+    claim_token: str | None = None  # set by the orchestrator, which claims before it launches
 
 
 @dataclass
@@ -133,7 +133,9 @@ def run_task(task: Task) -> str:
     interrupted. The record is written here, atomically; an interrupted run writes none (it resumes)."""
     store = Store(task.store_root)
     run_dir = Path(task.run_dir)
-    claim = store.try_claim(run_dir)
+    if store.record(run_dir) is not None:
+        return "finished"
+    claim = store.adopt_claim(run_dir, task.claim_token) if task.claim_token else store.try_claim(run_dir)
     if claim is None:
         return "finished" if store.record(run_dir) is not None else "busy"
     started = time.time()
@@ -176,15 +178,6 @@ def run_task(task: Task) -> str:
         claim.release()
 
 
-def _process_entry(task: Task) -> None:  # pragma: no cover - runs in the child
-    try:
-        status = run_task(task)
-    except KeyboardInterrupt:
-        status = "interrupted"
-    sys.stdout.flush()
-    os._exit(_EXIT.get(status, 1))
-
-
 # ---------------------------------------------------------------------------------------- executors
 def default_jobs(executor: str) -> int:
     if executor != "local":
@@ -200,46 +193,140 @@ def default_jobs(executor: str) -> int:
     return max(1, cores)
 
 
+class _Handle:
+    def __init__(self, task: Task, worker: "_Worker"):
+        self.task, self.worker, self.status = task, worker, None
+
+
+class _Worker:
+    def __init__(self, ctx):
+        parent, child = ctx.Pipe()
+        self.conn = parent
+        self.proc = ctx.Process(target=_worker_loop, args=(child,), name="kdlab-ablate-worker", daemon=False)
+        self.proc.start()
+        child.close()
+        self.handle: _Handle | None = None
+        self.count = 0
+
+
+def _worker_loop(conn) -> None:  # pragma: no cover - runs in the child
+    """A pool worker: run one task at a time until told to stop (None) or the parent goes away."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides; SIGTERM stops a run cleanly
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            status = run_task(task)
+        except BaseException as exc:  # noqa: BLE001 - report, keep the worker alive
+            status = f"worker error: {type(exc).__name__}: {exc}"
+        try:
+            conn.send(status)
+        except (BrokenPipeError, OSError):
+            return
+
+
 class LocalExecutor:
-    """One spawned process per task, ``jobs`` at a time."""
+    """A pool of ``jobs`` spawned worker processes, each running one run at a time.
+
+    Workers are reused, so the interpreter, torch and data-library imports (several seconds) are paid once
+    per worker rather than once per run; a worker that dies is replaced and its run recorded as failed;
+    workers are recycled after ``recycle_after`` runs.
+    """
 
     name = "local"
     poll_s = 0.5
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, recycle_after: int = 25):
         self.jobs = jobs
+        self.recycle_after = recycle_after
         self.ctx = mp.get_context("spawn")
+        self.workers: list[_Worker] = []
 
-    def submit(self, task: Task):
-        p = self.ctx.Process(target=_process_entry, args=(task,), name=f"kdlab-{task.kind}-{task.key[:8]}")
-        p.start()
-        return p
+    def submit(self, task: Task) -> _Handle:
+        idle = [w for w in self.workers if w.handle is None and w.proc.is_alive()]
+        for w in [w for w in self.workers if w.handle is None and w not in idle]:
+            self._retire(w)
+        if idle:
+            w = idle[0]
+        else:
+            w = _Worker(self.ctx)
+            self.workers.append(w)
+        h = _Handle(task, w)
+        w.handle = h
+        w.count += 1
+        w.conn.send(task)
+        return h
 
     def wait(self, handles: list, timeout: float) -> list:
-        if not handles:
-            return []
-        mp_wait([h.sentinel for h in handles], timeout=timeout)
-        return [h for h in handles if h.exitcode is not None]
+        busy = [h.worker for h in handles if h.status is None]
+        if busy:
+            mp_wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=timeout)
+        for w in busy:
+            h = w.handle
+            if h is None:
+                continue
+            if w.conn.poll():
+                try:
+                    h.status = w.conn.recv()
+                except (EOFError, OSError):
+                    h.status = None
+            if h.status is None and not w.proc.is_alive():
+                w.proc.join()
+                code = w.proc.exitcode
+                h.status = (f"worker process died (exit code {code})" if code is not None and code >= 0
+                            else f"worker process killed by signal {-(code or 0)}")
+                self.workers.remove(w)
+            if h.status is not None:
+                w.handle = None
+                if w in self.workers and w.count >= self.recycle_after:
+                    self._retire(w)
+        return [h for h in handles if h.status is not None]
 
-    def result(self, h) -> str:
-        h.join()
-        code = h.exitcode
-        if code == 0:
+    def result(self, h: _Handle) -> str:
+        status = h.status
+        if status in ("done", "failed"):
             return "ok"
-        if code in _EXIT_BACK:
-            return _EXIT_BACK[code]
-        return f"worker process died (exit code {code})" if code >= 0 else f"worker process killed by signal {-code}"
+        return str(status)
+
+    def _retire(self, w: _Worker) -> None:
+        try:
+            w.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        w.proc.join(10)
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join()
+        if w in self.workers:
+            self.workers.remove(w)
 
     def stop(self, handles: list) -> None:
+        """Interrupt: SIGTERM the busy workers (the trainer checkpoints and stops), then close the pool."""
         for h in handles:
-            if h.is_alive():
-                h.terminate()  # SIGTERM: the trainer checkpoints and stops
-        deadline = time.time() + 20
+            if h.worker.proc.is_alive():
+                h.worker.proc.terminate()
+        deadline = time.time() + 30
         for h in handles:
-            h.join(max(0.0, deadline - time.time()))
-            if h.is_alive():
-                h.kill()
-                h.join()
+            h.worker.proc.join(max(0.0, deadline - time.time()))
+            if h.worker.proc.is_alive():
+                h.worker.proc.kill()
+                h.worker.proc.join()
+        self.close()
+
+    def close(self) -> None:
+        for w in list(self.workers):
+            if w.handle is None:
+                self._retire(w)
+            else:
+                w.proc.kill()
+                w.proc.join()
+                self.workers.remove(w)
 
 
 class SubmititExecutor:
@@ -287,6 +374,9 @@ class SubmititExecutor:
             return f"submitit job {h.job_id} failed ({first[-1] if first else type(exc).__name__})"
         return "ok" if status in ("done", "failed") else str(status)
 
+    def close(self) -> None:
+        pass
+
     def stop(self, handles: list) -> None:
         if self.cancel_on_interrupt:
             for h in handles:
@@ -294,6 +384,12 @@ class SubmititExecutor:
                     h.cancel(check=False)
                 except Exception:  # noqa: BLE001
                     pass
+
+
+def _slurm_available() -> bool:
+    import shutil
+
+    return shutil.which("sbatch") is not None
 
 
 def _export_pythonpath() -> None:
@@ -341,11 +437,15 @@ def execute(
     """Run every missing run of the grid; return what was executed and skipped."""
     t0 = time.time()
     runs, teacher_cfgs = expand(grid)
-    jobs = jobs or default_jobs(executor)
+    opts = dict(executor_options or {})
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    on_this_machine = executor == "local" or opts.get("cluster") in ("local", "debug") or (
+        executor == "submitit" and opts.get("cluster") is None and not _slurm_available())
+    jobs = jobs or (default_jobs("local") if on_this_machine else default_jobs(executor))
     if jobs < 1:
         raise AblationError(f"--jobs must be >= 1, got {jobs}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // jobs) if executor == "local" else (executor_options or {}).get("cpus_per_task")
+    # runs on this machine share its cores; SLURM jobs get cpus_per_task each
+    threads = max(1, cores // jobs) if on_this_machine else opts.get("cpus_per_task")
 
     labels: dict[str, str] = {}
     for a in grid.ablations:
@@ -370,6 +470,10 @@ def execute(
                 label=f"{labels.get(cid, cid[:8])} seed {seed}",
             ))
 
+    for t in student_tasks:
+        tt = teacher_tasks.get(t.teacher_key or "")
+        if tt is not None and tt.label.startswith("teacher seed"):
+            tt.label = f"of {t.label}"
     summary = ExecutionSummary()
     if retry_failed:
         for t in list(teacher_tasks.values()) + student_tasks:
@@ -389,6 +493,7 @@ def execute(
              + (f", {threads} threads each" if threads else "") + f"; output in {store.root}")
     ex = make_executor(executor, store.root, jobs, executor_options) if total else None
     running: dict[Any, Task] = {}
+    claims: dict[str, Any] = {}
     done_count = 0
     waiting_note = False
 
@@ -400,6 +505,12 @@ def execute(
             return "pending"
         return rec["status"]
 
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum, frame):  # SIGTERM (e.g. scancel of the orchestrator): stop like Ctrl-C
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, _on_term)
     try:
         while pending_t or pending_s or running:
             # students whose teacher failed: fail them without running
@@ -424,12 +535,24 @@ def execute(
                     break
                 if t.key in in_flight:
                     continue
-                state = store.claim_state(Path(t.run_dir))
-                if state == "busy":
-                    blocked += 1
+                claim = store.try_claim(Path(t.run_dir))
+                if claim is None:
+                    if store.record(Path(t.run_dir)) is not None:  # finished by someone else meanwhile
+                        (pending_t if t.kind == "teacher" else pending_s).pop(t.key, None)
+                        done_count += 1
+                        if t.kind == "student":
+                            summary.waited.append(t.key)
+                    else:
+                        blocked += 1
                     continue
-                h = ex.submit(t)
+                t.claim_token = claim.token
+                try:
+                    h = ex.submit(t)
+                except BaseException:
+                    claim.release()
+                    raise
                 running[h] = t
+                claims[t.key] = claim
                 in_flight.add(t.key)
             if not running:
                 if pending_t or pending_s:
@@ -450,6 +573,7 @@ def execute(
             for h in finished:
                 t = running.pop(h)
                 status = ex.result(h)
+                c = claims.pop(t.key, None)
                 coll = pending_t if t.kind == "teacher" else pending_s
                 rec = store.record(Path(t.run_dir))
                 if status == "ok" and rec is not None:
@@ -465,9 +589,10 @@ def execute(
                 elif status == "busy":
                     pass  # another process holds it: keep it pending, wait
                 elif status == "interrupted":
+                    if c is not None:
+                        c.release()
                     raise KeyboardInterrupt
                 else:  # the worker died without a record
-                    store.clear_stale_claim(Path(t.run_dir))
                     if store.record(Path(t.run_dir)) is None:
                         summ = {"status": "failed", "error": status, "metrics": {}}
                         store.write_record(Path(t.run_dir), _record(t, summ, time.time(), None))
@@ -475,13 +600,22 @@ def execute(
                     done_count += 1
                     (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
                     echo(f"[{done_count}/{total}] failed  {t.kind} {t.label}: {status}")
+                if c is not None:
+                    c.release()  # the worker normally removed it already
     except KeyboardInterrupt:
         if ex is not None and running:
             echo(f"Interrupted: stopping {len(running)} running task(s); run the same command again to resume.")
             ex.stop(list(running))
         raise
     finally:
-        summary.wall_s = time.time() - t0
+        if getattr(ex, "name", "") == "local" or not running:
+            for c in claims.values():
+                c.release()
+        if ex is not None:
+            ex.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    summary.wall_s = time.time() - t0
     summary.failed = [t.key for t in student_tasks if (store.record(Path(t.run_dir)) or {}).get("status") == "failed"]
     return summary
 

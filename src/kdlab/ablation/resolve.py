@@ -548,12 +548,17 @@ def _arch_table() -> dict[str, str]:
     return {re.sub(r"[^a-z0-9]", "", n.lower()): n for n in list_models()}
 
 
-def _find_archs(text: str) -> list[tuple[int, str]]:
+def _arch_text(text: str) -> str:
     t = ascii_text(text)
     t = re.sub(r"wide\s*-?\s*res\s*-?\s*net", "wrn", t)
     t = re.sub(r"shuffle\s*-?\s*net", "shuffle", t)
     t = re.sub(r"mobile\s*-?\s*net", "mobilenet", t)
-    t = re.sub(r"res\s*-?\s*net", "resnet", t)
+    return re.sub(r"res\s*-?\s*net", "resnet", t)
+
+
+def _find_archs(text: str) -> list[tuple[int, str]]:
+    """(position in _arch_text(text), model name) of every architecture named in the text."""
+    t = _arch_text(text)
     keep = [(i, c) for i, c in enumerate(t) if c.isalnum()]
     compact = "".join(c for _, c in keep)
     table = _arch_table()
@@ -591,13 +596,19 @@ def _parse_pair(text: str) -> tuple[str, str]:
     found = _find_archs(text)
     if len(found) != 2:
         raise ValueError(f"{text!r} should name a teacher and a student architecture, e.g. 'resnet32x4 -> resnet8x4'")
-    t = ascii_text(text)
+    t = _arch_text(text)
+    roles = [(m.start(), m.end(), m.group(1)) for m in re.finditer(r"(teacher|student)s?", t)]
+
+    def role(pos: int, name: str) -> str | None:
+        end = pos + len(name)
+        best = min(roles, key=lambda r: min(abs(pos - r[1]), abs(r[0] - end)), default=None)
+        return best[2] if best else None
+
     (p0, a0), (p1, a1) = found
-    # "student X ... teacher Y" / "X (student)": a role word right next to the first name decides the order
-    near0 = t[max(0, p0 - 12): p0 + len(a0) + 14]
-    if re.search(r"student", near0) and not re.search(r"teacher", near0):
+    r0, r1 = role(p0, a0), role(p1, a1)
+    if r0 == "student" and r1 != "student":
         return a1, a0
-    return a0, a1
+    return a0, a1  # teacher first, as in "resnet32x4 -> resnet8x4"
 
 
 def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> Any:

@@ -13,12 +13,13 @@ Layout of an output folder::
 ``key`` hashes the resolved config (seed included, display-only runtime settings excluded); ``tkey`` hashes
 what changes a teacher: data, teacher, objective, seed, runtime.deterministic and runtime.amp.
 
-Claims: a process that wants to run a run creates ``claim.json`` with ``O_CREAT | O_EXCL`` while holding an
-``fcntl`` lock on ``OUT/.lock``. A claim is stale when its process is gone (same host: the pid is dead or
-belongs to a newer process) or, for another host, when its heartbeat (the file's mtime, touched every
-minute while the run lives) is older than ``STALE_AFTER_S``. Stale claims are taken over; live ones are
-waited for. So two ``kdlab ablate`` processes on one folder never run one run twice, and a killed process
-leaves nothing that blocks a re-run.
+Claims: before it launches a run, the orchestrator creates ``claim.json`` with ``O_CREAT | O_EXCL`` while
+holding an ``fcntl`` lock on ``OUT/.lock``; the worker process then joins the claim (same token) and removes
+it when the record is written. A claim lists its holders (pid, host, process start time); it is stale when
+every holder is gone: on this host, its pid is dead or belongs to a newer process; on another host, the
+claim's heartbeat (the file's mtime, touched every minute by every live holder) is older than
+``STALE_AFTER_S``. Stale claims are taken over; live ones are waited for. So two ``kdlab ablate`` processes
+on one folder never run one run twice, and a killed process leaves nothing that blocks a re-run.
 """
 
 from __future__ import annotations
@@ -150,26 +151,52 @@ def _pid_alive(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ claims
+def _me() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid())}
+
+
+class _Heartbeat:
+    """One daemon thread per process touching the claim files it holds every HEARTBEAT_S."""
+
+    def __init__(self) -> None:
+        self.paths: set[Path] = set()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, path: Path) -> None:
+        with self.lock:
+            self.paths.add(path)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, daemon=True, name="kdlab-claims")
+                self.thread.start()
+
+    def discard(self, path: Path) -> None:
+        with self.lock:
+            self.paths.discard(path)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self.lock:
+                paths = list(self.paths)
+            for p in paths:
+                with contextlib.suppress(OSError):
+                    os.utime(p)
+
+
+_HEARTBEAT = _Heartbeat()
+
+
 class Claim:
-    """A held claim on a run folder; ``release()`` removes it. A heartbeat thread keeps it fresh."""
+    """A held claim on a run folder (``token`` identifies it); ``release()`` removes it if it is still ours."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+    def __init__(self, store: "Store", path: Path, token: str):
+        self.store, self.path, self.token = store, path, token
+        _HEARTBEAT.add(path)
 
     def release(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            info = read_json(self.path)
-            if info is None or info.get("pid") == os.getpid():
-                self.path.unlink()
+        _HEARTBEAT.discard(self.path)
+        self.store.release(self.path.parent, self.token)
 
     def __enter__(self) -> "Claim":
         return self
@@ -236,7 +263,7 @@ class Store:
             os.close(fd)  # closing releases the flock
 
     def claim_state(self, run_dir: Path) -> str:
-        """``free`` (no claim), ``busy`` (a live process holds it) or ``stale`` (its holder is gone)."""
+        """``free`` (no claim), ``busy`` (a live process holds it) or ``stale`` (its holders are gone)."""
         path = Path(run_dir) / CLAIM
         if not path.exists():
             return "free"
@@ -250,19 +277,26 @@ class Store:
             return False  # vanished: treat as free next time
         if not isinstance(info, dict):
             return age > 30  # a claim being written (or torn): give it a moment
-        if info.get("host") == socket.gethostname():
-            pid = int(info.get("pid", -1))
-            if not _pid_alive(pid):
-                return True
-            start = info.get("start")
-            return bool(start) and _proc_start(pid) not in (None, start)
-        return age > STALE_AFTER_S
+        holders = info.get("holders") or [info]
+        here = socket.gethostname()
+        for h in holders:
+            if h.get("host") == here:
+                pid = int(h.get("pid", -1))
+                start = h.get("start")
+                if _pid_alive(pid) and not (start and _proc_start(pid) not in (None, start)):
+                    return False
+            elif age <= STALE_AFTER_S:
+                return False  # a holder elsewhere with a fresh heartbeat
+        return True
 
     def try_claim(self, run_dir: Path) -> Claim | None:
         """Claim a run folder for this process; None if it is finished or a live process holds it."""
+        import uuid
+
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / CLAIM
+        token = uuid.uuid4().hex
         with self._locked():
             if self.record(run_dir) is not None:
                 return None
@@ -275,16 +309,35 @@ class Store:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return None
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
-                    "time": time.time()}
+            info = {"token": token, "holders": [_me()], "time": time.time()}
             with os.fdopen(fd, "w") as fh:
                 json.dump(info, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-        return Claim(path)
+        return Claim(self, path, token)
+
+    def adopt_claim(self, run_dir: Path, token: str) -> Claim | None:
+        """A worker joins the claim its orchestrator made for it (same token); None if it was taken over."""
+        path = Path(run_dir) / CLAIM
+        with self._locked():
+            info = read_json(path)
+            if not isinstance(info, dict) or info.get("token") != token:
+                return None
+            info["holders"] = list(info.get("holders") or []) + [_me()]
+            atomic_write_json(path, info)
+        return Claim(self, path, token)
+
+    def release(self, run_dir: Path, token: str) -> None:
+        """Remove the claim if it still carries ``token``."""
+        path = Path(run_dir) / CLAIM
+        with self._locked():
+            info = read_json(path)
+            if isinstance(info, dict) and info.get("token") == token:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def clear_stale_claim(self, run_dir: Path) -> bool:
-        """Remove a claim whose holder is gone (the orchestrator does this for workers that died)."""
+        """Remove a claim whose holders are gone."""
         path = Path(run_dir) / CLAIM
         with self._locked():
             if path.exists() and self._stale(path):

@@ -31,6 +31,7 @@ __all__ = [
     "default_policy",
     "augment_for",
     "crop_offsets",
+    "pad_batch",
     "crop_with_offsets",
     "random_crop",
     "flip_where",
@@ -90,18 +91,49 @@ def crop_offsets(
     return oy, ox
 
 
-def _source_index(idx: Tensor, n: int, mode: str) -> tuple[Tensor, Tensor | None]:
-    """Map padded-image coordinates (already shifted by -padding) into source indices; a validity mask for zeros."""
-    if mode == "reflect":
-        idx = idx.abs()
-        idx = torch.where(idx >= n, 2 * (n - 1) - idx, idx)
-        return idx, None
-    if mode in ("zeros", "constant"):
-        valid = (idx >= 0) & (idx < n)
-        return idx.clamp(0, n - 1), valid
-    if mode in ("replicate", "edge"):
-        return idx.clamp(0, n - 1), None
-    raise ValueError(f"unknown padding_mode {mode!r} (use reflect, zeros or replicate)")
+_TORCH_PAD_MODE = {
+    "reflect": "reflect",
+    "zeros": "constant",
+    "constant": "constant",
+    "replicate": "replicate",
+    "edge": "replicate",
+}
+
+
+def pad_batch(x: Tensor, padding: int, mode: str = "reflect") -> Tensor:
+    """Pad the last two dims of a (B, C, H, W) batch by ``padding`` on every side (any dtype).
+
+    ``mode``: ``reflect`` (mirror without repeating the edge, as ``F.pad``), ``zeros`` or ``replicate``.
+    Uses ``F.pad``; where a backend lacks it for the dtype (uint8 reflect on some devices) an equivalent
+    index-based pad is used.
+    """
+    if mode not in _TORCH_PAD_MODE:
+        raise ValueError(f"unknown padding_mode {mode!r} (use reflect, zeros or replicate)")
+    if padding == 0:
+        return x
+    H, W = x.shape[-2:]
+    if mode == "reflect" and padding >= min(H, W):
+        raise ValueError(f"reflect padding {padding} must be smaller than the image ({H}x{W})")
+    try:
+        return F.pad(x, (padding,) * 4, mode=_TORCH_PAD_MODE[mode])
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - backend without this pad for the dtype
+        if _TORCH_PAD_MODE[mode] == "constant":
+            raise
+        return _pad_by_index(x, padding, mode)
+
+
+def _pad_by_index(x: Tensor, padding: int, mode: str) -> Tensor:
+    """Reflect/replicate padding as two ``index_select`` calls (works for every dtype and device)."""
+
+    def index(n: int) -> Tensor:
+        i = torch.arange(-padding, n + padding, device=x.device)
+        if mode == "reflect":
+            i = i.abs()
+            return torch.where(i >= n, 2 * (n - 1) - i, i)
+        return i.clamp(0, n - 1)
+
+    H, W = x.shape[-2:]
+    return x.index_select(-2, index(H)).index_select(-1, index(W))
 
 
 def crop_with_offsets(
@@ -115,26 +147,19 @@ def crop_with_offsets(
 ) -> Tensor:
     """Crop sample ``b`` of the ``padding``-padded batch at rows ``oy[b]:oy[b]+h`` and columns ``ox[b]:ox[b]+w``.
 
-    Equivalent to ``F.pad(x, [padding]*4, mode)[b, :, oy:oy+h, ox:ox+w]`` for every sample, done as one gather
-    (the padding is never materialised). Output is channels_last in memory, same dtype as ``x``.
+    Equivalent to ``F.pad(x, [padding]*4, mode)[b, :, oy:oy+h, ox:ox+w]`` for every sample: the batch is
+    padded once, every crop window is a strided view (``unfold``), and one gather picks each sample's
+    window. Same dtype as ``x``.
     """
     _check4d(x, "crop")
     B, C, H, W = x.shape
     h, w = _pair(size) if size is not None else (H, W)
-    if padding_mode == "reflect" and padding >= min(H, W):
-        raise ValueError(f"reflect padding {padding} must be smaller than the image ({H}x{W})")
-    dev = x.device
-    rows = oy.to(dev).long()[:, None] - padding + torch.arange(h, device=dev)  # (B, h)
-    cols = ox.to(dev).long()[:, None] - padding + torch.arange(w, device=dev)  # (B, w)
-    rows, rvalid = _source_index(rows, H, padding_mode)
-    cols, cvalid = _source_index(cols, W, padding_mode)
-    b = torch.arange(B, device=dev)[:, None, None]
-    out = x[b, :, rows[:, :, None], cols[:, None, :]]  # (B, h, w, C): advanced dims first
-    out = out.permute(0, 3, 1, 2)  # (B, C, h, w) view, channels_last strides
-    if rvalid is not None:
-        valid = (rvalid[:, :, None] & cvalid[:, None, :])[:, None]  # (B, 1, h, w)
-        out = out.masked_fill(~valid, 0)
-    return out
+    xp = pad_batch(x, padding, padding_mode)
+    if h > xp.shape[2] or w > xp.shape[3]:
+        raise ValueError(f"crop size {h}x{w} larger than the padded image {xp.shape[2]}x{xp.shape[3]}")
+    windows = xp.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, Hp-h+1, Wp-w+1, h, w), a view
+    b = torch.arange(B, device=x.device)
+    return windows[b, :, oy.to(x.device).long(), ox.to(x.device).long()]  # (B, C, h, w)
 
 
 def random_crop(
@@ -577,14 +602,16 @@ def build_augment(
 
 
 def augment_for(dataset, policy: Sequence[str] | None = None, **overrides) -> Augment:
-    """The per-dataset default :class:`Augment` for an :class:`~kdlab.data.base.ArrayDataset`.
+    """The per-dataset default :class:`Augment` for an :class:`~kdlab.data.base.ArrayDataset` (or a
+    :class:`~kdlab.data.streaming.StreamingImageFolder`).
 
     Policy: :func:`default_policy` unless given; image size from the data; crop padding 1 for images of 16
-    pixels or less (8x8 digits), 4 otherwise; mean/std from the dataset (computed if it carries none).
+    pixels or less (8x8 digits), 4 otherwise; mean/std from the dataset (computed if it carries none);
+    ``overrides`` go to :func:`build_augment`.
     """
     from .sources import channel_stats
 
-    _, _, H, W = dataset.images.shape
+    _, H, W = dataset.image_shape
     mean, std = dataset.mean, dataset.std
     if not mean or not std:
         mean, std = channel_stats(dataset.images.cpu())

@@ -49,8 +49,15 @@ class DeviceLoader:
         drop_last: bool,
         seed: int,
         channels_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         n = len(dataset)
+        if world_size > 1 and (batch_size % world_size or not drop_last):
+            raise DataError(
+                f"{dataset.name}: data-parallel loading over {world_size} ranks needs drop_last=True and a "
+                f"batch size divisible by {world_size} (got {batch_size}); batch_size is the global batch"
+            )
         if batch_size <= 0:
             raise DataError(f"{dataset.name}: batch_size must be positive, got {batch_size}")
         if views < 1:
@@ -72,6 +79,8 @@ class DeviceLoader:
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
         self.channels_last = bool(channels_last)
+        # Data parallel: every rank walks the same permutation; rank r takes the r-th slice of each batch.
+        self.rank, self.world_size = int(rank), int(world_size)
         self.images = dataset.images.to(self.device, non_blocking=True)
         self.labels = dataset.labels.to(self.device, non_blocking=True)
         mean, std = dataset.mean, dataset.std
@@ -120,7 +129,7 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         perm = self.order(epoch)
-        aug_gen = self._generator(1)
+        aug_gen = self._generator(1 + self.rank)  # stream 0 is the permutation; one stream per rank
         start = 0
         if self._resume is not None:
             start, state = self._resume
@@ -134,6 +143,9 @@ class DeviceLoader:
         for i in range(start, nb):
             self._position = (epoch, i)
             idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+            if self.world_size > 1:
+                per_rank = self.batch_size // self.world_size
+                idx = idx[self.rank * per_rank : (self.rank + 1) * per_rank]
             x = self.images[idx]
             views = [self._view(x, self.augment, aug_gen)]
             views += [self._view(x, second, aug_gen) for _ in range(self.views - 1)]

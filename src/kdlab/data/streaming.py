@@ -155,8 +155,15 @@ class StreamingLoader:
         channels_last: bool = True,
         num_workers: int | None = None,
         prefetch_factor: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         n = len(dataset)
+        if world_size > 1 and (batch_size % world_size or not drop_last):
+            raise DataError(
+                f"{dataset.name}: data-parallel loading over {world_size} ranks needs drop_last=True and a "
+                f"batch size divisible by {world_size} (got {batch_size}); batch_size is the global batch"
+            )
         if drop_last and batch_size > n:
             raise DataError(
                 f"{dataset.name}: batch_size {batch_size} is larger than the dataset ({n} samples) and drop_last=True, "
@@ -172,6 +179,7 @@ class StreamingLoader:
         self.channels_last = channels_last
         self.num_workers = max(1, (os.cpu_count() or 2) - 1) if num_workers is None else int(num_workers)
         self.prefetch_factor = prefetch_factor
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -194,12 +202,15 @@ class StreamingLoader:
         order = self.order(epoch)
         if self.drop_last:
             order = order[: len(self) * self.batch_size]
+        per_rank = self.batch_size // self.world_size
+        if self.world_size > 1:  # rank r takes the r-th slice of every global batch
+            order = order.view(len(self), self.world_size, per_rank)[:, self.rank].reshape(-1)
         kw = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=False)
-        dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order.tolist(), shuffle=False, drop_last=False, **kw)
+        dl = DataLoader(self.dataset, batch_size=per_rank, sampler=order.tolist(), shuffle=False, drop_last=False, **kw)
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(epoch_seed(self.seed, epoch, 1))
+        gen.manual_seed(epoch_seed(self.seed, epoch, 1 + self.rank))
         second = self.view_augment or self.augment
         for x, y, idx in dl:
             x = x.to(self.device, non_blocking=True)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from kdlab.config import CoCoRDConfig
 from kdlab.distillers._common import ema_, frozen_copy, full_precision
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.engine.distributed import gather_cat
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -154,6 +155,7 @@ class CoCoRD(DistillLoss):
 
     @torch.no_grad()
     def _push(self, keys: Tensor, index: Tensor) -> None:
+        keys, index = gather_cat(keys), gather_cat(index)  # data parallel: the keys of every rank, in rank order
         if self.cfg.memory == "bank":
             self.bank.index_copy_(0, index, keys.to(self.bank.dtype))
             self.bank_seen[index] = True

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from kdlab.config import CRDConfig
 from kdlab.distillers._common import full_precision
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.engine.distributed import gather_cat
 
 _EPS = 1e-7
 
@@ -102,6 +103,8 @@ class CRD(DistillLoss):
 
     @torch.no_grad()
     def _update_memory(self, index: Tensor, v_s: Tensor, v_t: Tensor) -> None:
+        # data parallel: every rank applies every rank's rows, so the banks stay identical
+        index, v_s, v_t = gather_cat(index), gather_cat(v_s), gather_cat(v_t)
         m = self.momentum
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
             row = bank[index].float() * m + v * (1.0 - m)

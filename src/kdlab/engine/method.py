@@ -36,6 +36,10 @@ class TrainMethod(nn.Module):
         """
         raise NotImplementedError
 
+    def forward(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """``forward_train``, so that DistributedDataParallel can wrap the method."""
+        return self.forward_train(batch, progress)
+
     def after_step(self) -> None:
         """Called after each optimizer step (EMA updates and similar)."""
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from kdlab.config import ConfigError, RuntimeConfig
+from kdlab.engine.distributed import DistInfo, init_distributed
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Runtime:
     compile: bool
     deterministic: bool
     progress: bool
+    dist: DistInfo = DistInfo()
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -47,6 +49,9 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"runtime.device={cfg.device} but only {torch.cuda.device_count()} CUDA device(s) exist")
     on_gpu = device.type == "cuda"
+    dist = init_distributed(on_gpu)
+    if dist.enabled and on_gpu:
+        device = torch.device("cuda", dist.local_rank)
     amp = {"auto": torch.bfloat16 if on_gpu else None, "bf16": torch.bfloat16, "off": None}[cfg.amp]
     channels_last = {"auto": True, "on": True, "off": False}[cfg.channels_last]
     if cfg.threads:
@@ -57,7 +62,7 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif on_gpu:
         torch.backends.cudnn.benchmark = True
-    return Runtime(device, amp, channels_last, cfg.compile, cfg.deterministic, cfg.progress)
+    return Runtime(device, amp, channels_last, cfg.compile, cfg.deterministic, cfg.progress and dist.is_main, dist)
 
 
 def seed_everything(seed: int) -> None:

@@ -28,7 +28,7 @@ import torch
 
 import kdlab
 from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, to_yaml
-from kdlab.data import ArrayDataset, DeviceLoader, augment_for, load_dataset
+from kdlab.data import ArrayDataset, DeviceLoader, augment_for, build_augment, load_dataset
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_checkpoint
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
 from kdlab.engine.trainer import DivergedError, Interrupted, StageInfo, Trainer
@@ -60,29 +60,55 @@ def teacher_hash(cfg: ExperimentConfig) -> str:
 
 # ------------------------------------------------------------------------------------------- data
 class DataBundle:
-    """Both splits of a dataset, loaded once and shared by the stages of a pipeline."""
+    """Both splits of a dataset, loaded once and shared by the stages of a pipeline.
+
+    In-memory datasets (everything up to Tiny-ImageNet) live on the training device as uint8 tensors;
+    ``data.streaming`` folders (ImageNet size) are decoded by worker processes each epoch and augmented
+    on the device by the same batched augmentations.
+    """
 
     def __init__(self, cfg: ExperimentConfig):
         d = cfg.data
-        self.train, self.test = load_dataset(
-            d.name, d.root, split_seed=d.split_seed, subset=d.subset, test_subset=d.test_subset, download=d.download
-        )
+        if d.streaming:
+            from kdlab.data.streaming import StreamingImageFolder
+
+            root = Path(d.root)
+            self.train = StreamingImageFolder(root, "train", image_size=d.image_size)
+            test_split = "val" if (root / "val").is_dir() else "test"
+            self.test = StreamingImageFolder(root, test_split, image_size=d.image_size, classes=self.train.classes)
+        else:
+            self.train, self.test = load_dataset(d.name, d.root, split_seed=d.split_seed, subset=d.subset,
+                                                 test_subset=d.test_subset, download=d.download)
         if d.batch_size > len(self.train):
             raise ConfigError(
                 f"data.batch_size={d.batch_size} is larger than the training set ({len(self.train)} images); "
                 f"use data.batch_size<={len(self.train)}"
             )
 
-    def loaders(self, cfg: ExperimentConfig, rt: Runtime, views: int) -> tuple[DeviceLoader, DeviceLoader]:
+    def loaders(self, cfg: ExperimentConfig, rt: Runtime, views: int):
         d, ds = cfg.data, self.train
         kw = {"channels_last": rt.channels_last}
         if d.crop_padding is not None:
             kw["crop_padding"] = d.crop_padding
+        shard = dict(rank=rt.dist.rank, world_size=rt.dist.world)
+        if d.streaming:
+            from kdlab.data.streaming import StreamingLoader
+
+            size = ds.image_shape[1:]
+            make = lambda policy: build_augment(policy, mean=ds.mean, std=ds.std, image_size=size, **kw)  # noqa: E731
+            augment = make(d.augment or ["rrc", "flip"])
+            view_augment = make(d.view_augment) if d.view_augment else None
+            common = dict(device=rt.device, channels_last=rt.channels_last, num_workers=d.workers, seed=cfg.seed)
+            train = StreamingLoader(ds, batch_size=d.batch_size, augment=augment, views=views,
+                                    view_augment=view_augment, shuffle=True, drop_last=True, **shard, **common)
+            test = StreamingLoader(self.test, batch_size=d.eval_batch_size, augment=None, shuffle=False,
+                                   drop_last=False, **common)
+            return train, test
         augment = augment_for(ds, d.augment, **kw)
         view_augment = augment_for(ds, d.view_augment, **kw) if d.view_augment else None
         train = DeviceLoader(ds, batch_size=d.batch_size, device=rt.device, augment=augment, views=views,
                              view_augment=view_augment, shuffle=True, drop_last=True, seed=cfg.seed,
-                             channels_last=rt.channels_last)
+                             channels_last=rt.channels_last, **shard)
         test = DeviceLoader(self.test, batch_size=d.eval_batch_size, device=rt.device, augment=None, views=1,
                             shuffle=False, drop_last=False, seed=cfg.seed, channels_last=rt.channels_last)
         return train, test
@@ -133,9 +159,10 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     done = read_summary(run_dir)
     if done is not None and done.get("status") == "done":
         return done
-    _prepare_run_dir(run_dir, cfg, stage)
     started = time.time()
     rt = resolve_runtime(cfg.runtime)
+    if rt.dist.is_main:
+        _prepare_run_dir(run_dir, cfg, stage)
     seed_everything(cfg.seed)
     data = data or DataBundle(cfg)
     spec: StageConfig = cfg.teacher if stage == "teacher" else cfg.student
@@ -164,11 +191,13 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
         summary.update(status="failed", error=str(exc), metrics=_partial(trainer))
     except Interrupted as exc:
         summary.update(status="interrupted", error=str(exc), metrics=_partial(trainer))
-        atomic_write_json(run_dir / SUMMARY, summary)
+        if rt.dist.is_main:
+            atomic_write_json(run_dir / SUMMARY, summary)
         raise
     summary["wall_time_s"] = time.time() - started
-    _write_csv(run_dir / "metrics.csv", trainer.history)
-    atomic_write_json(run_dir / SUMMARY, summary)
+    if rt.dist.is_main:
+        _write_csv(run_dir / "metrics.csv", trainer.history)
+        atomic_write_json(run_dir / SUMMARY, summary)
     return summary
 
 

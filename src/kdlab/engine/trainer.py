@@ -22,6 +22,7 @@ from torch import Tensor
 
 from kdlab.config import OptimConfig
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_text, load_latest, save_checkpoint
+from kdlab.engine.distributed import any_rank
 from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
 from kdlab.engine.metrics import epoch_loss_stats, summarize
@@ -85,10 +86,19 @@ class Trainer:
         self.start_epoch = 0
         self.best = {"top1": -1.0, "epoch": -1}
         self._stop_signal: int | None = None
-        self.events = EventLog(run_dir, tensorboard)
+        self.main = runtime.dist.is_main  # only rank 0 writes files
+        self.events = EventLog(run_dir, tensorboard and self.main)
         self._forward = method.forward_train
+        if runtime.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Buffers (caches, banks, BN statistics) are not broadcast each step: memories are kept equal
+            # by gathering their updates, and each rank's BN statistics follow its shard (SyncBN is the option).
+            cuda = runtime.device.type == "cuda"
+            self._forward = DistributedDataParallel(method, device_ids=[runtime.device.index] if cuda else None,
+                                                    broadcast_buffers=False)
         if runtime.compile:
-            self._forward = torch.compile(method.forward_train)
+            self._forward = torch.compile(self._forward)
 
     # ----------------------------------------------------------------------------- checkpoints
     def _state(self, epoch: int) -> dict:
@@ -125,7 +135,8 @@ class Trainer:
         self.start_epoch = int(ckpt["epoch"])
         # Epoch records written after that checkpoint belong to the lost part of the run: drop them.
         self.history = [r for r in _read_jsonl(self.metrics_path) if r["epoch"] <= self.start_epoch]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.main:
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         return warning
 
     # ------------------------------------------------------------------------------------ loop
@@ -140,14 +151,17 @@ class Trainer:
                                       f"run the same command again to resume from epoch {epoch}")
                 record.update(self.evaluate())
                 record["peak_mem_mb"] = peak_memory_mb(self.rt.device)
-                if record["test_top1"] > self.best["top1"]:
+                improved = record["test_top1"] > self.best["top1"]
+                if improved:
                     self.best = {"top1": record["test_top1"], "epoch": epoch + 1}
-                    save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
                 self.history.append(record)
-                with open(self.metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                self.events.epoch(record)
-                save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
+                if self.main:
+                    if improved:
+                        save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
+                    with open(self.metrics_path, "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    self.events.epoch(record)
+                    save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
                 if self._stop_signal is not None:
                     raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; "
                                       "run the same command again to resume")
@@ -190,7 +204,7 @@ class Trainer:
                 self.events.step(epoch * steps + step, float(step_losses[step]), lr)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{float(step_losses[step]):.3f}", lr=f"{lr:.3g}")
-            if self._stop_signal is not None:
+            if self._should_stop(step):
                 return None
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
@@ -209,16 +223,30 @@ class Trainer:
         }
         return record
 
+    def _should_stop(self, step: int) -> bool:
+        """A signal arrived: stop now when alone, or at the next 25-step sync point with every rank."""
+        if not self.rt.dist.enabled:
+            return self._stop_signal is not None
+        if step % 25 != 24:
+            return False
+        if any_rank(self._stop_signal is not None, self.rt.device):
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+            return True
+        return False
+
     def _check_finite(self, step_losses: Tensor, epoch: int, step: int) -> None:
-        window = step_losses[: step + 1]
-        bad = ~torch.isfinite(window)
-        if bool(bad.any()):
+        bad = ~torch.isfinite(step_losses[: step + 1])
+        here = bool(bad.any())
+        if not any_rank(here, step_losses.device):  # every rank stops together
+            return
+        kept = self.history[-1]["epoch"] if self.history else 0
+        if here:
             first = int(bad.nonzero()[0])
-            kept = self.history[-1]["epoch"] if self.history else 0
-            raise DivergedError(
-                f"loss became {float(window[first])} at epoch {epoch + 1}, step {first + 1}; the checkpoint of "
-                f"epoch {kept} is kept. Lower the learning rate or the loss weights (e.g. objective.intra.lambda_)."
-            )
+            what = f"loss became {float(step_losses[first])} at epoch {epoch + 1}, step {first + 1}"
+        else:
+            what = f"loss became non-finite on another rank by epoch {epoch + 1}, step {step + 1}"
+        raise DivergedError(f"{what}; the checkpoint of epoch {kept} is kept. Lower the learning rate or the "
+                            "loss weights (e.g. objective.intra.lambda_).")
 
     @torch.no_grad()
     def evaluate(self) -> dict:

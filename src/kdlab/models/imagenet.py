@@ -1,9 +1,9 @@
 """ImageNet-style networks behind the kdlab output contract, in torchvision's / mdistiller's key layout.
 
 These are the ImageNet (224x224) architectures of the KD literature, with state-dict keys and shapes
-equal to the published releases, so the torchvision ImageNet weights (``resnet18-f37072fd.pth``,
-``mobilenet_v2-b0353104.pth``, ...) and mdistiller's ImageNet students load with
-:func:`kdlab.models.checkpoint.load_weights`. Names carry an ``imagenet_`` prefix so they never clash
+equal to the published releases, so the torchvision ImageNet weights (``resnet18-5c106cde.pth``,
+``mobilenet_v2-b0353104.pth``, ...) and state dicts in mdistiller's ImageNet MobileNetV1 layout load
+with :func:`kdlab.models.checkpoint.load_weights`. Names carry an ``imagenet_`` prefix so they never clash
 with the CIFAR variants (``ResNet18``/``ResNet34``/``ResNet50`` are the 3x3-stem CIFAR models of
 ``resnetv2.py``, ``MobileNetV2`` is the half-width CIFAR model).
 
@@ -24,11 +24,11 @@ with the CIFAR variants (``ResNet18``/``ResNet34``/``ResNet50`` are the 3x3-stem
   6,24,2,2 / 6,32,3,2 / 6,64,4,2 / 6,96,3,1 / 6,160,3,2 / 6,320,1,1``), a 1x1 conv-BN-ReLU6 to 1280,
   global pool, dropout 0.2 and a linear layer::
 
-      features.0.{0,1}.*                                 stem conv + BN
-      features.{1..17}.conv.*                            t=1:  conv.0.{0,1} (dw conv+BN), conv.1 (pw-linear), conv.2 (BN)
-                                                         t=6:  conv.0.{0,1} (pw), conv.1.{0,1} (dw), conv.2, conv.3
-      features.18.{0,1}.*                                1x1 head conv + BN
-      classifier.1.weight, classifier.1.bias             (classifier.0 is the dropout)
+      features.0.{0,1}.*             stem conv + BN
+      features.{1..17}.conv.*        t=1: conv.0.{0,1} (dw conv+BN), conv.1 (pw-linear), conv.2 (BN)
+                                     t=6: conv.0.{0,1} (pw), conv.1.{0,1} (dw), conv.2, conv.3
+      features.18.{0,1}.*            1x1 head conv + BN
+      classifier.1.weight, .bias     (classifier.0 is the dropout)
 
   Features: ``stages = [stem, features.3, features.6, features.13, features.17]`` (the last block of the
   24-, 32-, 96- and 320-channel groups, the same groups as the CIFAR ``MobileNetV2``); blocks end in a
@@ -38,9 +38,9 @@ with the CIFAR variants (``ResNet18``/``ResNet34``/``ResNet50`` are the 3x3-stem
   stride-2 conv-BN-ReLU to 32 channels and 13 depthwise-separable blocks (3x3 depthwise conv-BN-ReLU,
   1x1 pointwise conv-BN-ReLU) to 1024 channels, a pooling module, ``fc``::
 
-      model.0.{0,1}.*                                    stem conv + BN
-      model.{1..13}.{0,1,3,4}.*                          dw conv, BN, pw conv, BN
-      fc.weight, fc.bias                                 (model.14 is the parameter-free pool)
+      model.0.{0,1}.*                stem conv + BN
+      model.{1..13}.{0,1,3,4}.*      dw conv, BN, pw conv, BN
+      fc.weight, fc.bias             (model.14 is the parameter-free pool)
 
   Features (mdistiller's choice plus the stem): ``stages = [model.0, model.3, model.5, model.11,
   model.13]``; ``preacts`` before each block's final ReLU.
@@ -151,22 +151,26 @@ class ImageNetResNet(ZooModel):
 
 
 @register_model("imagenet_resnet18")
-def imagenet_resnet18(num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ImageNetResNet:
+def imagenet_resnet18(num_classes: int = 1000, in_channels: int = 3,
+                      zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, zero_init_residual)
 
 
 @register_model("imagenet_resnet34")
-def imagenet_resnet34(num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ImageNetResNet:
+def imagenet_resnet34(num_classes: int = 1000, in_channels: int = 3,
+                      zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, zero_init_residual)
 
 
 @register_model("imagenet_resnet50")
-def imagenet_resnet50(num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ImageNetResNet:
+def imagenet_resnet50(num_classes: int = 1000, in_channels: int = 3,
+                      zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, zero_init_residual)
 
 
 @register_model("imagenet_resnet101")
-def imagenet_resnet101(num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ImageNetResNet:
+def imagenet_resnet101(num_classes: int = 1000, in_channels: int = 3,
+                       zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(Bottleneck, (3, 4, 23, 3), num_classes, in_channels, zero_init_residual)
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from kdlab.config import CacheConfig, HeadConfig, ObjectiveConfig
 from kdlab.data.base import Batch
+from kdlab.engine.distributed import gather_cat
 from kdlab.engine.method import TrainMethod
 from kdlab.models.base import ModelOutput
 from kdlab.objectives.contrastive import class_margin, intra_class_loss, supcon_loss
@@ -136,13 +137,14 @@ class TeacherObjective(TrainMethod):
             emb, positives, labels, ids, anchors, c.tau,
             cache=self.cache.bank if self.cache is not None else None, cache_valid=cache_valid,
         )
-        with torch.no_grad():
-            first = anchors[:b]  # anchors of view 0 feed the cache (one entry per image)
+        with torch.no_grad():  # memories take the rows of every rank, so all ranks keep the same memory
+            e0, y0, i0 = gather_cat(emb[:b].detach()), gather_cat(labels[:b]), gather_cat(ids[:b])
             if self.cache is not None:
-                self.cache.push(emb[:b][first].detach(), labels[:b][first])
+                first = gather_cat(anchors[:b])  # anchors of view 0 feed the cache (one entry per image)
+                self.cache.push(e0[first], y0[first])
             if self.memory_positive:
-                self.sample_bank[ids[:b]] = emb[:b].detach()
-                self.sample_seen[ids[:b]] = True
+                self.sample_bank[i0] = e0
+                self.sample_seen[i0] = True
             self._stats += torch.stack([anchors.sum().float(), n_neg.sum().float()])
             self._rows += anchors.numel()
         return loss
