@@ -156,3 +156,26 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path):
     with pytest.raises(ckpt_mod.CheckpointError):
         ckpt_mod.load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_cifar_pickle_names_the_file(tmp_path):
+    from test_data import _write_fake_cifar
+
+    from kdlab.data import DataError, load_dataset
+
+    _write_fake_cifar(tmp_path)
+    batch = next(tmp_path.rglob("data_batch_2"))
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_teacher_with_another_class_count_is_one_clear_error(tmp_path, capsys):
+    from kdlab.models import build_model
+
+    foreign = tmp_path / "ckpt_epoch_240.pth"  # a RepDistiller-style teacher for CIFAR-100
+    torch.save({"model": build_model("resnet8", num_classes=100, in_channels=1).state_dict()}, foreign)
+    code = main(["distill", *TINY, f"teacher.checkpoint={foreign}", "student.epochs=1",
+                 "--run-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "fc.weight" in err and len(err.splitlines()) == 1

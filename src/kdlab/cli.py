@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, _known_errors()):
-            print(f"error: {exc}", file=sys.stderr)
+            one_line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+            print(f"error: {one_line}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
