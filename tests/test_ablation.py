@@ -207,6 +207,12 @@ PHRASINGS = [
      {"teacher.arch": "wrn_40_2", "student.arch": "wrn_16_2"}),
     ("intra", "number of training epochs", "REPLACE", ["3"], "epochs", {"teacher.epochs": 3, "student.epochs": 3}),
     ("intra", "label smoothing", "ADD", [], "label_smoothing", {"objective.label_smoothing": 0.1}),
+    ("intra", "δ", "REPLACE", ["0.3"], "intra.delta", {"objective.intra.delta": 0.3}),  # intact Greek is read
+    ("intra", "Dataset size", "REPLACE", ["50%"], "subset", {"data.subset": 718}),
+    ("intra", "mixed precision", "REMOVE", [], "amp", {"runtime.amp": "off"}),
+    ("intra", "KD loss on the student", "REMOVE", [], "distill.methods", {"distill.methods": []}),
+    ("cocord", "τ", "REPLACE", ["0.2"], "cocord.tau", {"distill.cocord.tau": 0.2}),
+    ("cocord", "位ctr", "REPLACE", ["2"], "cocord.ctr_weight", {"distill.cocord.ctr_weight": 2.0}),
     ("cocord", "dictionary size N", "REPLACE", ["4096"], "cocord.queue_size", {"distill.cocord.queue_size": 4096}),
     ("cocord", "negative bank length", "REPLACE", ["2^10"], "cocord.queue_size", {"distill.cocord.queue_size": 1024}),
     ("cocord", "momentum coefficient of the teacher head", "REPLACE", ["0.99"], "cocord.m_c", {"distill.cocord.m_c": 0.99}),
@@ -530,14 +536,15 @@ def test_failed_runs_are_recorded_and_do_not_stop_the_others(tmp_path):
 
 def test_two_processes_on_one_folder_run_each_run_once(tmp_path):
     out, log = tmp_path / "o", tmp_path / "calls.log"
-    code = textwrap.dedent(f"""
+    script = tmp_path / "ablate.py"  # a script without a __main__ guard: workers must not re-run it
+    script.write_text(textwrap.dedent(f"""
         from kdlab.ablation import run_plan
         run_plan({str(PLANS / 'tiny.jsonl')!r}, seeds=2, out={str(out)!r}, stages={FAKE!r}, jobs=2, echo=None,
                  overrides={TINY!r})
-    """)
+    """))
     env = dict(os.environ, KDLAB_FAKE_SLEEP="0.5", KDLAB_FAKE_LOG=str(log),
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(script)], env=env) for _ in range(2)]
     assert [p.wait(timeout=240) for p in procs] == [0, 0]
     calls = log.read_text().splitlines()
     assert len(calls) == len(set(calls)) == 8  # 4 teachers + 4 students, none twice

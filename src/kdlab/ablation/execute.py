@@ -22,11 +22,13 @@ holds instead of running them twice.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -198,21 +200,47 @@ class _Handle:
         self.task, self.worker, self.status = task, worker, None
 
 
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Start spawn children without re-running the caller's ``__main__`` script.
+
+    Workers only need kdlab modules, so a script that calls ``run_plan`` without an
+    ``if __name__ == "__main__":`` guard must not be executed again in every worker.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        if main is not None:
+            for k in saved:
+                if k == "__file__":
+                    delattr(main, k)
+                else:
+                    setattr(main, k, None)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 class _Worker:
-    def __init__(self, ctx):
+    def __init__(self, ctx, gpu: str | None = None):
         parent, child = ctx.Pipe()
         self.conn = parent
-        self.proc = ctx.Process(target=_worker_loop, args=(child,), name="kdlab-ablate-worker", daemon=False)
-        self.proc.start()
+        self.gpu = gpu
+        self.proc = ctx.Process(target=_worker_loop, args=(child, gpu), name="kdlab-ablate-worker", daemon=False)
+        with _main_not_reimported():
+            self.proc.start()
         child.close()
         self.handle: _Handle | None = None
         self.count = 0
 
 
-def _worker_loop(conn) -> None:  # pragma: no cover - runs in the child
+def _worker_loop(conn, gpu: str | None = None) -> None:  # pragma: no cover - runs in the child
     """A pool worker: run one task at a time until told to stop (None) or the parent goes away."""
     import signal
 
+    if gpu is not None:  # before torch initialises CUDA: this worker sees one GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides; SIGTERM stops a run cleanly
     while True:
         try:
@@ -231,6 +259,18 @@ def _worker_loop(conn) -> None:  # pragma: no cover - runs in the child
             return
 
 
+def _visible_gpus() -> list[str]:
+    """CUDA device ids as CUDA_VISIBLE_DEVICES would name them (respecting an existing mask)."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return []
+    mask = [m.strip() for m in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if m.strip()]
+    return (mask or [str(i) for i in range(n)])[:n]
+
+
 class LocalExecutor:
     """A pool of ``jobs`` spawned worker processes, each running one run at a time.
 
@@ -247,6 +287,7 @@ class LocalExecutor:
         self.recycle_after = recycle_after
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
+        self.gpus = _visible_gpus()  # with several GPUs, each worker gets its own (round robin)
 
     def submit(self, task: Task) -> _Handle:
         idle = [w for w in self.workers if w.handle is None and w.proc.is_alive()]
@@ -255,7 +296,11 @@ class LocalExecutor:
         if idle:
             w = idle[0]
         else:
-            w = _Worker(self.ctx)
+            gpu = None
+            if len(self.gpus) > 1:
+                used = [x.gpu for x in self.workers]
+                gpu = min(self.gpus, key=lambda g: (used.count(g), self.gpus.index(g)))
+            w = _Worker(self.ctx, gpu)
             self.workers.append(w)
         h = _Handle(task, w)
         w.handle = h

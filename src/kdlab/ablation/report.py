@@ -280,7 +280,7 @@ def _plots(t: Table, grid_ab: dict, store: Store, out: Path) -> list[Path]:
             if any(r.is_base for _, r in pts):
                 ax.legend(fontsize=7)
         else:
-            labels = [("base" if r.is_base else r.label) for r in rows]
+            labels = [(f"base ({_fmt_value(t.base_value)})" if r.is_base else r.label) for r in rows]
             ys = [r.cells[c].mean for r in rows]
             es = [r.cells[c].std or 0.0 for r in rows]
             colors = ["tab:red" if r.is_base else "tab:blue" for r in rows]

@@ -376,6 +376,7 @@ _FILLER = {"default", "baseline", "original", "paper", "epoch", "epochs", "sampl
            "frozen", "freeze", "no", "momentum", "update", "updates", "standard", "typical", "higher", "lower", "larger",
            "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy"}
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+_TRAIN_SIZES = {"digits": 1437, "cifar10": 50000, "cifar100": 50000, "tiny-imagenet": 100000}  # for "50%" subsets
 
 
 def _is_off_word(raw: str) -> bool:
@@ -422,9 +423,9 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     info = _info(knob)
     if suffix == "%":
         if knob.name == "subset" and base is not None:
-            ref = base.data.subset
+            ref = base.data.subset or _TRAIN_SIZES.get(base.data.name)
             if ref is None:
-                raise ValueError("a percentage of the training set needs data.subset in the base")
+                raise ValueError(f"a percentage of the training set needs data.subset in the base ({base.data.name} size unknown)")
             v = round(ref * v / 100.0)
         elif info is not None and info.hi is not None and info.hi <= 1:
             v = v / 100.0
@@ -880,7 +881,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     else:
         ranked = rank_knobs(ab, scope, base)
         if not ranked or ranked[0][1] < MIN_SCORE:
-            close = "\n".join(_describe(k, s) for k, s, _ in ranked[:5]) or "  (nothing close)"
+            close = "\n".join(_describe(k, s) for k, s, _ in ranked[:5] if s >= 0.05) or "  (nothing close)"
             eg = ranked[0][0].path if ranked and ranked[0][1] >= 0.3 * MIN_SCORE else "some.config.path"
             return None, [
                 f"{where}: cannot place the ablated part {ab.part!r} on a knob. Closest knobs:\n{close}\n"

@@ -126,11 +126,16 @@ def stem(w: str) -> str:
     return _stem1(_stem1(w))
 
 
+_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "λ": "lambda", "μ": "mu",
+          "ρ": "rho", "σ": "sigma", "τ": "tau", "θ": "theta", "η": "eta"}
+
+
 def ascii_text(text: str) -> str:
-    """Lowercase, NFKC, every non-ASCII character turned into a space (damaged glyphs vanish)."""
+    """Lowercase, NFKC, intact Greek letters spelled out (δ -> delta), every other non-ASCII character turned
+    into a space (damaged glyphs vanish)."""
     t = unicodedata.normalize("NFKC", text).lower()
     t = t.replace("\u2212", "-").replace("\u00d7", "x")
-    return "".join(c if ord(c) < 128 else " " for c in t)
+    return "".join(c if ord(c) < 128 else (f" {_GREEK[c]} " if c in _GREEK else " ") for c in t)
 
 
 @lru_cache(maxsize=20000)
