@@ -136,7 +136,7 @@ def test_margin_off_makes_every_sample_an_anchor_and_delta_filters():
     obj = _objective(delta=1.0)  # rho can never exceed 1: no anchor, L_Intra = 0
     _, losses = obj.forward_train(_batch(), 0.0)
     assert obj.epoch_stats()["margin_pass_frac"] == 0.0
-    assert float(losses["intra"]) == 0.0
+    assert losses["intra"].item() == 0.0
 
 
 def test_cache_off_has_no_buffer_and_cache_on_fills_from_anchors():

@@ -264,6 +264,10 @@ METRICS: dict[str, tuple[str, ...]] = {
                           "intra inter distance ratio", "intraclass variance", "intraclass to interclass distance ratio",
                           "feature diversity", "embedding diversity"),
     "cache_fill": ("cache fill", "cache occupancy", "cache utilization"),
+    "soft_label_entropy": ("soft label entropy", "entropy of soft labels", "soft label diversity", "label entropy",
+                           "richness of soft labels", "soft label richness", "teacher output entropy", "entropy"),
+    "off_true_mass": ("non target probability mass", "off target mass", "probability mass on non target classes",
+                      "dark knowledge", "non target mass"),
 }
 _METRIC_KEYS = {"stability": ("loss_std", "loss_spikes")}
 

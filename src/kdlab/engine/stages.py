@@ -186,6 +186,7 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
                str(teacher_checkpoint) if teacher_checkpoint else None}
     try:
         metrics = trainer.fit()
+        metrics.update(final_geometry(method.model, test_loader, num_classes, cfg.distill.kd.T, rt))
         summary.update(status="done", metrics=metrics)
     except DivergedError as exc:
         summary.update(status="failed", error=str(exc), metrics=_partial(trainer))
@@ -199,6 +200,34 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
         _write_csv(run_dir / "metrics.csv", trainer.history)
         atomic_write_json(run_dir / SUMMARY, summary)
     return summary
+
+
+@torch.no_grad()
+def final_geometry(model: torch.nn.Module, loader, num_classes: int, T: float, rt: Runtime,
+                   max_samples: int = 5000) -> dict:
+    """Feature geometry and soft labels of the trained network on the test split (docs/ANALYSIS.md).
+
+    ``intra_inter_ratio``: mean same-class over mean different-class pairwise distance of the pooled
+    feature; ``soft_label_entropy`` and ``off_true_mass``: of softmax(z/T) at the KD temperature.
+    """
+    from kdlab.report.geometry import feature_geometry, soft_label_stats
+
+    model.eval()
+    feats, logits, labels, seen = [], [], [], 0
+    for batch in loader:
+        with rt.autocast():
+            out = model(batch.views[0])
+        feats.append(out.pooled.float().cpu())
+        logits.append(out.logits.float().cpu())
+        labels.append(batch.labels.cpu())
+        seen += batch.labels.shape[0]
+        if seen >= max_samples:
+            break
+    f, z, y = torch.cat(feats)[:max_samples], torch.cat(logits)[:max_samples], torch.cat(labels)[:max_samples]
+    geo = feature_geometry(f, y, num_classes)
+    soft = soft_label_stats(z, y, T)
+    return {"intra_inter_ratio": geo["ratio_pairwise"], "intra_inter_ratio_centroid": geo["ratio_centroid"],
+            "soft_label_entropy": soft["entropy"], "off_true_mass": soft["off_true_mass"]}
 
 
 def _partial(trainer: Trainer) -> dict:
