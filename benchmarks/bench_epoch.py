@@ -9,6 +9,10 @@ kdlab: uint8 data resident on the device, batched crop/flip/normalise, channels_
 torch.compile. Both train the same number of steps with SGD; the figure is time per image.
 
     python benchmarks/bench_epoch.py --steps 150 [--compile]
+    python benchmarks/bench_epoch.py --device cuda --arch resnet56 --amp bf16 --steps 300   # GPU target 6
+
+A last row trains on one pre-normalised batch already on the device (no input path at all): kdlab's
+img/s as a fraction of it says whether the input path is the bottleneck.
 """
 
 from __future__ import annotations
@@ -55,20 +59,30 @@ class PILReference(torch.utils.data.Dataset):
         return t, int(self.labels[i])
 
 
-def train_steps(model, batches, steps: int) -> float:
+def train_steps(model, batches, steps: int, device: torch.device, amp: bool = False) -> float:
+    """Seconds per image over ``steps`` SGD steps (after 3 warm-up steps)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     model.train()
     it = iter(batches)
     start = None
     for step in range(steps + 3):
         if step == 3:  # warm-up done (worker start, first compiled graph)
+            _sync(device)
             start = time.perf_counter()
         x, y = next(it)
-        loss = F.cross_entropy(model(x).logits, y)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x).logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync(device)
     return (time.perf_counter() - start) / (steps * 64)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -76,7 +90,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for the kdlab rows")
     a = ap.parse_args()
+    device, amp = torch.device(a.device), a.amp == "bf16"
     train, _ = load_dataset("imagefolder", str(ARCHIVE))
     images = train.images.permute(0, 2, 3, 1).contiguous().numpy()
     labels = train.labels.numpy()
@@ -84,12 +102,13 @@ def main() -> None:
     rows = []
     torch.manual_seed(0)
     ref_loader = torch.utils.data.DataLoader(PILReference(images, labels), batch_size=64, shuffle=True,
-                                             num_workers=a.workers, drop_last=True, persistent_workers=True)
-    t_ref = train_steps(build_model("resnet20", 10), ((x, y) for x, y in ref_loader), a.steps)
+                                             num_workers=a.workers, drop_last=True, persistent_workers=True,
+                                             pin_memory=device.type == "cuda")
+    t_ref = train_steps(build_model(a.arch, 10).to(device), ((x, y) for x, y in ref_loader), a.steps, device)
     rows.append(["reference: DataLoader + PIL per-sample, NCHW", 1 / t_ref, 1.0])
 
     def kdlab_batches():
-        loader = DeviceLoader(train, batch_size=64, device="cpu", augment=augment_for(train), shuffle=True,
+        loader = DeviceLoader(train, batch_size=64, device=device, augment=augment_for(train), shuffle=True,
                               drop_last=True, seed=0, channels_last=True)
         epoch = 0
         while True:
@@ -103,13 +122,21 @@ def main() -> None:
         variants.append(("kdlab + torch.compile", True))
     for name, comp in variants:
         torch.manual_seed(0)
-        model = build_model("resnet20", 10).to(memory_format=torch.channels_last)
+        model = build_model(a.arch, 10).to(device, memory_format=torch.channels_last)
         if comp:
             model = torch.compile(model)
-        t = train_steps(model, kdlab_batches(), a.steps)
+        t = train_steps(model, kdlab_batches(), a.steps, device, amp)
         rows.append([name, 1 / t, t / t_ref])
-    print(f"machine: {machine()}; resnet20, batch 64, {a.steps} timed steps, {a.workers} reference workers\n")
+    # the model alone: one batch already normalised on the device, reused every step
+    fixed = next(kdlab_batches())
+    model = build_model(a.arch, 10).to(device, memory_format=torch.channels_last)
+    t_model = train_steps(model, iter(lambda: fixed, None), a.steps, device, amp)
+    rows.append(["model only (no input path)", 1 / t_model, t_model / t_ref])
+    kd_rate = rows[1][1]
+    print(f"machine: {machine()}; {a.arch}, batch 64, {a.steps} timed steps, {a.workers} reference workers, "
+          f"amp {a.amp}\n")
     print(md_table(["pipeline", "img/s", "time ratio vs reference"], rows))
+    print(f"\nkdlab img/s as a fraction of the model alone: {kd_rate / rows[-1][1]:.2f}")
 
 
 if __name__ == "__main__":

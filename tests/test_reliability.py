@@ -179,3 +179,24 @@ def test_teacher_with_another_class_count_is_one_clear_error(tmp_path, capsys):
                  "--run-dir", str(tmp_path / "s")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "fc.weight" in err and len(err.splitlines()) == 1
+
+
+def test_sigint_stops_cleanly_with_a_checkpoint_and_the_rerun_finishes(tmp_path):
+    run = tmp_path / "t"
+    args = ["train-teacher", *TINY, "objective.kind=intra", "teacher.epochs=8", "--run-dir", str(run)]
+    proc = _kdlab(args)
+    deadline = time.time() + 120
+    while _epochs_done(run) < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (run / "checkpoints" / "last.pt").exists()
+    assert 1 <= _epochs_done(run) < 8
+    rerun = _kdlab(args)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert json.loads((run / "summary.json").read_text())["status"] == "done"
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 9))
