@@ -5,10 +5,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
-from kdlab.config import load_config
 from kdlab.data import DeviceLoader, augment_for, load_dataset
 
 TINY = ["data.subset=240", "data.test_subset=100", "data.batch_size=32", "teacher.arch=resnet8",

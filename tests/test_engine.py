@@ -8,7 +8,7 @@ import torch
 from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.engine import trainer as trainer_mod
-from kdlab.engine.stages import DataBundle, run_pipeline, run_student, run_teacher
+from kdlab.engine.stages import DataBundle, run_pipeline, run_teacher
 from kdlab.engine.trainer import Interrupted, lr_at
 
 

@@ -29,13 +29,13 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from kdlab.config import ExperimentConfig
+from kdlab.engine.checkpoint import atomic_write_json
 
 __all__ = [
     "RECORD",
@@ -91,30 +91,6 @@ def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 # ------------------------------------------------------------------------------------------- files
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync it, ``os.replace`` it over ``path``, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(obj, indent=2, default=str) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def read_json(path: Path) -> Any | None:
     try:
         return json.loads(Path(path).read_text())

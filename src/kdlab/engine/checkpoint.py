@@ -93,4 +93,6 @@ def _json_default(o: Any) -> Any:
         return str(o)
     if isinstance(o, torch.Tensor):
         return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    if hasattr(o, "item"):  # NumPy scalars
+        return o.item()
+    return str(o)
