@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--executor", choices=["local", "submitit"], default="local")
     ab.add_argument("--jobs", type=int, default=None, help="parallel runs (default: sized to the machine)")
     ab.add_argument("--dry-run", action="store_true", help="resolve the plan and print the grid; run nothing")
+    ab.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    ab.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
+                         "(cluster=local runs submitit's local executor)")
     ab.set_defaults(func=cmd_ablate)
 
     rep = sub.add_parser("report", help="rebuild an ablation's tables and plots from its results store",
@@ -183,8 +187,15 @@ def cmd_pipeline(args) -> int:
 def cmd_ablate(args) -> int:
     from kdlab.ablation import run_plan
 
+    from kdlab.config import ConfigError, parse_overrides
+
+    try:
+        options = dict(parse_overrides(args.executor_opt)) or None
+    except ConfigError:
+        raise ConfigError("--executor-opt takes KEY=VALUE, e.g. --executor-opt slurm_partition=gpu") from None
     result = run_plan(args.plan, base=args.base, seeds=args.seeds, maps=tuple(args.map), out=args.out,
-                      executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides))
+                      executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides),
+                      retry_failed=args.retry_failed, executor_options=options)
     return getattr(result, "exit_code", 0)
 
 
