@@ -22,6 +22,7 @@ EXAMPLES = {
     "runs": "kdlab runs runs/\n  kdlab runs runs/ --filter stage=student --filter status=done",
     "compare": "kdlab compare runs/a/student runs/b/student --out cmp.png",
     "export": "kdlab export runs/demo-1234abcd/teacher_intra --out exported/",
+    "capacity-gap": "kdlab capacity-gap runs/capgap-intra runs/capgap-ce --out runs/capgap",
     "analyze": "kdlab analyze runs/x/teacher_ce/checkpoints/last.pt runs/x/teacher_intra/checkpoints/last.pt",
 }
 
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--max-samples", type=int, default=None)
     ana.add_argument("--T", type=float, default=4.0, help="temperature for soft-label statistics")
     ana.set_defaults(func=cmd_analyze)
+
+    gap = _plain_parser(sub, "capacity-gap", "gain of the intra teacher over a CE teacher against student size")
+    gap.add_argument("intra_dir", type=Path, help="ablation folder of a student.arch sweep with the intra teacher")
+    gap.add_argument("ce_dir", type=Path, help="the same sweep run with objective.kind=ce")
+    gap.add_argument("--out", type=Path, default=Path("capacity_gap"))
+    gap.set_defaults(func=cmd_capacity_gap)
 
     models = sub.add_parser("models", help="list the registered architectures")
     models.set_defaults(func=cmd_models)
@@ -235,6 +242,15 @@ def cmd_analyze(args) -> int:
 
     out = main_analyze(args.checkpoints, args.out, max_samples=args.max_samples, T=args.T)
     print(f"analysis: {out}")
+    return 0
+
+
+def cmd_capacity_gap(args) -> int:
+    from kdlab.report.capacity import capacity_gap
+
+    table, png = capacity_gap(args.intra_dir, args.ce_dir, args.out)
+    print(table)
+    print(f"\nplot: {png}")
     return 0
 
 
