@@ -164,8 +164,8 @@ def test_teacher_objective_total_matches_ce_plus_lambda_intra():
         pos = emb[(a + n) % (2 * n)]
         negs = [emb[j] for j in range(2 * n) if labels[j] == labels[a] and ids[j] != ids[a]]
         per.append(tuplet_by_hand(emb[a], pos, negs, 0.1))
-    assert float(losses["ce"]) == pytest.approx(float(ce), rel=1e-5)
-    assert float(losses["intra"]) == pytest.approx(sum(per) / len(per), rel=1e-4)
+    assert losses["ce"].item() == pytest.approx(float(ce), rel=1e-5)
+    assert losses["intra"].item() == pytest.approx(sum(per) / len(per), rel=1e-4)
 
 
 def supcon_by_hand(emb, labels, tau, base_tau=0.07):
