@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.ablation.plan import AblationError
-from kdlab.ablation.store import Store, atomic_write_json, read_json
+from kdlab.ablation.resolve import format_value
+from kdlab.ablation.store import Store, read_json
+from kdlab.engine.checkpoint import atomic_write_json
 
 __all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "render_table"]
 
@@ -190,7 +192,7 @@ def render_table(t: Table) -> str:
     head.append("n ok/failed")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in t.rows:
-        label = f"base ({_fmt_value(t.base_value)})" if r.is_base else r.label + (" (= base)" if r.same_as_base else "")
+        label = f"base ({format_value(t.base_value)})" if r.is_base else r.label + (" (= base)" if r.same_as_base else "")
         cells = [label]
         for c, _ in t.columns:
             cells.append(r.cells[c].text())
@@ -201,16 +203,6 @@ def render_table(t: Table) -> str:
         cells.append(n)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(map(str, v)) + "]"
-    return str(v)
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -280,7 +272,7 @@ def _plots(t: Table, grid_ab: dict, store: Store, out: Path) -> list[Path]:
             if any(r.is_base for _, r in pts):
                 ax.legend(fontsize=7)
         else:
-            labels = [(f"base ({_fmt_value(t.base_value)})" if r.is_base else r.label) for r in rows]
+            labels = [(f"base ({format_value(t.base_value)})" if r.is_base else r.label) for r in rows]
             ys = [r.cells[c].mean for r in rows]
             es = [r.cells[c].std or 0.0 for r in rows]
             colors = ["tab:red" if r.is_base else "tab:blue" for r in rows]
@@ -400,9 +392,9 @@ def build_report(out: str | Path) -> ReportResult:
         md.append(f"## {t.index}. {t.name}")
         md.append("")
         md.append(f"- Ablated part: {t.part}")
-        md.append(f"- Action: {t.action} -> knob `{t.knob}` = `{t.path}` ({t.how}); base value `{_fmt_value(t.base_value)}`")
+        md.append(f"- Action: {t.action} -> knob `{t.knob}` = `{t.path}` ({t.how}); base value `{format_value(t.base_value)}`")
         for v in ab["variants"]:
-            ov = ", ".join(f"`{k}={_fmt_value(x)}`" for k, x in v["overrides"].items())
+            ov = ", ".join(f"`{k}={format_value(x)}`" for k, x in v["overrides"].items())
             raw = f" (plan: \"{v['raw']}\")" if v.get("raw") and v["raw"] != v["label"] else ""
             md.append(f"  - {v['label']}: {ov}{raw}")
         md.append("")

@@ -639,7 +639,8 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
     return text
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A knob value as shown in grids and tables: on/off, 0.05, [crop, flip], resnet56 -> resnet20."""
     if isinstance(v, bool):
         return "on" if v else "off"
     if isinstance(v, float):
@@ -771,7 +772,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
             specs.append(("added", "added", "", ov))
         elif knob.on_value is not NOTHING:
             ov = _on_overrides(knob)
-            specs.append((f"added ({_fmt(knob.on_value)})", knob.on_value, "", ov))
+            specs.append((f"added ({format_value(knob.on_value)})", knob.on_value, "", ov))
         else:
             errors.append(f"ADD on {knob.name} ({knob.path}) needs values under Replacement (it has no 'on' value)")
     else:  # REPLACE (or ADD with values on a value knob)
@@ -785,7 +786,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
                     continue
                 errors.append(f"value {raw!r} for {knob.name} ({knob.path}): {exc}")
                 continue
-            specs.append((_fmt(v), v if knob.kind in ("float", "int") else _fmt(v), raw, _overrides_for(knob, v)))
+            specs.append((format_value(v), v if knob.kind in ("float", "int") else format_value(v), raw, _overrides_for(knob, v)))
 
     variants: list[Variant] = []
     base_ident = _ident(base)
@@ -795,7 +796,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
         try:
             cfg = _build(base_tree, ov)
         except ConfigError as exc:
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in ov.items())
+            shown = ", ".join(f"{k}={format_value(v)}" for k, v in ov.items())
             errors.append(f"value {raw or label!r} ({shown}) is invalid: {exc}")
             continue
         key = json.dumps(_ident(cfg), sort_keys=True)
@@ -987,10 +988,10 @@ def format_grid(grid: Grid) -> str:
     for i, a in enumerate(grid.ablations, 1):
         lines.append("")
         lines.append(f"[{i}] {a.ablation.name}: {a.ablation.action} {a.ablation.part!r}")
-        lines.append(f"    -> knob {a.knob.name} = {' + '.join(a.knob.paths)}  ({a.how}); base value {_fmt(a.base_value)}")
+        lines.append(f"    -> knob {a.knob.name} = {' + '.join(a.knob.paths)}  ({a.how}); base value {format_value(a.base_value)}")
         lines.append(f"    {'base':<22} (shared base run)")
         for v in a.variants:
-            ov = ", ".join(f"{k}={_fmt(x)}" for k, x in v.overrides.items())
+            ov = ", ".join(f"{k}={format_value(x)}" for k, x in v.overrides.items())
             note = "  [= base]" if v.same_as_base else ""
             raw = f"  <- {v.raw!r}" if v.raw and v.raw != v.label else ""
             lines.append(f"    {v.label:<22} {ov}{note}{raw}")

@@ -46,7 +46,6 @@ __all__ = [
     "teacher_config",
     "Store",
     "Claim",
-    "atomic_write_json",
 ]
 
 RECORD = "record.json"
