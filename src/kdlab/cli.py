@@ -23,24 +23,26 @@ EXAMPLES = {
     "compare": "kdlab compare runs/a/student runs/b/student --out cmp.png",
     "export": "kdlab export runs/demo-1234abcd/teacher_intra --out exported/",
     "capacity-gap": "kdlab capacity-gap runs/capgap-intra runs/capgap-ce --out runs/capgap",
+    "models": "kdlab models",
+    "configs": "kdlab configs\n  kdlab show-config cifar100/resnet56_resnet20",
+    "show-config": "kdlab show-config demo objective.kind=supcon data.batch_size=128",
     "analyze": "kdlab analyze runs/x/teacher_ce/checkpoints/last.pt runs/x/teacher_intra/checkpoints/last.pt",
 }
 
 
+def _plain_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _stage_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _plain_parser(sub, name, help_)
     p.add_argument("config", nargs="?", default=None,
                    help="YAML config file or shipped recipe name (default: built-in defaults); "
                         "a first argument containing '=' is taken as an override")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.intra.lambda_=0.03")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: OUT/NAME-HASH[/stage])")
     return p
-
-
-def _plain_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "distill", "distil a student from a teacher checkpoint").set_defaults(func=cmd_distill)
     _stage_parser(sub, "pipeline", "train a teacher, then distil the student from it").set_defaults(func=cmd_pipeline)
 
-    ab = sub.add_parser("ablate", help="run an AblationBench plan (markdown or JSONL) end to end",
-                        epilog="examples:\n  " + EXAMPLES["ablate"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ab = _plain_parser(sub, "ablate", "run an AblationBench plan (markdown or JSONL) end to end")
     ab.add_argument("plan", type=Path)
     ab.add_argument("overrides", nargs="*", help="dotted overrides applied to the base config")
     ab.add_argument("--base", default=None, help="base experiment config (default: chosen from the plan)")
@@ -78,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(cluster=local runs submitit's local executor)")
     ab.set_defaults(func=cmd_ablate)
 
-    rep = sub.add_parser("report", help="rebuild an ablation's tables and plots from its results store",
-                         epilog="examples:\n  " + EXAMPLES["report"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep = _plain_parser(sub, "report", "rebuild an ablation's tables and plots from its results store")
     rep.add_argument("dir", type=Path)
     rep.set_defaults(func=cmd_report)
 
@@ -109,11 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     gap.add_argument("--out", type=Path, default=Path("capacity_gap"))
     gap.set_defaults(func=cmd_capacity_gap)
 
-    models = sub.add_parser("models", help="list the registered architectures")
-    models.set_defaults(func=cmd_models)
-    configs = sub.add_parser("configs", help="list the shipped recipes")
-    configs.set_defaults(func=cmd_configs)
-    show = sub.add_parser("show-config", help="print the resolved config (YAML) for a config and overrides")
+    _plain_parser(sub, "models", "list the registered architectures").set_defaults(func=cmd_models)
+    _plain_parser(sub, "configs", "list the shipped recipes").set_defaults(func=cmd_configs)
+    show = _plain_parser(sub, "show-config", "print the resolved config (YAML) for a config and overrides")
     show.add_argument("config", nargs="?", default=None)
     show.add_argument("overrides", nargs="*")
     show.set_defaults(func=cmd_show_config)
