@@ -119,3 +119,15 @@ def test_learning_rate_schedules():
         [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005])
     cos = OptimConfig(lr=0.1, schedule="cosine")
     assert lr_at(cos, 10, 0) == pytest.approx(0.1) and lr_at(cos, 10, 5) == pytest.approx(0.05)
+
+
+def test_empty_view_augmentation_means_plain_views(tiny_overrides):
+    from kdlab.data import normalize
+    from kdlab.engine.runtime import resolve_runtime
+
+    cfg = load_config("demo", tiny_overrides + ["data.view_augment=[]", "objective.kind=intra"])
+    data = DataBundle(cfg)
+    train, _ = data.loaders(cfg, resolve_runtime(cfg.runtime), views=2)
+    batch = next(iter(train))
+    plain = normalize(data.train.images[batch.index], data.train.mean, data.train.std)
+    assert torch.allclose(batch.views[1], plain) and not torch.allclose(batch.views[0], plain)

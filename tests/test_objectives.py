@@ -82,7 +82,8 @@ def test_gradient_reaches_batch_not_cache():
 
 def test_cache_fifo_order_and_wraparound():
     cache = ClassCache(num_classes=2, dim=1, cfg=CacheConfig(size=3))
-    push = lambda vals, cls: cache.push(torch.tensor(vals, dtype=torch.float)[:, None], torch.tensor(cls))
+    push = lambda vals, cls: cache.push(torch.tensor(vals, dtype=torch.float)[:, None], torch.tensor(cls),
+                                        torch.tensor(vals))
     push([1, 2], [0, 0])
     assert cache.fill.tolist() == [2, 0] and cache.ptr.tolist() == [2, 0]
     push([3, 4, 10], [0, 0, 1])  # class 0 wraps: slot 2 <- 3, slot 0 <- 4
@@ -90,17 +91,19 @@ def test_cache_fifo_order_and_wraparound():
     assert cache.fill.tolist() == [3, 1] and cache.ptr.tolist() == [1, 1]
     push([5, 6, 7, 8, 9], [0, 0, 0, 0, 0])  # more than Q at once: only the newest 3 (7, 8, 9) survive
     assert sorted(cache.bank[0, :, 0].tolist()) == [7, 8, 9]
+    assert sorted(cache.ids[0].tolist()) == [7, 8, 9]  # each entry remembers its image
     assert cache.bank[0, (cache.ptr[0] - 1) % 3, 0] == 9  # newest just before the pointer
     assert cache.valid().tolist() == [[True] * 3, [True, False, False]]
 
 
 def test_cache_flush_mode_uses_full_buffers_once():
     cache = ClassCache(num_classes=1, dim=1, cfg=CacheConfig(size=2, mode="flush"))
-    cache.push(torch.ones(1, 1), torch.tensor([0]))
+    one = torch.tensor([0])
+    cache.push(torch.ones(1, 1), one, one)
     assert not cache.valid().any()  # half full: not used yet
-    cache.push(torch.ones(1, 1), torch.tensor([0]))
+    cache.push(torch.ones(1, 1), one, one + 1)
     assert cache.valid().all()  # full: used as negatives this step
-    cache.push(torch.full((1, 1), 5.0), torch.tensor([0]))  # after use: cleared, then refilled
+    cache.push(torch.full((1, 1), 5.0), one, one + 2)  # after use: cleared, then refilled
     assert cache.fill.tolist() == [1] and not cache.valid().any()
 
 
@@ -213,3 +216,19 @@ def test_memory_positive_uses_previous_visit():
     assert obj.sample_seen[:8].all() and not obj.sample_seen[8:].any()
     obj.forward_train(batch, 0.0)
     assert obj.epoch_stats()["margin_pass_frac"] == 1.0
+
+
+def test_an_anchor_never_meets_its_own_image_in_the_cache():
+    tau = 0.5
+    emb = torch.tensor([unit(1, 0.3), unit(0.2, 1)])  # image 7 and image 8, both class 0
+    cache = torch.tensor([[unit(1, 0.3), unit(-1, 0.5)]])  # slot 0 holds image 7's earlier embedding
+    cache_ids = torch.tensor([[7, 3]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    labels, ids = torch.tensor([0, 0]), torch.tensor([7, 8])
+    positives = emb.clone()
+    loss, n_neg = intra_class_loss(emb, positives, labels, ids, torch.tensor([True, False]), tau, cache, valid,
+                                   cache_ids)
+    # anchor image 7: negatives are image 8 in the batch and cache slot 1 (image 3), not slot 0 (itself)
+    assert n_neg.tolist() == [2]
+    expected = tuplet_by_hand(unit(1, 0.3), unit(1, 0.3), [unit(0.2, 1), unit(-1, 0.5)], tau)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -200,3 +200,33 @@ def test_sigint_stops_cleanly_with_a_checkpoint_and_the_rerun_finishes(tmp_path)
     assert json.loads((run / "summary.json").read_text())["status"] == "done"
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 9))
+
+
+def test_finished_folder_of_another_config_or_stage_is_refused(tmp_path, capsys):
+    assert main(["train-teacher", *TINY, "teacher.epochs=1", "--run-dir", str(tmp_path / "t")]) == 0
+    assert main(["train-teacher", *TINY, "teacher.epochs=2", "--run-dir", str(tmp_path / "t")]) == 2
+    assert "finished teacher run of a different config" in capsys.readouterr().err
+    assert main(["distill", *TINY, "distill.methods=[]", "teacher.epochs=1", "--run-dir", str(tmp_path / "t")]) == 2
+
+
+def test_student_checkpoint_initialises_the_student(tmp_path, capsys):
+    assert main(["train-teacher", *TINY, "teacher.epochs=1", "--run-dir", str(tmp_path / "t")]) == 0
+    start = tmp_path / "t" / "checkpoints" / "last.pt"
+    code = main(["distill", *TINY, "distill.methods=[]", f"student.checkpoint={start}", "student.epochs=1",
+                 "student.optim.lr=1e-12", "--run-dir", str(tmp_path / "s")])
+    assert code == 0
+    before = torch.load(start, weights_only=True)["model"]
+    after = torch.load(tmp_path / "s" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    # with a vanishing learning rate the student's weights are the checkpoint's (BN statistics move)
+    assert torch.allclose(before["conv1.weight"], after["conv1.weight"], atol=1e-6)
+    code = main(["distill", *TINY, "distill.methods=[]", "student.checkpoint=/no/such.pt", "--run-dir",
+                 str(tmp_path / "s2")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_fitnet_hint_layer_out_of_range_is_one_clear_line(tmp_path, capsys):
+    ckpt = run_teacher(load_config("demo", TINY + ["teacher.epochs=1"]), tmp_path / "t")["checkpoint"]
+    code = main(["distill", *TINY, "distill.methods=[fitnet]", "distill.fitnet.hint_layer=9",
+                 f"teacher.checkpoint={ckpt}", "--run-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "stage index 9 is out of range" in err and len(err.splitlines()) == 1

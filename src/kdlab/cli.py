@@ -178,15 +178,8 @@ def cmd_pipeline(args) -> int:
 
     cfg = _config(args)
     result = run_pipeline(cfg, args.run_dir or _default_dir(cfg))
-    code = 0
-    if result["teacher"] and result["teacher"].get("metrics"):
-        code |= _finish(result["teacher"], "teacher")
-    if result["student"]:
-        code |= _finish(result["student"], "student")
-    else:
-        code = 1
-        print(f"error: teacher {result['status']}: {result.get('error')}", file=sys.stderr)
-    return code
+    code = _finish(result["teacher"], "teacher") if result["teacher"].get("run_dir") else 0
+    return code | _finish(result["student"], "student") if result["student"] else 1
 
 
 def cmd_ablate(args) -> int:

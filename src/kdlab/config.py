@@ -39,7 +39,7 @@ class DataConfig(_Strict):
     download: bool = False
     subset: int | None = Field(None, ge=1, description="stratified train subset size (CPU-scale studies)")
     test_subset: int | None = Field(None, ge=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**31)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     augment: list[AugmentName] | None = Field(None, description="train augmentation; None = dataset default")
@@ -118,7 +118,7 @@ class RKDConfig(_Strict):
 
 class FitNetConfig(_Strict):
     weight: float = Field(100.0, ge=0)
-    hint_layer: int = Field(2, ge=0, description="stage index into ModelOutput.stages (negative from the end)")
+    hint_layer: int = Field(2, description="stage index into ModelOutput.stages (negative from the end)")
 
 
 class ATConfig(_Strict):
@@ -216,7 +216,9 @@ class StageConfig(_Strict):
     arch: str
     epochs: int = Field(240, ge=1)
     optim: OptimConfig = OptimConfig()
-    checkpoint: str | None = Field(None, description="weights to start from (teacher: skip training)")
+    checkpoint: str | None = Field(
+        None, description="weights to start from; for the teacher, distill and pipeline use it as the trained "
+                          "teacher (no teacher training), train-teacher fine-tunes from it")
 
     @field_validator("arch")
     @classmethod
@@ -251,7 +253,7 @@ class RuntimeConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31, description="seeds every RNG (data order, augmentation, init)")
     out: str = "runs"
     data: DataConfig = DataConfig()
     teacher: StageConfig = StageConfig(arch="resnet14", epochs=240)

@@ -33,7 +33,7 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
     summary = read_summary(run_dir) or {}
     cfg_path = run_dir / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
-    stage = summary.get("stage") or ("student" if run_dir.name.startswith("student") else "teacher")
+    stage = summary.get("stage") or ("student" if "student" in run_dir.name else "teacher")
     obj, distill = cfg.get("objective", {}), cfg.get("distill", {})
     if stage == "teacher":
         kind = obj.get("kind", "?")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.config import ConfigError
+
 
 def full_precision(t: Tensor) -> AbstractContextManager:
     """Disable autocast for loss arithmetic (exp/log at low temperatures is unsafe in bf16/fp16)."""
@@ -33,7 +35,8 @@ def stage_index(index: int, n: int, what: str) -> int:
     """Resolve a possibly negative stage index into ``range(n)`` or raise a one-line error."""
     i = index + n if index < 0 else index
     if not 0 <= i < n:
-        raise ValueError(f"{what}: stage index {index} is out of range for a network with {n} stages")
+        raise ConfigError(f"{what}: stage index {index} is out of range for a network with {n} stages "
+                          f"(use -{n}..{n - 1})")
     return i
 
 

@@ -61,13 +61,6 @@ def gather_cat(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def all_sum(t: Tensor) -> Tensor:
-    """Sum a tensor over ranks (in place, and returned)."""
-    if current().enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (keeps ranks stopping together)."""
     if not current().enabled:

@@ -3,7 +3,8 @@
 Definitions (docs/METHOD.md repeats them):
 * ``convergence_epoch``: first epoch whose test top-1 reaches 95 % of the final (last-epoch) top-1.
 * ``loss_std``: standard deviation of the per-step training loss over the last quarter of the epochs.
-* ``loss_spikes``: steps whose loss exceeds twice the median of the 20 steps before it (summed).
+* ``loss_spikes``: steps whose loss exceeds twice the median of up to 20 steps before it in the same epoch
+  (from the 6th step of each epoch on), summed over epochs.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ class Runtime:
     amp_dtype: torch.dtype | None
     channels_last: bool
     compile: bool
-    deterministic: bool
     progress: bool
     dist: DistInfo = DistInfo()
 
@@ -56,13 +55,14 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
     channels_last = {"auto": True, "on": True, "off": False}[cfg.channels_last]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # Set both ways: several runs share one process (the demo, ablation workers).
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = on_gpu and not cfg.deterministic
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif on_gpu:
-        torch.backends.cudnn.benchmark = True
-    return Runtime(device, amp, channels_last, cfg.compile, cfg.deterministic, cfg.progress and dist.is_main, dist)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)  # peak_mem_mb is per run
+    return Runtime(device, amp, channels_last, cfg.compile, cfg.progress and dist.is_main, dist)
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +72,8 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA max allocated on GPU; the process's max RSS on CPU."""
+    """CUDA max allocated on GPU (reset at the start of each run); on CPU the process's max RSS, which also
+    counts earlier runs of the same process (the demo, ablation workers)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource

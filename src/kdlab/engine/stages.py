@@ -39,23 +39,12 @@ SUMMARY = "summary.json"
 DISPLAY_ONLY = ("progress", "threads", "tensorboard")  # runtime keys that do not change results
 
 
-def config_hash(cfg: ExperimentConfig, *, parts: tuple[str, ...] | None = None) -> str:
-    """Stable hash of the config (or of some top-level sections), blind to display-only settings."""
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Stable hash of the config, blind to display-only settings."""
     tree = cfg.model_dump(mode="json")
     tree.pop("out", None)
     tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in DISPLAY_ONLY}
-    if parts is not None:
-        tree = {k: tree[k] for k in parts}
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
-
-
-def teacher_hash(cfg: ExperimentConfig) -> str:
-    """Identity of a teacher run: everything that changes the teacher it produces."""
-    tree = json.loads(json.dumps(cfg.model_dump(mode="json")))
-    return hashlib.sha256(json.dumps(
-        {"data": tree["data"], "teacher": tree["teacher"], "objective": tree["objective"], "seed": tree["seed"],
-         "deterministic": tree["runtime"]["deterministic"], "amp": tree["runtime"]["amp"]},
-        sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -96,8 +85,8 @@ class DataBundle:
 
             size = ds.image_shape[1:]
             make = lambda policy: build_augment(policy, mean=ds.mean, std=ds.std, image_size=size, **kw)  # noqa: E731
-            augment = make(d.augment or ["rrc", "flip"])
-            view_augment = make(d.view_augment) if d.view_augment else None
+            augment = make(d.augment if d.augment is not None else ["rrc", "flip"])
+            view_augment = make(d.view_augment) if d.view_augment is not None else None
             common = dict(device=rt.device, channels_last=rt.channels_last, num_workers=d.workers, seed=cfg.seed)
             train = StreamingLoader(ds, batch_size=d.batch_size, augment=augment, views=views,
                                     view_augment=view_augment, shuffle=True, drop_last=True, **shard, **common)
@@ -105,7 +94,7 @@ class DataBundle:
                                    drop_last=False, **common)
             return train, test
         augment = augment_for(ds, d.augment, **kw)
-        view_augment = augment_for(ds, d.view_augment, **kw) if d.view_augment else None
+        view_augment = augment_for(ds, d.view_augment, **kw) if d.view_augment is not None else None
         train = DeviceLoader(ds, batch_size=d.batch_size, device=rt.device, augment=augment, views=views,
                              view_augment=view_augment, shuffle=True, drop_last=True, seed=cfg.seed,
                              channels_last=rt.channels_last, **shard)
@@ -158,6 +147,11 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
                teacher_checkpoint: Path | None) -> dict:
     done = read_summary(run_dir)
     if done is not None and done.get("status") == "done":
+        if done.get("stage") != stage or done.get("config_hash") != config_hash(cfg):
+            raise ConfigError(
+                f"{run_dir} already holds a finished {done.get('stage')} run of a different config; pass a new "
+                "out=... or name=... (or --run-dir), or delete the folder to start over"
+            )
         return done
     started = time.time()
     rt = resolve_runtime(cfg.runtime)
@@ -169,6 +163,8 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     in_shape = data.train.image_shape
     num_classes = data.train.num_classes
     net = build_model(spec.arch, num_classes=num_classes, in_channels=in_shape[0])
+    if spec.checkpoint:  # start from given weights (a resumed run then restores its own checkpoint)
+        load_weights(net, _weights_of(Path(spec.checkpoint)), model_name=spec.arch)
     if stage == "teacher":
         method, views = _teacher_method(cfg.objective, cfg, net, data.train)
     else:
@@ -177,11 +173,12 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     train_loader, test_loader = data.loaders(cfg, rt, views)
     info = StageInfo(stage, spec.arch, num_classes, in_shape, data.train.name, cfg.model_dump(mode="json"))
     trainer = Trainer(method, train_loader, test_loader, epochs=spec.epochs, optim=spec.optim, runtime=rt,
-                      run_dir=run_dir, info=info, seed=cfg.seed, tensorboard=cfg.runtime.tensorboard)
+                      run_dir=run_dir, info=info, tensorboard=cfg.runtime.tensorboard)
     warning = trainer.resume()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    summary = {"status": "running", "error": None, "stage": stage, "arch": spec.arch, "run_dir": str(run_dir),
+    summary = {"status": "running", "error": None, "stage": stage, "config_hash": config_hash(cfg),
+               "arch": spec.arch, "run_dir": str(run_dir),
                "checkpoint": str(run_dir / "checkpoints" / "last.pt"), "teacher_checkpoint":
                str(teacher_checkpoint) if teacher_checkpoint else None}
     try:
@@ -268,17 +265,23 @@ def _student_method(cfg: ExperimentConfig, net, train: ArrayDataset, teacher_che
     return method, method.views
 
 
-def load_teacher(path: Path, arch: str, train: ArrayDataset) -> torch.nn.Module:
-    """A frozen teacher from a kdlab run checkpoint, a kdlab export card (.json) or a RepDistiller-style file."""
+def _weights_of(path: Path) -> dict:
+    """The checkpoint dict of a kdlab run, a kdlab export card (.json) or a RepDistiller-style file."""
     if not path.exists():
-        raise ConfigError(f"teacher checkpoint {path} does not exist (train one with `kdlab train-teacher`)")
+        raise ConfigError(f"checkpoint {path} does not exist")
     if path.suffix == ".json":
         from kdlab.runs import read_card
 
         meta, weights = read_card(path)
-        ckpt = {"model": load_checkpoint(weights), "arch": meta["arch"], "num_classes": meta["num_classes"]}
-    else:
-        ckpt = load_checkpoint(path)
+        return {"model": load_checkpoint(weights), "arch": meta["arch"], "num_classes": meta["num_classes"]}
+    return load_checkpoint(path)
+
+
+def load_teacher(path: Path, arch: str, train: ArrayDataset) -> torch.nn.Module:
+    """A frozen teacher from a kdlab run checkpoint, a kdlab export card (.json) or a RepDistiller-style file."""
+    if not path.exists():
+        raise ConfigError(f"teacher checkpoint {path} does not exist (train one with `kdlab train-teacher`)")
+    ckpt = _weights_of(path)
     recorded = ckpt.get("arch")
     if recorded is not None and recorded != arch:
         raise ConfigError(f"teacher checkpoint {path} holds a {recorded}, but teacher.arch={arch}; "
@@ -366,4 +369,4 @@ def _write_csv(path: Path, history: list[dict]) -> None:
 
 
 __all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "config_hash",
-           "teacher_hash", "load_teacher", "CheckpointError"]
+           "load_teacher", "CheckpointError"]

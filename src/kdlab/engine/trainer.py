@@ -66,7 +66,7 @@ class StageInfo:
 
 class Trainer:
     def __init__(self, method: TrainMethod, train_loader, test_loader, *, epochs: int, optim: OptimConfig,
-                 runtime: Runtime, run_dir: Path, info: StageInfo, seed: int, tensorboard: bool = True):
+                 runtime: Runtime, run_dir: Path, info: StageInfo, tensorboard: bool = True):
         self.method = method
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -75,7 +75,6 @@ class Trainer:
         self.rt = runtime
         self.run_dir = run_dir
         self.info = info
-        self.seed = seed
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.optimizer = torch.optim.SGD(
@@ -115,7 +114,7 @@ class Trainer:
             "method": self.method.state_dict(),  # network + heads + caches + banks + EMA copies
             "optimizer": self.optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None,
             "best": dict(self.best),
         }
 
@@ -129,8 +128,8 @@ class Trainer:
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_cpu"])
-        if ckpt["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        if ckpt.get("rng_cuda") is not None and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], self.rt.device)
         self.best = dict(ckpt["best"])
         self.start_epoch = int(ckpt["epoch"])
         # Epoch records written after that checkpoint belong to the lost part of the run: drop them.
@@ -162,9 +161,9 @@ class Trainer:
                         fh.write(json.dumps(record) + "\n")
                     self.events.epoch(record)
                     save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
-                if self._stop_signal is not None:
-                    raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; "
-                                      "run the same command again to resume")
+                if any_rank(self._stop_signal is not None, self.rt.device):  # every rank reaches this
+                    raise Interrupted(f"stopped by signal {self._stop_signal or signal.SIGTERM} after epoch "
+                                      f"{epoch + 1}; run the same command again to resume")
         finally:
             self._restore_signal_handlers(old_handlers)
             self.events.close()
@@ -227,7 +226,7 @@ class Trainer:
         """A signal arrived: stop now when alone, or at the next 25-step sync point with every rank."""
         if not self.rt.dist.enabled:
             return self._stop_signal is not None
-        if step % 25 != 24:
+        if step % 25 != 24 or step == len(self.train_loader) - 1:  # the last step: decided after the epoch
             return False
         if any_rank(self._stop_signal is not None, self.rt.device):
             self._stop_signal = self._stop_signal or signal.SIGTERM

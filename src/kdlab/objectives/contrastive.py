@@ -27,6 +27,7 @@ def intra_class_loss(
     tau: float,
     cache: Tensor | None = None,
     cache_valid: Tensor | None = None,
+    cache_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Tuplet-form intra-class contrastive loss.
 
@@ -38,6 +39,7 @@ def intra_class_loss(
         anchor_mask: ``(M,)`` bool, rows that are anchors (margin passed, positive available).
         tau: temperature.
         cache, cache_valid: optional ``(C, Q, d)`` detached negatives per class and ``(C, Q)`` validity.
+        cache_ids: optional ``(C, Q)`` image of each cache entry; an anchor's own image is never its negative.
 
     Returns:
         ``(loss, negatives_per_anchor)``. ``loss = mean_a log(1 + sum_n exp(s(a,n) - s(a,a+)))`` over
@@ -64,6 +66,8 @@ def intra_class_loss(
     if cache is not None and cache_valid is not None:
         bank = cache[labels[a_idx]]  # (A, Q, d), detached by construction
         valid = cache_valid[labels[a_idx]]  # (A, Q)
+        if cache_ids is not None:
+            valid = valid & (cache_ids[labels[a_idx]] != sample_ids[a_idx, None])
         cache_logits = torch.einsum("ad,aqd->aq", anchors, bank.to(anchors.dtype)) / tau
         diffs.append((cache_logits - pos_logit[:, None]).masked_fill(~valid, off))
         n_neg = n_neg + valid.sum(1)

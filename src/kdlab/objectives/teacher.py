@@ -49,6 +49,7 @@ class ClassCache(nn.Module):
         self.mode = cfg.mode
         self.capacity = cfg.size
         self.register_buffer("bank", torch.zeros(num_classes, cfg.size, dim))
+        self.register_buffer("ids", torch.full((num_classes, cfg.size), -1, dtype=torch.long))  # image of each entry
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("fill", torch.zeros(num_classes, dtype=torch.long))
         slots = torch.arange(cfg.size)
@@ -62,8 +63,8 @@ class ClassCache(nn.Module):
         return v
 
     @torch.no_grad()
-    def push(self, emb: Tensor, labels: Tensor) -> None:
-        """Append ``emb`` rows to their classes' buffers, oldest entries overwritten first."""
+    def push(self, emb: Tensor, labels: Tensor, ids: Tensor) -> None:
+        """Append ``emb`` rows (images ``ids``) to their classes' buffers, oldest entries overwritten first."""
         if self.mode == "flush":
             full = self.fill == self.capacity  # used as negatives this step: clear before refilling
             self.fill[full] = 0
@@ -77,6 +78,7 @@ class ClassCache(nn.Module):
         keep = rank >= (count[labels] - q)  # only the newest Q of a class can survive this push
         slot = (self.ptr[labels] + rank) % q
         self.bank[labels[keep], slot[keep]] = emb[keep].to(self.bank.dtype)
+        self.ids[labels[keep], slot[keep]] = ids[keep]
         self.ptr.copy_((self.ptr + count) % q)
         self.fill.copy_(torch.clamp(self.fill + count, max=q))
 
@@ -116,13 +118,17 @@ class TeacherObjective(TrainMethod):
         if self.kind != "ce":
             emb = F.normalize(self.head(out.pooled).float(), dim=1)
             ids = batch.index.repeat(self.views)
-            if self.kind == "intra":
-                losses["intra"] = self.cfg.intra.lambda_ * self._intra(emb, out.logits, labels, ids, b)
-            elif self.kind == "supcon":
-                losses["supcon"] = self.cfg.supcon.lambda_ * supcon_loss(emb, labels, self.cfg.supcon.tau)
-            else:
-                losses["simclr"] = self.cfg.simclr.lambda_ * supcon_loss(emb, ids, self.cfg.simclr.tau)
+            losses.update(self._contrastive(emb, out.logits, labels, ids, b))
         return out.logits[:b], losses
+
+    def _contrastive(self, emb: Tensor, logits: Tensor, labels: Tensor, ids: Tensor, b: int) -> dict[str, Tensor]:
+        # similarities at temperature 0.1 need float32: leave autocast for the contrastive term
+        with torch.autocast(emb.device.type, enabled=False):
+            if self.kind == "intra":
+                return {"intra": self.cfg.intra.lambda_ * self._intra(emb, logits, labels, ids, b)}
+            if self.kind == "supcon":
+                return {"supcon": self.cfg.supcon.lambda_ * supcon_loss(emb, labels, self.cfg.supcon.tau)}
+            return {"simclr": self.cfg.simclr.lambda_ * supcon_loss(emb, ids, self.cfg.simclr.tau)}
 
     def _intra(self, emb: Tensor, logits: Tensor, labels: Tensor, ids: Tensor, b: int) -> Tensor:
         c = self.cfg.intra
@@ -133,15 +139,16 @@ class TeacherObjective(TrainMethod):
         else:  # the positive of view v is view v+1 of the same image (cyclically)
             positives = emb.roll(-b, dims=0)
         cache_valid = self.cache.valid() if self.cache is not None else None
+        cache = self.cache
         loss, n_neg = intra_class_loss(
-            emb, positives, labels, ids, anchors, c.tau,
-            cache=self.cache.bank if self.cache is not None else None, cache_valid=cache_valid,
+            emb, positives, labels, ids, anchors, c.tau, cache=cache.bank if cache is not None else None,
+            cache_valid=cache_valid, cache_ids=cache.ids if cache is not None else None,
         )
         with torch.no_grad():  # memories take the rows of every rank, so all ranks keep the same memory
             e0, y0, i0 = gather_cat(emb[:b].detach()), gather_cat(labels[:b]), gather_cat(ids[:b])
             if self.cache is not None:
                 first = gather_cat(anchors[:b])  # anchors of view 0 feed the cache (one entry per image)
-                self.cache.push(e0[first], y0[first])
+                self.cache.push(e0[first], y0[first], i0[first])
             if self.memory_positive:
                 self.sample_bank[i0] = e0
                 self.sample_seen[i0] = True
