@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -433,17 +433,3 @@ def get_path(cfg: ExperimentConfig | dict, dotted: str) -> Any:
             raise ConfigError(f"no config key {dotted!r}")
         node = node[part]
     return node
-
-
-def literal_choices(annotation: Any) -> tuple:
-    """The allowed values of a Literal (or list/Optional of Literal) annotation."""
-    args = get_args(annotation)
-    if not args:
-        return ()
-    if all(not isinstance(a, type) for a in args) and all(isinstance(a, (str, int, float, bool)) for a in args):
-        return args
-    for a in args:
-        inner = literal_choices(a)
-        if inner:
-            return inner
-    return ()
