@@ -65,3 +65,10 @@ def test_ce_and_kd_weight_defaults_follow_repdistiller():
     assert build_config({}).distill.resolved_kd_weight() == 0.9
     both = build_config({}, ["distill.methods=[kd,rkd]"]).distill
     assert (both.resolved_ce_weight(), both.resolved_kd_weight()) == (1.0, 1.0)
+
+
+def test_text_fields_keep_the_override_as_typed():
+    cfg = load_config("demo", ["name=2024", "student.checkpoint=on.pt", "data.root=~/data/cifar"])
+    assert (cfg.name, cfg.student.checkpoint, cfg.data.root) == ("2024", "on.pt", "~/data/cifar")
+    assert load_config("demo", ["data.root=null"]).data.root is None
+    assert load_config("demo", ["seed=7"]).seed == 7  # numbers stay numbers where the field is numeric

@@ -347,8 +347,18 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. objective.intra.lambda_=0.03")
         key, text = item.split("=", 1)
-        out.append((key.strip(), _parse_value(text.strip())))
+        key, text = key.strip(), text.strip()
+        keep_text = _is_text_field(key) and text.lower() not in ("null", "none", "~")
+        out.append((key, text if keep_text else _parse_value(text)))
     return out
+
+
+def _is_text_field(dotted: str) -> bool:
+    """True for string fields (name, data.root, ...): their override text is kept as typed, not read as YAML."""
+    *parents, leaf = dotted.split(".")
+    model = _model_at(tuple(parents)) if parents else ExperimentConfig
+    field = model.model_fields.get(leaf) if model else None
+    return field is not None and field.annotation in (str, str | None)
 
 
 def build_config(
