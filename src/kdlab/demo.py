@@ -13,7 +13,7 @@ from kdlab.engine.checkpoint import atomic_write_text
 from kdlab.engine.stages import DataBundle, config_hash, run_student, run_teacher
 from kdlab.report.curves import markdown_table, plot_curves, read_history, text_table
 
-HEADER = ["run", "role", "arch", "top-1 last", "top-1 best", "best epoch", "status"]
+HEADER = ["run", "role", "arch", "top-1 last", "top-1 best", "best epoch", "intra/inter", "entropy@T", "status"]
 
 
 def run_demo(cfg: ExperimentConfig, out_dir: Path | None = None) -> tuple[Path, str, bool]:
@@ -42,7 +42,8 @@ def run_demo(cfg: ExperimentConfig, out_dir: Path | None = None) -> tuple[Path, 
     for key, (role, arch, s) in runs.items():
         m = s.get("metrics") or {}
         rows.append([key, role, arch, m.get("top1", float("nan")), m.get("top1_best", float("nan")),
-                     m.get("best_epoch", "-"), s["status"]])
+                     m.get("best_epoch", "-"), m.get("intra_inter_ratio", float("nan")),
+                     m.get("soft_label_entropy", float("nan")), s["status"]])
     table = text_table(HEADER, rows)
     curves = plot_curves({k: read_history(root / k) for k in runs}, root / "curves.png",
                          title=f"kdlab demo on {cfg.data.name}")
@@ -51,7 +52,10 @@ def run_demo(cfg: ExperimentConfig, out_dir: Path | None = None) -> tuple[Path, 
         f"Teacher {cfg.teacher.arch}, student {cfg.student.arch}, {cfg.teacher.epochs}/{cfg.student.epochs} epochs, "
         f"seed {cfg.seed}. Intra objective: lambda={intra_cfg.objective.intra.lambda_}, "
         f"delta={intra_cfg.objective.intra.delta}, tau={intra_cfg.objective.intra.tau}.", "",
-        markdown_table(HEADER, rows), "", f"![curves]({curves.name})", "",
+        markdown_table(HEADER, rows), "",
+        "intra/inter: mean same-class over mean different-class distance of the penultimate feature on the "
+        f"test split; entropy@T: of the soft labels at the KD temperature T={cfg.distill.kd.T} "
+        "(docs/ANALYSIS.md).", "", f"![curves]({curves.name})", "",
         "Each run folder holds config.yaml, env.json, metrics.jsonl/csv, checkpoints/ and summary.json.", "",
     ]
     atomic_write_text(root / "report.md", "\n".join(report))
