@@ -28,6 +28,27 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int.from_bytes(h, "little") >> 1
 
 
+def check_loader_args(dataset, *, batch_size: int, views: int, drop_last: bool, world_size: int) -> None:
+    """The argument checks every loader shares; each failure is one DataError saying how to fix it."""
+    n = len(dataset)
+    if batch_size <= 0:
+        raise DataError(f"{dataset.name}: batch_size must be positive, got {batch_size}")
+    if views < 1:
+        raise DataError(f"{dataset.name}: views must be >= 1, got {views}")
+    if n == 0:
+        raise DataError(f"{dataset.name}: the dataset is empty")
+    if drop_last and batch_size > n:
+        raise DataError(
+            f"{dataset.name}: batch_size {batch_size} is larger than the dataset ({n} samples) and drop_last=True, "
+            f"so an epoch would have no batch; use batch_size <= {n} or drop_last=False"
+        )
+    if world_size > 1 and (batch_size % world_size or not drop_last):
+        raise DataError(
+            f"{dataset.name}: data-parallel loading over {world_size} ranks needs drop_last=True and a "
+            f"batch size divisible by {world_size} (got {batch_size}); batch_size is the global batch"
+        )
+
+
 class DeviceLoader:
     """Iterate over ``dataset`` in batches of :class:`~kdlab.data.base.Batch` on ``device``.
 
@@ -52,23 +73,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        n = len(dataset)
-        if world_size > 1 and (batch_size % world_size or not drop_last):
-            raise DataError(
-                f"{dataset.name}: data-parallel loading over {world_size} ranks needs drop_last=True and a "
-                f"batch size divisible by {world_size} (got {batch_size}); batch_size is the global batch"
-            )
-        if batch_size <= 0:
-            raise DataError(f"{dataset.name}: batch_size must be positive, got {batch_size}")
-        if views < 1:
-            raise DataError(f"{dataset.name}: views must be >= 1, got {views}")
-        if n == 0:
-            raise DataError(f"{dataset.name}: the dataset is empty")
-        if drop_last and batch_size > n:
-            raise DataError(
-                f"{dataset.name}: batch_size {batch_size} is larger than the dataset ({n} samples) and drop_last=True, "
-                f"so an epoch would have no batch; use batch_size <= {n} or drop_last=False"
-            )
+        check_loader_args(dataset, batch_size=batch_size, views=views, drop_last=drop_last, world_size=world_size)
         self.dataset = dataset
         self.device = torch.device(device)
         self.batch_size = int(batch_size)

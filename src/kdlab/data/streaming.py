@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import Augment, normalize
 from .base import Batch, DataError
-from .loader import epoch_seed
+from .loader import check_loader_args, epoch_seed
 from .sources import IMAGE_EXTENSIONS
 
 __all__ = ["StreamingImageFolder", "StreamingLoader", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -158,19 +158,7 @@ class StreamingLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        n = len(dataset)
-        if world_size > 1 and (batch_size % world_size or not drop_last):
-            raise DataError(
-                f"{dataset.name}: data-parallel loading over {world_size} ranks needs drop_last=True and a "
-                f"batch size divisible by {world_size} (got {batch_size}); batch_size is the global batch"
-            )
-        if drop_last and batch_size > n:
-            raise DataError(
-                f"{dataset.name}: batch_size {batch_size} is larger than the dataset ({n} samples) and drop_last=True, "
-                f"so an epoch would have no batch; use batch_size <= {n} or drop_last=False"
-            )
-        if batch_size <= 0 or views < 1:
-            raise DataError(f"{dataset.name}: batch_size and views must be positive")
+        check_loader_args(dataset, batch_size=batch_size, views=views, drop_last=drop_last, world_size=world_size)
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
