@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two cores: keep each test process to one intra-op thread so parallel helpers do not oversubscribe.
+# One intra-op thread for the whole suite (set here only): batch-2 CPU passes are faster on one thread,
+# and subprocesses the tests start do not oversubscribe the 2 cores.
 torch.set_num_threads(int(os.environ.get("KDLAB_TEST_THREADS", "1")))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

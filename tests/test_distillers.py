@@ -8,7 +8,6 @@ small tensors (``math`` only) or closed forms, following the reductions of the r
 from __future__ import annotations
 
 import math
-import os
 import typing
 
 import pytest
@@ -21,8 +20,6 @@ from kdlab.data.base import Batch
 from kdlab.distillers import DistillContext, Distillation, StepContext, build_distill_loss, distiller_names
 from kdlab.models import ModelOutput, build_model, probe
 from kdlab.models.base import Probe
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 ALL_METHODS = list(typing.get_args(DistillMethod))
 SHAPE = (1, 8, 8)  # digits-like

@@ -19,12 +19,6 @@ from kdlab.models import ModelOutput, build_model, list_models, probe
 from kdlab.models.checkpoint import CheckpointMismatch, load_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intraop_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 NAMES = ["imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50", "imagenet_resnet101",

@@ -25,14 +25,6 @@ from kdlab.models.checkpoint import (
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intraop_thread():
-    """Batch-2 CPU passes are faster on one thread, and do not thrash when the (2-core) machine
-    is shared: 2 OpenMP threads under contention made this file ~4x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 EXPECTED_NAMES = {
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",

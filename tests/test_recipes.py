@@ -21,12 +21,6 @@ from kdlab.recipes import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intraop_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # The CIFAR-100 pairs of the KD literature (RepDistiller / CRD table), teacher -> student.
