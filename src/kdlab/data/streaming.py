@@ -1,14 +1,22 @@
 """Streaming image folders for data too large to hold in memory (ImageNet size).
 
-Files are decoded in DataLoader worker processes into fixed-size uint8 ``(C, H, W)`` tensors (shorter side
-resized, then centre-cropped: the only per-sample CPU work), collated into uint8 batches, moved to the
-training device and augmented there by the same batched :class:`~kdlab.data.augment.Augment` the in-memory
-path uses -- so :class:`StreamingLoader` yields the same :class:`~kdlab.data.base.Batch` objects as
-:class:`~kdlab.data.loader.DeviceLoader`, with the same seeded, per-epoch reproducible order.
+Files are decoded in DataLoader worker processes into fixed-size uint8 ``(C, H, W)`` tensors, collated into
+uint8 batches, moved to the training device and augmented there by the same batched
+:class:`~kdlab.data.augment.Augment` the in-memory path uses -- so :class:`StreamingLoader` yields the same
+:class:`~kdlab.data.base.Batch` objects as :class:`~kdlab.data.loader.DeviceLoader`, with the same seeded,
+per-epoch reproducible order.
+
+The worker's per-sample CPU work is a resize: evaluation (and training views without ``rrc``) resize the
+shorter side and centre-crop; a training view whose augmentation lists ``rrc`` instead takes its
+random-resized crop in the worker, from the full-resolution image (as torchvision's RandomResizedCrop on the
+decoded original), and only the remaining ops (flip, colour, ...) run on the device. The crop box of sample
+``i`` in epoch ``e``, view ``v`` is a pure function of ``(seed, e, i, v)`` (:func:`crop_boxes`), so it does
+not depend on the batch, the number of workers or the rank, and any epoch replays exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -24,10 +32,67 @@ from .base import Batch, DataError
 from .loader import check_loader_args, epoch_seed
 from .sources import IMAGE_EXTENSIONS
 
-__all__ = ["StreamingImageFolder", "StreamingLoader", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "StreamingImageFolder", "StreamingLoader", "IMAGENET_MEAN", "IMAGENET_STD", "EVAL_CROP_FRACTION", "rrc_box", "crop_boxes",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_FRACTION = 0.875  # evaluation: centre crop of side S from the shorter side resized to S / 0.875
+
+CROP_STREAM = -1  # epoch_seed stream of the worker crop boxes (0 is the order, 1 + rank the device augmentation)
+
+CropSpec = tuple[tuple[float, float], tuple[float, float]]  # (scale, ratio) of a view's random-resized crop
+
+
+def rrc_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> tuple[int, int, int, int]:
+    """A random-resized-crop box ``(left, top, w, h)`` of a ``width`` x ``height`` image, drawn from ``rng``.
+
+    The standard sampling: up to ``attempts`` tries of an area fraction uniform in ``scale`` and an aspect
+    ratio ``w/h`` log-uniform in ``ratio``; the first box that fits is placed uniformly at random. If none
+    fits, the central box of the whole image with its aspect ratio clamped into ``ratio``.
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(attempts):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, w, h
+    if width / height < ratio[0]:  # too tall: full width, height clamped to the ratio
+        w, h = width, min(height, max(1, round(width / ratio[0])))
+    elif width / height > ratio[1]:  # too wide
+        w, h = min(width, max(1, round(height * ratio[1]))), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def crop_boxes(
+    seed: int, epoch: int, index: int, width: int, height: int, specs: Sequence[CropSpec | None]
+) -> list[tuple[int, int, int, int] | None]:
+    """The crop box of every view of sample ``index`` (a ``width`` x ``height`` image) in ``epoch``.
+
+    A pure function of ``(seed, epoch, index, view)`` and the image size: each view draws from its own
+    generator, so views are independent and nothing depends on batching, workers or ranks. ``None`` where
+    the view's spec is ``None`` (resize + centre crop).
+    """
+    key = epoch_seed(seed, epoch, CROP_STREAM)
+    return [
+        None if spec is None else rrc_box(width, height, np.random.default_rng((key, index, v)), *spec)
+        for v, spec in enumerate(specs)
+    ]
 
 
 class StreamingImageFolder(Dataset):
@@ -97,27 +162,75 @@ class StreamingImageFolder(Dataset):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
 
-    def load(self, i: int) -> Tensor:
+    def _centre(self, im) -> np.ndarray:
+        """Shorter side resized to ``resize``, then the central ``image_size`` square (``im`` decoded)."""
         from PIL import Image
 
-        path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im.draft("RGB" if self.channels == 3 else "L", (self.resize, self.resize))  # fast JPEG downscale
-                im = im.convert("RGB" if self.channels == 3 else "L")
-                w, h = im.size
-                s = self.resize / min(w, h)
-                if s != 1:
-                    im = im.resize((max(self.resize, round(w * s)), max(self.resize, round(h * s))), Image.BILINEAR)
-                w, h = im.size
-                left, top = (w - self.image_size) // 2, (h - self.image_size) // 2
-                im = im.crop((left, top, left + self.image_size, top + self.image_size))
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        w, h = im.size
+        s = self.resize / min(w, h)
+        if s != 1:
+            im = im.resize((max(self.resize, round(w * s)), max(self.resize, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - self.image_size) // 2, (h - self.image_size) // 2
+        return np.asarray(im.crop((left, top, left + self.image_size, top + self.image_size)), dtype=np.uint8)
+
+    @staticmethod
+    def _tensor(arr: np.ndarray) -> Tensor:
         if arr.ndim == 2:
             arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # numpy: no torch threads in workers
+
+    def load(self, i: int) -> Tensor:
+        """Image ``i``: shorter side resized to ``resize``, centre crop ``image_size`` (uint8 ``(C, S, S)``)."""
+        from PIL import Image
+
+        mode = "RGB" if self.channels == 3 else "L"
+        try:
+            with Image.open(self.files[i]) as im:
+                im.draft(mode, (self.resize, self.resize))  # fast JPEG downscale
+                arr = self._centre(im.convert(mode))
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{self.files[i]}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        return self._tensor(arr)
+
+    def load_views(self, i: int, specs: Sequence[CropSpec | None], *, seed: int, epoch: int) -> Tensor:
+        """Image ``i`` once per view, uint8 ``(V, C, S, S)``: view ``v`` is the random-resized crop of the
+        full-resolution image with ``specs[v] = (scale, ratio)`` (box from :func:`crop_boxes`), resized to
+        ``image_size`` (bilinear, antialiased), or :meth:`load`'s resize + centre crop where ``specs[v]`` is None.
+
+        JPEGs are decoded at a reduced scale (DCT scaling) only while every box keeps at least ``image_size``
+        pixels a side, so each crop is still a downscale of at least output resolution.
+        """
+        from PIL import Image
+
+        mode = "RGB" if self.channels == 3 else "L"
+        S = self.image_size
+        try:
+            with Image.open(self.files[i]) as im:
+                W, H = im.size
+                boxes = crop_boxes(seed, epoch, i, W, H, specs)
+                # smallest decode size that keeps every box >= S pixels a side (centre views: shorter side >= resize)
+                need = [(math.ceil(W * S / b[2]), math.ceil(H * S / b[3])) if b else (self.resize,) * 2 for b in boxes]
+                drafted = im.draft(mode, (max(n[0] for n in need), max(n[1] for n in need)))
+                sx = drafted[1][2] / W if drafted else 1.0  # original -> decoded coordinates
+                sy = drafted[1][3] / H if drafted else 1.0
+                im = im.convert(mode)
+                centre = None
+                out = []
+                for b in boxes:
+                    if b is None:
+                        centre = self._centre(im) if centre is None else centre
+                        out.append(centre)
+                    else:
+                        left, top, w, h = b
+                        box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+                        out.append(np.asarray(im.resize((S, S), Image.BILINEAR, box=box), dtype=np.uint8))
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{self.files[i]}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        arr = np.stack(out)
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         return self.load(i), int(self.labels[i]), i
@@ -132,12 +245,45 @@ class StreamingImageFolder(Dataset):
         return self.mean, self.std
 
 
+class _EpochViews(Dataset):
+    """One epoch's training items for the workers: ``(uint8 (V, C, S, S), label, i)`` from :meth:`load_views`."""
+
+    def __init__(self, dataset: StreamingImageFolder, specs: tuple[CropSpec | None, ...], seed: int, epoch: int):
+        self.dataset, self.specs, self.seed, self.epoch = dataset, specs, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        x = self.dataset.load_views(i, self.specs, seed=self.seed, epoch=self.epoch)
+        return x, int(self.dataset.labels[i]), i
+
+
+def _split_rrc(aug: Augment | None) -> tuple[Augment | None, CropSpec | None]:
+    """``aug`` without its ``rrc`` op, and that op's ``(scale, ratio)`` (None if ``aug`` has no rrc)."""
+    if aug is None or "rrc" not in aug.policy:
+        return aug, None
+    cfg = aug.config
+    spec = (
+        tuple(map(float, cfg.get("rrc_scale", (0.08, 1.0)))),
+        tuple(map(float, cfg.get("rrc_ratio", (3 / 4, 4 / 3)))),
+    )
+    ops = [op for op in aug.ops if op.name != "rrc"]
+    device = dataclasses.replace(aug, ops=ops, config={**cfg, "policy": [op.name for op in ops]})
+    return device, spec  # type: ignore[return-value]
+
+
 class StreamingLoader:
     """:class:`~kdlab.data.loader.DeviceLoader`'s interface over a :class:`StreamingImageFolder`.
 
     Decoding runs in ``num_workers`` DataLoader processes (default: cores - 1, at least 1; 0 decodes in
     this process); augmentation of the uint8 batch runs on ``device``. Order and augmentation of epoch
     ``e`` are seeded from ``(seed, e)`` exactly as in DeviceLoader.
+
+    A view whose augmentation lists ``rrc`` gets its random-resized crop in the workers, from the
+    full-resolution image (``worker_rrc=False``: on the device, from the decoded ``image_size`` square, as
+    the in-memory path does); its other ops run on the device as usual, and rrc counts as the first op. Each
+    view takes its own crop, with the rrc scale/ratio of its :class:`~kdlab.data.augment.Augment`.
     """
 
     def __init__(
@@ -157,6 +303,7 @@ class StreamingLoader:
         prefetch_factor: int = 4,
         rank: int = 0,
         world_size: int = 1,
+        worker_rrc: bool = True,
     ) -> None:
         check_loader_args(dataset, batch_size=batch_size, views=views, drop_last=drop_last, world_size=world_size)
         self.dataset = dataset
@@ -169,6 +316,12 @@ class StreamingLoader:
         self.prefetch_factor = prefetch_factor
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
+        # per view: the augmentation run on the device, and the worker's crop (None: resize + centre crop)
+        second = view_augment or augment
+        augs = [augment] + [second] * (self.views - 1)
+        split = [_split_rrc(a) if worker_rrc else (a, None) for a in augs]
+        self.device_augments = [a for a, _ in split]
+        self.crop_specs: tuple[CropSpec | None, ...] = tuple(c for _, c in split)
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -196,13 +349,14 @@ class StreamingLoader:
         kw = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=False)
-        dl = DataLoader(self.dataset, batch_size=per_rank, sampler=order.tolist(), shuffle=False, drop_last=False, **kw)
+        per_view = any(c is not None for c in self.crop_specs)  # items are (V, C, S, S): one image per view
+        data = _EpochViews(self.dataset, self.crop_specs, self.seed, epoch) if per_view else self.dataset
+        dl = DataLoader(data, batch_size=per_rank, sampler=order.tolist(), shuffle=False, drop_last=False, **kw)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(self.seed, epoch, 1 + self.rank))
-        second = self.view_augment or self.augment
         for x, y, idx in dl:
             x = x.to(self.device, non_blocking=True)
-            views = [self._view(x, self.augment, gen)] + [self._view(x, second, gen) for _ in range(self.views - 1)]
+            views = [self._view(x[:, v] if per_view else x, a, gen) for v, a in enumerate(self.device_augments)]
             yield Batch(views, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True))
 
     def _view(self, x: Tensor, aug: Augment | None, gen: torch.Generator) -> Tensor:
