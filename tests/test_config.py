@@ -26,12 +26,24 @@ def test_overrides_are_typed_and_nested():
     ("objective.kind=triplet", "objective.kind: input should be 'ce', 'intra', 'supcon' or 'simclr'"),
     ("teacher.arch=resnet21", "did you mean resnet"),
     ("runtime.device=tpu", "device must be auto, cpu, cuda or cuda:N"),
+    ("runtime.sync_bn=maybe", "runtime.sync_bn: input should be a valid boolean"),
 ])
 def test_bad_values_give_one_clear_line(override, message):
     with pytest.raises(ConfigError) as err:
         load_config("demo", [override])
     text = str(err.value)
     assert message in text and "\n" not in text
+
+
+def test_sync_bn_is_off_by_default_and_changes_the_run_identity_only_when_set():
+    from kdlab.engine.stages import _strip_display, config_hash
+
+    cfg = load_config("demo")
+    assert cfg.runtime.sync_bn is False and load_config("demo", ["runtime.sync_bn=true"]).runtime.sync_bn is True
+    assert config_hash(load_config("demo", ["runtime.sync_bn=true"])) != config_hash(cfg)
+    # a run folder written before the key existed (its config.yaml lacks it) is the same run, and resumes
+    before = "\n".join(line for line in to_yaml(cfg).splitlines() if "sync_bn" not in line)
+    assert before != to_yaml(cfg) and _strip_display(before) == _strip_display(to_yaml(cfg))
 
 
 def test_contrastive_kind_needs_two_views():

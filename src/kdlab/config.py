@@ -48,7 +48,8 @@ class DataConfig(_Strict):
     )
     crop_padding: int | None = Field(None, ge=0, description="None = dataset default (4; 1 for digits)")
     streaming: bool = Field(False, description="imagefolder: decode in worker processes each epoch (ImageNet size)")
-    image_size: int = Field(224, ge=8, description="streaming: decoded image side (shorter side resized, centre crop)")
+    image_size: int = Field(224, ge=8, description="streaming: decoded image side (shorter side resized, centre "
+                            "crop; a train view with rrc crops the full-resolution image in the workers instead)")
     workers: int | None = Field(None, ge=0, description="streaming: decode processes (None = cores - 1)")
 
     @model_validator(mode="after")
@@ -242,6 +243,9 @@ class RuntimeConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     progress: bool = True
     tensorboard: bool = Field(True, description="write TensorBoard event files when the package is installed")
+    sync_bn: bool = Field(False, description="under torchrun on GPUs, BatchNorm statistics over the global batch "
+                          "(SyncBatchNorm); a no-op in one process; refused on CPU ranks, which SyncBatchNorm "
+                          "does not support")
 
     @field_validator("device")
     @classmethod

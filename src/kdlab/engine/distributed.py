@@ -61,6 +61,21 @@ def gather_cat(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def convert_sync_bn(module: torch.nn.Module) -> int:
+    """Replace every BatchNorm layer registered under ``module`` by ``SyncBatchNorm``, in place; how many.
+
+    Only registered submodules are reached, so a frozen teacher held outside the module tree
+    (``Distillation.teacher``) keeps its own eval-mode BatchNorm. The new layers share the old ones'
+    parameters and buffers (same names too), so an optimizer built before and checkpoints stay valid.
+    PyTorch's SyncBatchNorm runs on CUDA only (``runtime.sync_bn`` is refused on CPU ranks).
+    """
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        raise TypeError("convert_sync_bn works in place on a module that holds BatchNorm layers, not on one")
+    before = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return sum(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()) - before
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (keeps ranks stopping together)."""
     if not current().enabled:

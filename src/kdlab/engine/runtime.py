@@ -22,6 +22,7 @@ class Runtime:
     compile: bool
     progress: bool
     dist: DistInfo = DistInfo()
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm (only ever true for several CUDA ranks)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -48,6 +49,13 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"runtime.device={cfg.device} but only {torch.cuda.device_count()} CUDA device(s) exist")
     on_gpu = device.type == "cuda"
+    if cfg.sync_bn and not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # refused before joining the process group: every rank has this config, so every rank stops here
+        raise ConfigError(
+            f"runtime.sync_bn=true needs CUDA ranks, but this {os.environ['WORLD_SIZE']}-rank run is on the CPU "
+            "(PyTorch's SyncBatchNorm does not run on CPU); set runtime.sync_bn=false (BN statistics stay per "
+            "rank) or run on GPUs"
+        )
     dist = init_distributed(on_gpu)
     if dist.enabled and on_gpu:
         device = torch.device("cuda", dist.local_rank)
@@ -62,7 +70,9 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)  # peak_mem_mb is per run
-    return Runtime(device, amp, channels_last, cfg.compile, cfg.progress and dist.is_main, dist)
+    # sync_bn in a single process is a no-op: its batch already is the global batch
+    sync_bn = cfg.sync_bn and dist.enabled and on_gpu
+    return Runtime(device, amp, channels_last, cfg.compile, cfg.progress and dist.is_main, dist, sync_bn)
 
 
 def seed_everything(seed: int) -> None:

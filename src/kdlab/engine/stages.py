@@ -37,13 +37,21 @@ from kdlab.models.checkpoint import load_weights
 
 SUMMARY = "summary.json"
 DISPLAY_ONLY = ("progress", "threads", "tensorboard")  # runtime keys that do not change results
+# Runtime keys added after runs were recorded, with their default: they count (in the hash and when a run folder's
+# config.yaml is compared) only when set otherwise, so the folders of earlier runs are still found and resumed.
+ADDED_LATER = {"sync_bn": False}
+
+
+def _hashed_runtime(runtime: dict) -> dict:
+    return {k: v for k, v in runtime.items()
+            if k not in DISPLAY_ONLY and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
     """Stable hash of the config, blind to display-only settings."""
     tree = cfg.model_dump(mode="json")
     tree.pop("out", None)
-    tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in DISPLAY_ONLY}
+    tree["runtime"] = _hashed_runtime(tree["runtime"])
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
@@ -59,12 +67,15 @@ class DataBundle:
     def __init__(self, cfg: ExperimentConfig):
         d = cfg.data
         if d.streaming:
-            from kdlab.data.streaming import StreamingImageFolder
+            from kdlab.data.streaming import EVAL_CROP_FRACTION, StreamingImageFolder
 
             root = Path(d.root)
             self.train = StreamingImageFolder(root, "train", image_size=d.image_size)
             test_split = "val" if (root / "val").is_dir() else "test"
-            self.test = StreamingImageFolder(root, test_split, image_size=d.image_size, classes=self.train.classes)
+            # evaluation as the field does it: shorter side to image_size / 0.875 (256 for 224), centre crop
+            self.test = StreamingImageFolder(root, test_split, image_size=d.image_size,
+                                             resize=round(d.image_size / EVAL_CROP_FRACTION),
+                                             classes=self.train.classes)
         else:
             self.train, self.test = load_dataset(d.name, d.root, split_seed=d.split_seed, subset=d.subset,
                                                  test_subset=d.test_subset, download=d.download)
@@ -323,8 +334,7 @@ def _strip_display(yaml_text: str) -> str:
 
     tree = yaml.safe_load(yaml_text)
     tree.pop("out", None)
-    for k in DISPLAY_ONLY:
-        tree.get("runtime", {}).pop(k, None)
+    tree["runtime"] = _hashed_runtime(tree.get("runtime") or {})
     return json.dumps(tree, sort_keys=True)
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from kdlab.config import OptimConfig
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_text, load_latest, save_checkpoint
-from kdlab.engine.distributed import any_rank
+from kdlab.engine.distributed import any_rank, convert_sync_bn
 from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
 from kdlab.engine.metrics import epoch_loss_stats, summarize
@@ -52,6 +53,17 @@ def lr_at(cfg: OptimConfig, epochs: int, progress: float) -> float:
     return cfg.lr * cfg.gamma**passed
 
 
+def build_optimizer(params: list[Tensor], optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with momentum over ``params``, using PyTorch's fused kernel where every parameter's device has one.
+
+    The fused kernel applies the same update as the per-parameter loop in one pass over all parameters;
+    on CPU that is about 4 % of a resnet20 step (benchmarks/BENCHMARKS.md, target 3).
+    """
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                           nesterov=optim.nesterov, fused=True if fused else None)
+
+
 @dataclass
 class StageInfo:
     """What a checkpoint records about the network it holds (so a later stage can check it)."""
@@ -68,6 +80,8 @@ class Trainer:
     def __init__(self, method: TrainMethod, train_loader, test_loader, *, epochs: int, optim: OptimConfig,
                  runtime: Runtime, run_dir: Path, info: StageInfo, tensorboard: bool = True):
         self.method = method
+        if runtime.sync_bn:  # several CUDA ranks only (resolve_runtime); the frozen teacher is not converted
+            convert_sync_bn(method)
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.epochs = epochs
@@ -77,10 +91,7 @@ class Trainer:
         self.info = info
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.optimizer = torch.optim.SGD(
-            list(method.trainable_parameters()), lr=optim.lr, momentum=optim.momentum,
-            weight_decay=optim.weight_decay, nesterov=optim.nesterov,
-        )
+        self.optimizer = build_optimizer(list(method.trainable_parameters()), optim)
         self.history: list[dict] = []
         self.start_epoch = 0
         self.best = {"top1": -1.0, "epoch": -1}
@@ -92,10 +103,14 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             # Buffers (caches, banks, BN statistics) are not broadcast each step: memories are kept equal
-            # by gathering their updates, and each rank's BN statistics follow its shard (SyncBN is the option).
+            # by gathering their updates, and each rank's BN statistics follow its shard unless runtime.sync_bn.
             cuda = runtime.device.type == "cuda"
-            self._forward = DistributedDataParallel(method, device_ids=[runtime.device.index] if cuda else None,
-                                                    broadcast_buffers=False)
+            with warnings.catch_warnings():
+                # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, whose False still syncs the
+                # buffers at init; its own advice for rank-local buffers is to keep broadcast_buffers=False
+                warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning)
+                self._forward = DistributedDataParallel(method, device_ids=[runtime.device.index] if cuda else None,
+                                                        broadcast_buffers=False)
         if runtime.compile:
             self._forward = torch.compile(self._forward)
 
@@ -146,7 +161,7 @@ class Trainer:
             for epoch in range(self.start_epoch, self.epochs):
                 record = self._train_epoch(epoch)
                 if record is None:  # a signal arrived mid-epoch: the previous epoch's checkpoint stands
-                    raise Interrupted(f"stopped by signal {self._stop_signal} during epoch {epoch + 1}; "
+                    raise Interrupted(f"stopped by {self._stop_cause()} during epoch {epoch + 1}; "
                                       f"run the same command again to resume from epoch {epoch}")
                 record.update(self.evaluate())
                 record["peak_mem_mb"] = peak_memory_mb(self.rt.device)
@@ -162,8 +177,8 @@ class Trainer:
                     self.events.epoch(record)
                     save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
                 if any_rank(self._stop_signal is not None, self.rt.device):  # every rank reaches this
-                    raise Interrupted(f"stopped by signal {self._stop_signal or signal.SIGTERM} after epoch "
-                                      f"{epoch + 1}; run the same command again to resume")
+                    raise Interrupted(f"stopped by {self._stop_cause()} after epoch {epoch + 1}; "
+                                      "run the same command again to resume")
         finally:
             self._restore_signal_handlers(old_handlers)
             self.events.close()
@@ -228,10 +243,12 @@ class Trainer:
             return self._stop_signal is not None
         if step % 25 != 24 or step == len(self.train_loader) - 1:  # the last step: decided after the epoch
             return False
-        if any_rank(self._stop_signal is not None, self.rt.device):
-            self._stop_signal = self._stop_signal or signal.SIGTERM
-            return True
-        return False
+        return any_rank(self._stop_signal is not None, self.rt.device)
+
+    def _stop_cause(self) -> str:
+        if self._stop_signal is None:  # ranks stop together: this one was told by another
+            return "a signal to another rank"
+        return f"signal {signal.Signals(self._stop_signal).name}"
 
     def _check_finite(self, step_losses: Tensor, epoch: int, step: int) -> None:
         bad = ~torch.isfinite(step_losses[: step + 1])
