@@ -84,3 +84,14 @@ def test_text_fields_keep_the_override_as_typed():
     assert (cfg.name, cfg.student.checkpoint, cfg.data.root) == ("2024", "on.pt", "~/data/cifar")
     assert load_config("demo", ["data.root=null"]).data.root is None
     assert load_config("demo", ["seed=7"]).seed == 7  # numbers stay numbers where the field is numeric
+
+
+def test_on_off_runtime_values_survive_yaml_booleans(tmp_path):
+    """YAML reads on/off as booleans; runtime.amp and runtime.channels_last still get the word that was meant."""
+    cfg = build_config(overrides=["runtime.amp=off", "runtime.channels_last=off"])
+    assert (cfg.runtime.amp, cfg.runtime.channels_last) == ("off", "off")
+    cfg = build_config(overrides=["runtime.channels_last=on", "runtime.amp=yes"])
+    assert (cfg.runtime.amp, cfg.runtime.channels_last) == ("bf16", "on")
+    (tmp_path / "c.yaml").write_text("runtime:\n  amp: off\n  channels_last: on\n")
+    cfg = load_config(str(tmp_path / "c.yaml"))
+    assert (cfg.runtime.amp, cfg.runtime.channels_last) == ("off", "on")

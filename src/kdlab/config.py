@@ -247,6 +247,14 @@ class RuntimeConfig(_Strict):
                           "(SyncBatchNorm); a no-op in one process; refused on CPU ranks, which SyncBatchNorm "
                           "does not support")
 
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any, info) -> Any:
+        """YAML (files and ``key=value`` overrides alike) reads on/off/yes/no as booleans: map them back."""
+        if isinstance(v, bool):
+            return "off" if not v else ("bf16" if info.field_name == "amp" else "on")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
