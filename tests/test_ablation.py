@@ -223,6 +223,34 @@ PHRASINGS = [
     ("cocord", "symmetrization of Lpred", "REMOVE", [], "cocord.pred", {"distill.cocord.pred": "forward"}),
     ("cocord", "Prediction loss (L_pred) between student and slow-moving student", "REMOVE", [], "cocord.pred_weight",
      {"distill.cocord.pred_weight": 0.0}),
+    # plans written by outside researchers (tests/plans/outside_*.md and the phrasings below)
+    ("intra", "The weighting coefficient λ that scales the intra-class contrastive term in the teacher loss", "REPLACE",
+     ["λ ∈ {0.005, 0.05, 0.1}"], "intra.lambda", {"objective.intra.lambda_": 0.005}),  # a set, not one value
+    ("intra", "How the positive for each anchor is chosen", "REPLACE",
+     ["memory (embedding of the same image from the previous epoch)"], "intra.positive", {"objective.intra.positive": "memory"}),
+    ("intra", "number of views per image fed to the teacher", "REPLACE", ["1 view"], "views",
+     {"objective.views": 1, "objective.intra.positive": "memory"}),  # one view: the positive comes from memory
+    ("intra", "Training epochs for teacher and student", "REPLACE", ["3 epochs"], "epochs",
+     {"teacher.epochs": 3, "student.epochs": 3}),  # not teacher.epochs or student.epochs
+    ("intra", "initial learning rate of the student", "REPLACE", ["0.01"], "student.lr", {"student.optim.lr": 0.01}),
+    ("intra", "weight decay regularisation", "REMOVE", [], "weight_decay",
+     {"teacher.optim.weight_decay": 0.0, "student.optim.weight_decay": 0.0}),  # not the intra-class λ
+    ("intra", "Cutout augmentation for training images", "ADD", [], "augment", {"data.augment": ["crop", "cutout"]}),
+    ("intra", "KD loss of the student (student trained on hard labels only)", "REMOVE", [], "distill.methods",
+     {"distill.methods": []}),  # the explanation in parentheses does not make it the CE weight
+    ("intra", "Contrastive representation distillation on top of the proposed method (Ours+CRD)", "ADD", [],
+     "distill.methods", {"distill.methods": ["kd", "crd"]}),
+    ("intra", "the intra-class contrastive loss (λ = 0, i.e. vanilla CE teacher)", "REMOVE", [], "objective.kind",
+     {"objective.kind": "ce"}),  # removing the loss also voids λ: one component, not an ambiguity
+    ("intra", "Temperature T of the KD loss for the student", "REPLACE", ["T=8"], "kd.T", {"distill.kd.T": 8.0}),
+    ("intra", "Nesterov momentum in SGD", "ADD", [], "nesterov",
+     {"teacher.optim.nesterov": True, "student.optim.nesterov": True}),
+    ("intra", "Dataset used for training and evaluation", "REPLACE", ["CIFAR-100"], "dataset", {"data.name": "cifar100"}),
+    ("intra", "Teacher/student architecture pairs (same and different families)", "REPLACE", ["WRN-40-2 / ShuffleNetV1"],
+     "arch.pair", {"teacher.arch": "wrn_40_2", "student.arch": "ShuffleV1"}),
+    ("cocord", "classification (cross-entropy) loss of the student, λcls", "REMOVE", [], "ce_weight", {"distill.ce_weight": 0.0}),
+    ("cocord", "Size N of the teacher dictionary (queue of negative keys)", "REPLACE", ["N = 4K"], "cocord.queue_size",
+     {"distill.cocord.queue_size": 4096}),
 ]
 
 
@@ -238,6 +266,72 @@ def test_other_phrasings_resolve(scope, part, action, reps, knob, first):
     a = grid.ablations[0]
     assert a.knob.name == knob
     assert a.variants[0].overrides == first
+
+
+def test_table_and_heading_less_plan_by_an_outside_researcher():
+    plan = parse_plan(PLANS / "outside_table.md")
+    assert [a.name for a in plan.ablations] == ["Lambda sweep", "No margin", "Head BN",
+                                                "Number of negatives in the cache", "Projection head variants"]
+    assert plan.ablations[0].replacements == ("0.01", "0.1") and plan.ablations[1].replacements == ()
+    assert plan.ablations[0].line == 9 and plan.ablations[3].line == 14
+    grid = resolve_plan(plan)
+    assert grid_of(grid) == [
+        ("intra.lambda", "REPLACE", ["0.01", "0.1"]),
+        ("intra.margin", "REMOVE", ["removed"]),
+        ("head.bn", "REMOVE", ["removed"]),
+        ("intra.cache_size", "REPLACE", ["16", "256", "1024"]),  # an inline list that is not one value is split
+        ("head.kind", "REPLACE", ["linear", "mlp3", "none"]),
+    ]
+    assert overrides_of(grid)[4][2] == {"objective.head.kind": "none"}
+    assert [m.keys for m in grid.ablations[4].metrics] == [("top1",), ("test_loss",)]
+
+
+def test_table_row_without_part_is_an_error():
+    text = "## Ablation Plan\n\n| Name | Ablated Part | Action |\n|---|---|---|\n| a |  | REMOVE |\n"
+    with pytest.raises(PlanError, match=r"t.md:5: table row has no 'Ablated Part' cell"):
+        parse_plan_text(text, "t.md")
+
+
+def test_distiller_hyperparameters_extend_the_shipped_base(tmp_path):
+    p = tmp_path / "dkd.jsonl"
+    p.write_text("\n".join(json.dumps(o) for o in [
+        {"name": "DKD beta", "ablated_part": "DKD β (weight of non-target class knowledge)", "action": "REPLACE",
+         "replacement": [1, 16], "metrics": ["Top-1"]},
+        {"name": "PKT", "ablated_part": "PKT loss weight", "action": "REPLACE", "replacement": "10000; 50000",
+         "metrics": ["Top-1"]},
+        {"name": "KD T", "ablated_part": "Temperature used in DKD", "action": "REPLACE", "replacement": [2], "metrics": []},
+    ]) + "\n")
+    grid = resolve_plan(parse_plan(p))
+    assert grid.base.distill.methods == ["kd", "dkd", "pkt"]
+    assert grid.overrides == ["distill.methods=[kd,dkd,pkt]"] and "dkd+pkt" in grid.scope_reason
+    assert overrides_of(grid) == [[{"distill.dkd.beta": 1.0}, {"distill.dkd.beta": 16.0}],
+                                  [{"distill.pkt.weight": 10000.0}, {"distill.pkt.weight": 50000.0}],
+                                  [{"distill.dkd.T": 2.0}]]
+    # an explicit distill.methods override is the user's choice: the knob's requirement is then an error naming the fix
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan(p), overrides=["distill.methods=[kd]"])
+    assert "add the override distill.methods=[kd,dkd] after the plan" in str(err.value)
+    # a plan that also ADDs the distiller keeps a base without it (else the ADD variant would be the base)
+    p.write_text(p.read_text() + json.dumps({"name": "Ours+DKD", "ablated_part": "DKD on top of the student",
+                                             "action": "ADD", "metrics": []}) + "\n")
+    with pytest.raises(ResolveError, match=r"'DKD beta'.*add the override distill.methods=\[kd,pkt,dkd\]"):
+        resolve_plan(parse_plan(p))
+
+
+def test_effective_base_values_replace_none_defaults(tmp_path):
+    text = ("## Ablation Plan\n### a\n- Ablated Part: number of augmented views\n- Action: REPLACE\n- Replacement: 3\n"
+            "### b\n- Ablated Part: KD loss weight\n- Action: REPLACE\n- Replacement: 0.5\n")
+    grid = resolve_plan(parse_plan_text(text, "v.md"))
+    assert [a.base_value for a in grid.ablations] == [2, 0.9]
+
+
+def test_things_kdlab_cannot_vary_say_so(tmp_path):
+    p = tmp_path / "opt.jsonl"
+    p.write_text(json.dumps({"name": "Optimizer", "ablated_part": "Optimizer", "action": "REPLACE",
+                             "replacement": ["Adam"], "metrics": []}) + "\n")
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan(p))
+    assert "cannot place the ablated part 'Optimizer' on a knob: kdlab trains both stages with SGD only" in str(err.value)
 
 
 def test_unknown_part_lists_closest_knobs_and_map_fixes_it():
@@ -285,7 +379,7 @@ def test_knob_without_effect_on_the_base_is_an_error(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text(json.dumps({"name": "q", "ablated_part": "dictionary size N", "action": "REPLACE",
                              "replacement": ["1024"], "metrics": []}) + "\n")
-    with pytest.raises(ResolveError, match="has no effect on this base"):
+    with pytest.raises(ResolveError, match=r"has no effect on this base.*distill.methods=\[kd,cocord\]"):
         resolve_plan(parse_plan(p), base="ablation/intra_digits")
 
 
@@ -324,6 +418,9 @@ def test_base_override_seeds_and_explicit_base():
     ("student.arch", "ResNet32×4", "resnet32x4"),
     ("teacher.arch", "MobileNet-V2", "MobileNetV2"),
     ("arch.pair", "student resnet8 with teacher resnet56", ("resnet56", "resnet8")),
+    ("fitnet.hint_layer", "last stage (-1)", -1),  # the words describe the number in parentheses
+    ("intra.delta", "δ = 0 (no filtering of confident samples)", 0.0),
+    ("dataset", "Tiny-ImageNet", "tiny-imagenet"),
 ])
 def test_value_parsing(knob, text, value):
     from kdlab.ablation.knobs import knob_by_name
@@ -349,6 +446,7 @@ def test_values_that_do_not_parse(knob, text):
     ("training time", ("train_time_s",), None), ("time per iteration", ("step_time_ms",), None),
     ("best accuracy", ("top1_best",), None), ("teacher accuracy", ("top1",), "teacher"),
     ("intra/inter-class distance ratio", ("intra_inter_ratio",), None), ("BLEU", (), None),
+    ("NLL", ("test_loss",), None), ("ECE", (), None), ("Teacher Top-1 Acc.", ("top1",), "teacher"),
 ])
 def test_metric_names_map_to_kdlab_keys(name, keys, stage):
     m = map_metric(name)

@@ -14,6 +14,9 @@ Markdown (what the AblationBench viewer renders)::
     - **Metrics**: <metric>, <metric>
     </div>
 
+Plans written by hand are read too: field blocks without a ``###`` heading (named by the bold or numbered
+line above them) and Markdown tables with "Ablated Part" and "Action" columns.
+
 Only the "Ablation Plan" section is read (the reasoning trace may talk about ablations too). Files carry
 damaged characters (mojibake of Greek letters, emoji, dashes): nothing here depends on them.
 
@@ -109,11 +112,20 @@ def _read(path: Path) -> str:
     return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
+_SET_LABEL = re.compile(r"^[^\[{]{0,24}?(?:\u2208|=|:|\bin\b)\s*(?=[\[{])")  # "λ ∈ {...}", "delta in [...]"
+
+
 def _split_list(text: str) -> list[str]:
-    """Split an inline list: ``[a, b]``, ``a; b`` or numeric ``0.1, 0.5``; otherwise one item."""
+    """Split an inline list: ``[a, b]``, ``{a, b}`` (after an optional ``λ ∈``), ``a; b``, numeric ``0.1, 0.5``
+    or ``0.1 / 0.5``; otherwise one item."""
     t = text.strip()
     if not t:
         return []
+    m = _SET_LABEL.match(t)
+    if m and t.endswith(("]", "}")):
+        t = t[m.end():]
+    if t.startswith("{") and t.endswith("}") and "{" not in t[1:-1]:
+        t = "[" + t[1:-1] + "]"
     if t.startswith("[") and t.endswith("]"):
         try:
             data = json.loads(t)
@@ -127,6 +139,9 @@ def _split_list(text: str) -> list[str]:
         return [p.strip() for p in t.split(";") if p.strip()]
     parts = [p.strip() for p in t.split(",")]
     num = re.compile(r"^[^\d\s]{0,12}\s*=?\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*%?$")
+    if len(parts) > 1 and all(num.match(p) for p in parts if p):
+        return [p for p in parts if p]
+    parts = [p.strip() for p in re.split(r"\s+/\s+|\s+vs\.?\s+", t)]
     if len(parts) > 1 and all(num.match(p) for p in parts if p):
         return [p for p in parts if p]
     return [t]
@@ -146,7 +161,7 @@ _FIELD = re.compile(
     r"^\s*(?:[-*+]|\d+[.)])?\s*(?:\*\*|__)?\s*"
     r"(ablated[ _-]*(?:part|component|module|element)s?|(?:part|component)\s*(?:to\s*ablate|ablated)?|"
     r"actions?|replacements?|replacement[ _-]*values?|values?|variants?|"
-    r"(?:evaluation\s+)?metrics?)"
+    r"(?:evaluation\s+)?metrics?|(?:ablation\s*)?name)"
     r"\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*(.*)$",
     re.IGNORECASE,
 )
@@ -163,15 +178,22 @@ def _field_key(label: str) -> str:
         return "replacement"
     if "metric" in lab:
         return "metrics"
+    if lab.endswith("name"):
+        return "name"
     return "part"
 
 
+def _is_setext(lines: list[str], i: int) -> bool:
+    """``lines[i]`` is a heading underlined by ``===`` or ``---`` on the next line."""
+    return i + 1 < len(lines) and bool(lines[i].strip()) and bool(re.fullmatch(r"\s{0,3}(=+|-{3,})\s*", lines[i + 1]))
+
+
 def _plan_section(lines: list[str]) -> tuple[int, int] | None:
-    """Line range of the "Ablation Plan" section (HTML <h2> or markdown heading), or None."""
+    """Line range of the "Ablation Plan" section (HTML <h2>, markdown or underlined heading), or None."""
     start = None
     for i, line in enumerate(lines):
         text = clean_inline(line)
-        is_heading = bool(re.search(r"<h[1-6]", line, re.I)) or bool(_HEADING.match(line))
+        is_heading = bool(re.search(r"<h[1-6]", line, re.I)) or bool(_HEADING.match(line)) or _is_setext(lines, i)
         if is_heading and _PLAN_HEADER.search(text) and len(text) < 80:
             start = i + 1  # the last such heading wins (a trace may quote the words)
     if start is None:
@@ -225,6 +247,8 @@ def _parse_markdown(text: str, source: str) -> Plan:
 
     blocks: list[tuple[str, int, list[tuple[int, str]]]] = []  # (name, line, body lines)
     current: tuple[str, int, list[tuple[int, str]]] | None = None
+    seen: set[str] = set()  # field keys of the current block
+    prose = ""  # the last non-field text line: the name of a block that has no heading
     for i in range(lo, hi):
         if skip and skip[0] <= i < skip[1]:
             continue
@@ -233,10 +257,23 @@ def _parse_markdown(text: str, source: str) -> Plan:
         if m and len(m.group(1)) >= 2 and not _PLAN_HEADER.fullmatch(clean_inline(m.group(2)) or "x"):
             current = (clean_inline(m.group(2)), i + 1, [])
             blocks.append(current)
+            seen, prose = set(), ""
             continue
         if re.search(r"</div>", line, re.I) and current is not None and section is None:
             current = None
             continue
+        fm = _FIELD.match(clean_inline(line) if "<" in line else line)
+        key = _field_key(fm.group(1)) if fm else None
+        if key in ("part", "name") and (current is None or key in seen or (key == "name" and "part" in seen)):
+            # fields without a heading (or a second Ablated Part under one heading): a new ablation, named
+            # by the bold/numbered line above it
+            current = (prose, i + 1, [])
+            blocks.append(current)
+            seen = set()
+        if key:
+            seen.add(key)
+        elif line.strip() and not _TABLE_ROW.match(line) and not _is_setext(lines, i - 1):
+            prose = _block_name(line)
         if current is not None:
             current[2].append((i + 1, line))
 
@@ -248,6 +285,10 @@ def _parse_markdown(text: str, source: str) -> Plan:
             fm = _FIELD.match(clean_inline(line) if "<" in line else line)
             if fm:
                 key = _field_key(fm.group(1))
+                if key == "name":
+                    name = clean_inline(fm.group(2)) or name
+                    key = None
+                    continue
                 fields[key] = (ln, clean_inline(fm.group(2)), [])
                 continue
             if key is None:
@@ -267,6 +308,8 @@ def _parse_markdown(text: str, source: str) -> Plan:
         if not fields:
             continue  # a heading without plan fields (e.g. a sub-heading of prose)
         ablations.append(_make_ablation(name, fields, lineno, source))
+    ablations += _parse_tables(lines, lo, hi, skip, source)
+    ablations.sort(key=lambda a: a.line)
 
     if not ablations:
         raise PlanError(
@@ -275,6 +318,56 @@ def _parse_markdown(text: str, source: str) -> Plan:
             "'- **Metrics**:' lines (or a JSONL file with one ablation object per line)"
         )
     return Plan(title=title, ablations=ablations, source=source, format="markdown")
+
+
+_TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
+_TABLE_RULE = re.compile(r"^\s*\|?(\s*:?-{2,}:?\s*\|)+\s*(:?-{2,}:?\s*)?\|?\s*$")
+
+
+def _block_name(line: str) -> str:
+    """A prose line as an ablation name: bullets, numbering, heading marks and a trailing colon dropped."""
+    t = clean_inline(re.sub(r"^\s*(?:[-*+]\s+|#+\s*|\d+[.)]\s+)", "", line))
+    return re.sub(r"^(?:ablation|experiment)\s*\d*\s*[:.)-]\s*(?=\S)", "", t, flags=re.I).strip(" :")
+
+
+def _cells(line: str) -> list[str]:
+    return [clean_inline(c) for c in line.strip().strip("|").split("|")]
+
+
+def _table_key(header: str) -> str | None:
+    h = header.lower().strip()
+    if re.fullmatch(r"(ablation\s*)?(name|id|#|no\.?|title)|ablation|experiment", h):
+        return "name"
+    fm = _FIELD.match(f"{header}:")
+    return _field_key(fm.group(1)) if fm else None
+
+
+def _parse_tables(lines: list[str], lo: int, hi: int, skip: tuple[int, int] | None, source: str) -> list[Ablation]:
+    """Ablations written as a Markdown table with (at least) 'Ablated Part' and 'Action' columns."""
+    out: list[Ablation] = []
+    i = lo
+    while i < hi:
+        if (skip and skip[0] <= i < skip[1]) or not _TABLE_ROW.match(lines[i]) or i + 1 >= hi or not _TABLE_RULE.match(lines[i + 1]):
+            i += 1
+            continue
+        keys = [_table_key(h) for h in _cells(lines[i])]
+        i += 2
+        if "part" not in keys or "action" not in keys:
+            continue
+        while i < hi and _TABLE_ROW.match(lines[i]):
+            row = dict(zip(keys, _cells(lines[i])))
+            row.pop(None, None)
+            where = f"{source}:{i + 1}"
+            part = row.get("part", "")
+            name = row.get("name") or part[:40]
+            fields = {k: (i + 1, "" if v.strip() in ("-", "\u2013", "\u2014", "n/a", "N/A") else v, [])
+                      for k, v in row.items() if k != "name"}
+            if part:
+                out.append(_make_ablation(name, fields, i + 1, source))
+            elif any(v for v in row.values()):
+                raise PlanError(f"{where}: table row has no 'Ablated Part' cell")
+            i += 1
+    return out
 
 
 def _make_ablation(name: str, fields: dict, lineno: int, source: str) -> Ablation:

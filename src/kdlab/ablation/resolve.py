@@ -10,6 +10,8 @@ Rules (docs/ABLATION.md repeats them):
   best-scoring knob of the registry (aliases, description, scope of the plan, what the action needs,
   whether the replacement values parse and fit the knob's type and range). Too weak a best match, or a
   runner-up within 20 % that would do something else, is an error listing the closest knobs and ``--map``.
+* A part that resolves to a hyper-parameter of a distiller the base's student does not use (DKD's beta, CRD's
+  nce_k...) appends that distiller to the base's ``distill.methods`` for the whole plan (:func:`needed_distillers`).
 * Values are parsed to the knob's type; REMOVE applies the knob's off value, ADD its on value (or appends a
   named method / augmentation); every variant is validated by building the config.
 * Every error of the plan is collected and reported together: nothing runs unless everything resolves.
@@ -251,7 +253,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "stability": ("training stability", "stability", "loss variance", "loss oscillation", "loss fluctuation",
                   "training instability", "loss spikes", "stability of training", "loss curve smoothness"),
     "loss": ("loss", "training loss", "train loss", "final loss", "final training loss", "objective value"),
-    "test_loss": ("test loss", "validation loss", "val loss", "evaluation loss", "generalization loss"),
+    "test_loss": ("test loss", "validation loss", "val loss", "evaluation loss", "generalization loss", "nll",
+                  "negative log likelihood", "test nll", "test cross entropy"),
     "peak_mem_mb": ("gpu memory", "memory utilization", "memory usage", "memory", "peak memory", "memory consumption",
                     "memory footprint", "vram", "gpu memory utilization", "memory cost", "memory efficiency"),
     "train_time_s": ("training time", "wall clock time", "training cost", "computational cost", "overhead",
@@ -306,6 +309,26 @@ def _knob_index() -> PhraseIndex:
     return PhraseIndex(groups, weak=weak)
 
 
+def knob_method(knob: Knob) -> str | None:
+    """The distillation method a knob belongs to (``dkd`` for ``distill.dkd.alpha``), or None."""
+    if knob.requires and knob.requires.startswith("distill.methods~"):
+        return knob.requires.split("~", 1)[1]
+    parts = knob.path.split(".")
+    if parts[0] == "distill" and len(parts) > 2 and parts[1] in METHOD_NAMES:
+        return parts[1]
+    return None
+
+
+def methods_named(text: str) -> list[str]:
+    """Distillation methods a text names by name ("PKT", "attention transfer", "AT"), without the guesses
+    ``_parse_methods`` makes for replacement values ("ours" -> kd)."""
+    table = {k: tuple(p for p in v if p != "at") for k, v in METHOD_NAMES.items()}
+    found = _find_phrases(text, table)
+    if re.search(r"(?<![A-Za-z])AT(?![A-Za-z])", text) and "at" not in found:
+        found.append("at")
+    return found
+
+
 def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
     if not knob.requires:
         return True, ""
@@ -318,8 +341,38 @@ def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
     return str(cur) == want, f"{path}={want} (base: {cur})"
 
 
+def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | None) -> list[str]:
+    """The replacement values, with an inline list that does not parse as one value ("linear, 3-layer MLP,
+    none", "16, 256, 1k", "0.1 or 0.5") split into its items when every item parses for the knob."""
+    out: list[str] = []
+    for raw in values:
+        try:
+            parse_value(knob, raw, base)
+            whole = True
+        except ValueError:
+            whole = False
+        if whole and knob.kind not in ("choice", "arch", "bool"):
+            out.append(raw)  # "crop, flip" is one augmentation policy, "KD, RKD" one set of losses
+            continue
+        items = [i.strip() for i in re.split(r"\s*,\s*|\s+or\s+|\s+/\s+", clean_inline(raw)) if i.strip()]
+        parsed = []
+        for item in items if len(items) > 1 else ():
+            try:
+                parsed.append("off" if _is_off_word(item) and knob.removable() else repr(parse_value(knob, item, base)))
+            except ValueError:
+                parsed = []
+                break
+        # a single value that parses stays whole unless its items name different values ("linear, mlp3, none")
+        if parsed and (not whole or len(set(parsed)) == len(parsed)):
+            out += items
+        else:
+            out.append(raw)
+    return out
+
+
 def _value_fit(knob: Knob, values: Sequence[str], base: ExperimentConfig) -> tuple[float, float]:
     """Fraction of the values that parse for the knob, and fraction of those inside the knob's range."""
+    values = expand_values(knob, values, base)
     if not values:
         return 1.0, 1.0
     ok = inr = 0
@@ -346,12 +399,26 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
     q, qw = weighted_tokens(ab.part)
     if not q:
         q, qw = weighted_tokens(ab.name)
+    named = methods_named(ab.part) or methods_named(ab.name)
+    both_stages = "teacher" in q and "student" in q
     out = []
     for k in KNOBS:
         s, phrase = idx.score(k.name, q, qw)
         if s <= 0:
             continue
         s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
+        if named and k.kind != "methods":
+            # "PKT loss weight" is PKT's weight, not the intra-class loss weight
+            own = knob_method(k)
+            s *= 1.4 if own in named else (0.6 if own is not None else 0.75)
+        vocab = idx.vocab[k.name]
+        if both_stages:
+            # "epochs of teacher and student": the knob for both stages, not one stage's
+            if ("teacher" in vocab) != ("student" in vocab):
+                s *= 0.7
+        elif ("teacher" in q or "student" in q) and k.stage == "both" and k.also and "teacher" not in vocab and "student" not in vocab:
+            # "learning rate of the student": student.lr, not the knob that sets both stages
+            s *= 0.6
         if not _requires_ok(k, base)[0]:
             s *= 0.6
         if ab.action == "REMOVE":
@@ -404,7 +471,14 @@ def _alias_words(knob: Knob) -> set[str]:
 
 def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int | float:
     t = ascii_text(text)
-    t = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", t) if re.search(r"\d", re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", t)) else t
+    outside = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", t)
+    if re.search(r"\d", outside):
+        t = outside  # "0.5 (default)": the number outside the parentheses is the value
+    else:
+        inside = re.findall(r"\(([^)]*)\)|\[([^\]]*)\]", t)
+        numbered = [a or b for a, b in inside if re.search(r"\d", a or b)]
+        if len(numbered) == 1 and outside.strip():
+            t = numbered[0]  # "last stage (-1)": the words describe the number in parentheses
     t = re.sub(r"(\d+(?:\.\d+)?)\s*[x*]\s*10\s*\^\s*([-+]?\d+)", lambda m: repr(float(m[1]) * 10 ** int(m[2])), t)
     t = re.sub(r"\b10\s*\^\s*\{?([-+]?\d+)\}?", lambda m: repr(10.0 ** int(m[1])), t)
     t = re.sub(r"\b2\s*\^\s*\{?(\d+)\}?", lambda m: str(2 ** int(m[1])), t)
@@ -672,6 +746,9 @@ def _effective_augment(base: ExperimentConfig, path: str) -> list[str]:
 def _companions(overrides: dict[str, Any], base: ExperimentConfig) -> dict[str, Any]:
     """Settings that must move with a change so the variant means what the plan says."""
     out = dict(overrides)
+    if overrides.get("objective.views") == 1 and base.objective.kind == "intra" and base.objective.intra.positive == "view":
+        # one view per image leaves no second view to be the positive: take it from the memory of past embeddings
+        out.setdefault("objective.intra.positive", "memory")
     kind = overrides.get("objective.kind")
     if kind in ("supcon", "simclr") and base.objective.kind == "intra":
         # "replace the intra-class loss by X": same lambda and temperature, only the loss changes
@@ -765,7 +842,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
                     errors.append(f"ADD on {knob.name}: the part names no {'method' if knob.kind == 'methods' else 'augmentation'} to add; list it under Replacement")
             for raw, names in groups:
                 value = cur + [n for n in names if n not in cur]
-                label = "+" + "+".join(names)
+                label = "+" + "+".join([n for n in names if n not in cur] or names)
                 specs.append((label, label, raw, {knob.path: value}))
         elif knob.kind == "bool":
             ov = _on_overrides(knob) if knob.on_value is not NOTHING else {knob.path: True}
@@ -776,7 +853,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
         else:
             errors.append(f"ADD on {knob.name} ({knob.path}) needs values under Replacement (it has no 'on' value)")
     else:  # REPLACE (or ADD with values on a value knob)
-        for raw in ab.replacements:
+        for raw in expand_values(knob, ab.replacements, base):
             try:
                 v = parse_value(knob, raw, base)
             except ValueError as exc:
@@ -870,8 +947,73 @@ def load_base(base: Any, scope: str, overrides: Sequence[str]) -> tuple[str, Exp
 
 
 # ------------------------------------------------------------------------------------------ resolve
+#: things plans ablate that no kdlab config key can express -> what to say instead (one line each)
+UNSUPPORTED: dict[str, str] = {
+    "optimizer": "kdlab trains both stages with SGD only, there is no optimizer choice (Adam, AdamW, ...); ablate "
+                 "SGD's settings instead (learning rate, momentum, nesterov, weight decay, lr schedule) or drop this ablation",
+    "gradient clipping": "kdlab does not clip gradients; there is no config key for it, drop this ablation",
+    "dropout": "kdlab's networks have no dropout; there is no config key for it, drop this ablation",
+    "mixup": "kdlab has no mixup/cutmix; for other augmentation name crop, flip, rrc, color_jitter, grayscale, blur or cutout",
+    "cutmix": "kdlab has no mixup/cutmix; for other augmentation name crop, flip, rrc, color_jitter, grayscale, blur or cutout",
+    "pretrained teacher weights": "set teacher.checkpoint=PATH (a trained teacher) with --map or an override instead",
+}
+
+
+@lru_cache(maxsize=1)
+def _unsupported_index() -> PhraseIndex:
+    return PhraseIndex({k: (k,) for k in UNSUPPORTED})
+
+
+def _unsupported(ab: Ablation) -> str | None:
+    q = tokens(ab.part) or tokens(ab.name)
+    ranked = sorted(((k, _unsupported_index().score(k, q)[0]) for k in UNSUPPORTED), key=lambda x: -x[1])
+    return UNSUPPORTED[ranked[0][0]] if ranked and ranked[0][1] >= 0.9 else None
+
+
 def _describe(k: Knob, s: float) -> str:
     return f"  {k.name:<22} {k.path:<34} score {s:5.2f}  {k.description[:70]}"
+
+
+def effective_base_value(knob: Knob, base: ExperimentConfig) -> Any:
+    """The base's value of the knob as it acts, with ``None`` defaults resolved (kd.weight None -> 0.9 for
+    KD alone, objective.views None -> 2 for a contrastive teacher, ...), so tables and plots show a number."""
+    if knob.kind == "pair":
+        return (base.teacher.arch, base.student.arch)
+    try:
+        value = get_path(base, knob.path)
+    except ConfigError:
+        return None
+    if value is not None:
+        return value
+    if knob.path == "distill.kd.weight":
+        return base.distill.resolved_kd_weight()
+    if knob.path == "distill.ce_weight":
+        return base.distill.resolved_ce_weight()
+    if knob.path == "objective.views":
+        return 1 if base.objective.kind == "ce" else 2
+    if knob.path == "data.subset":
+        return _TRAIN_SIZES.get(base.data.name)
+    if knob.kind == "augment":
+        return _effective_augment(base, knob.path)
+    return None
+
+
+def _nested(ab: Ablation, k1: Knob, v1: list[Variant], k2: Knob, v2: list[Variant]) -> bool:
+    """Removing one knob switches the other off too (REMOVE "the intra-class loss": objective.kind=ce leaves
+    intra.lambda without effect), so both readings remove the same component: not an ambiguity."""
+    if ab.action != "REMOVE" or len(v1) != 1 or len(v2) != 1:
+        return False
+    return not _requires_ok(k2, v1[0].config)[0] or not _requires_ok(k1, v2[0].config)[0]
+
+
+def _enabling_override(knob: Knob, base: ExperimentConfig) -> str:
+    """The ``key=value`` override that satisfies ``knob.requires`` on this base."""
+    assert knob.requires
+    if "~" in knob.requires:
+        path, item = knob.requires.split("~", 1)
+        cur = list(get_path(base, path) or [])
+        return f"{path}=[{','.join(cur + [item])}]"
+    return knob.requires
 
 
 def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> tuple[ResolvedAblation | None, list[str]]:
@@ -886,10 +1028,12 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     else:
         ranked = rank_knobs(ab, scope, base)
         if not ranked or ranked[0][1] < MIN_SCORE:
+            why = _unsupported(ab)
+            why = f": {why}" if why else ""
             close = "\n".join(_describe(k, s) for k, s, _ in ranked[:5] if s >= 0.05) or "  (nothing close)"
             eg = ranked[0][0].path if ranked and ranked[0][1] >= 0.3 * MIN_SCORE else "some.config.path"
             return None, [
-                f"{where}: cannot place the ablated part {ab.part!r} on a knob. Closest knobs:\n{close}\n"
+                f"{where}: cannot place the ablated part {ab.part!r} on a knob{why}. Closest knobs:\n{close}\n"
                 f"  fix: --map \"{ab.name}={eg}\" (a knob name or any config path)"
             ]
         knob, score, phrase = ranked[0]
@@ -901,7 +1045,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
             v1, _ = make_variants(ab, knob, base)
             v2, e2 = make_variants(ab, k2, base)
             same = not e2 and [v.overrides for v in v1] == [v.overrides for v in v2]
-            if not same and not (set(k2.paths) & set(knob.paths)):
+            if not same and not (set(k2.paths) & set(knob.paths)) and not _nested(ab, knob, v1, k2, v2):
                 close = "\n".join(_describe(k, s) for k, s, _ in ranked[:4])
                 return None, [
                     f"{where}: the ablated part {ab.part!r} is ambiguous between {knob.name} and {k2.name}:\n{close}\n"
@@ -912,20 +1056,49 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     if not ok and not mapped:
         errors.append(
             f"{where}: {knob.name} ({knob.path}) has no effect on this base: it needs {need}; "
-            f"pass another --base, or --override to enable it, or --map \"{ab.name}=<knob>\""
+            f"pass another --base, or add the override {_enabling_override(knob, base)} after the plan "
+            f"(kdlab ablate PLAN {_enabling_override(knob, base)}), or --map \"{ab.name}=<knob>\""
         )
     variants, verr = make_variants(ab, knob, base)
     errors += [f"{where}: {e}" for e in verr]
     if not variants and not verr:
         errors.append(f"{where}: no variant to run")
     metrics = [map_metric(m) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
-    try:
-        base_value = get_path(base, knob.path) if knob.kind != "pair" else (base.teacher.arch, base.student.arch)
-    except ConfigError:
-        base_value = None
+    base_value = effective_base_value(knob, base)
     if errors:
         return None, errors
     return ResolvedAblation(ab, knob, how, score, variants, metrics, _jsonable(base_value)), []
+
+
+def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> list[str]:
+    """Distillers (not CoCoRD, which has its own base) whose hyper-parameters the plan ablates but the base's
+    student does not use: "DKD beta" on a KD-only base means a student trained with DKD as well."""
+    everything = [m for m in METHOD_NAMES if m != "cocord"]
+    probe_tree = base.model_dump(mode="json")
+    probe_tree["distill"]["methods"] = list(dict.fromkeys(list(base.distill.methods) + everything))
+    try:
+        probe = build_config(probe_tree)
+    except ConfigError:
+        return []
+    extra: list[str] = []
+    toggled: set[str] = set()  # distillers the plan itself adds or removes: the base must stay without them
+    for i, ab in enumerate(plan.ablations, 1):
+        mapped = _mapped(ab, i, maps)
+        if mapped:
+            try:
+                knobs = [_knob_for_target(mapped[1])]
+            except ResolveError:
+                continue
+        else:
+            ranked = rank_knobs(ab, scope, probe, top=1)
+            knobs = [ranked[0][0]] if ranked and ranked[0][1] >= MIN_SCORE else []
+        for k in knobs:
+            if k.kind == "methods":
+                toggled.update(methods_named(" ".join((ab.name, ab.part) + ab.replacements)))
+            m = knob_method(k)
+            if m and m != "cocord" and m not in base.distill.methods and m not in extra and k.kind != "methods":
+                extra.append(m)
+    return [m for m in extra if m not in toggled]
 
 
 def resolve_plan(
@@ -957,6 +1130,15 @@ def resolve_plan(
         seed_list = [int(s) for s in seeds]
         if not seed_list:
             raise ResolveError("--seeds: give a count >= 1 or a list of seeds")
+    overrides = list(overrides)
+    if not any(o.split("=", 1)[0].strip() == "distill.methods" for o in overrides):
+        extra = needed_distillers(plan, scope, base_cfg, maps_d)
+        if extra:
+            methods = list(base_cfg.distill.methods) + extra
+            ov = f"distill.methods=[{','.join(methods)}]"
+            name, base_cfg = load_base(base, scope, overrides + [ov])
+            overrides.append(ov)
+            reason += f"; the student also uses {'+'.join(extra)}, whose hyper-parameters the plan ablates"
     resolved: list[ResolvedAblation] = []
     errors: list[str] = []
     for i, ab in enumerate(plan.ablations, 1):
@@ -971,7 +1153,7 @@ def resolve_plan(
     if errors:
         head = f"{plan.source}: the plan does not resolve ({len(errors)} problem{'s' if len(errors) > 1 else ''}); nothing was run"
         raise ResolveError(head + "\n" + "\n".join(f"- {e}" for e in errors))
-    return Grid(plan, scope, reason, name, base_cfg, seed_list, resolved, list(overrides), maps_d)
+    return Grid(plan, scope, reason, name, base_cfg, seed_list, resolved, overrides, maps_d)
 
 
 def format_grid(grid: Grid) -> str:

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 __all__ = ["tokens", "weighted_tokens", "ascii_text", "PhraseIndex", "token_sim", "TAIL_WEIGHT"]
 
 TAIL_WEIGHT = 0.7  # tokens after the head of a noun phrase ("X between/for/used to ... Y") count this much
+CONTIGUOUS_BONUS = 1.2  # a multi-word phrase said verbatim ("weight decay") beats the same words scattered
 
 _CANON: list[tuple[re.Pattern, str]] = [
     (re.compile(p, re.I), r)
@@ -167,7 +168,17 @@ _BOUNDARY = re.compile(
 
 def weighted_tokens(text: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """Tokens of a free-text part, with the head of the phrase (up to the first "for/in/between/used..."
-    outside parentheses) at weight 1 and the rest at TAIL_WEIGHT; parenthesised symbols count fully."""
+    outside parentheses) at weight 1 and the rest at TAIL_WEIGHT; parenthesised symbols ("(δ)", "(L_pred)")
+    count fully, parenthesised explanations of three words or more ("(trained on hard labels only)") count
+    TAIL_WEIGHT wherever they are."""
+    explained = [m for m in re.finditer(r"\(([^()]*)\)", text) if len(tokens(m.group(1))) > 2]
+    if explained:
+        rest = text
+        for m in reversed(explained):
+            rest = rest[: m.start()] + " " + rest[m.end():]
+        toks, weights = weighted_tokens(rest)
+        extra = tuple(t for m in explained for t in tokens(m.group(1)))
+        return toks + extra, weights + tuple(TAIL_WEIGHT for _ in extra)
     depth, cut = 0, None
     for m in re.finditer(r"[()]|" + _BOUNDARY.pattern, text, re.I):
         g = m.group(0)
@@ -208,6 +219,12 @@ def _best(tok: str, pool: Sequence[str], weights: Sequence[float] | None = None)
         if s > best:
             best = s
     return best
+
+
+def _contiguous(phrase: tuple[str, ...], query: Sequence[str]) -> bool:
+    """The phrase's tokens occur in the query in this order with nothing between them."""
+    n = len(phrase)
+    return any(tuple(query[i:i + n]) == phrase for i in range(len(query) - n + 1))
 
 
 def _dedupe(toks: tuple[str, ...]) -> tuple[str, ...]:
@@ -266,6 +283,8 @@ class PhraseIndex:
         best, best_phrase = 0.0, ""
         for phrase, factor in self.phrases[name]:
             s = factor * self.phrase_score(phrase, query, qw)
+            if len(phrase) > 1 and _contiguous(phrase, query):
+                s *= CONTIGUOUS_BONUS
             if s > best:
                 best, best_phrase = s, self.originals.get((name, phrase), " ".join(phrase))
         if best <= 0:
