@@ -302,20 +302,25 @@ def test_distiller_hyperparameters_extend_the_shipped_base(tmp_path):
         {"name": "KD T", "ablated_part": "Temperature used in DKD", "action": "REPLACE", "replacement": [2], "metrics": []},
     ]) + "\n")
     grid = resolve_plan(parse_plan(p))
-    assert grid.base.distill.methods == ["kd", "dkd", "pkt"]
-    assert grid.overrides == ["distill.methods=[kd,dkd,pkt]"] and "dkd+pkt" in grid.scope_reason
+    # the plan's base is untouched; each of these ablations is compared with a student of its own method
+    assert grid.base.distill.methods == ["kd"] and grid.overrides == []
+    assert [a.base.distill.methods for a in grid.ablations] == [["dkd"], ["pkt"], ["dkd"]]
+    assert all(v.config.distill.methods == a.base.distill.methods for a in grid.ablations for v in a.variants)
+    assert "the dkd student" in grid.ablations[0].base_note
     assert overrides_of(grid) == [[{"distill.dkd.beta": 1.0}, {"distill.dkd.beta": 16.0}],
                                   [{"distill.pkt.weight": 10000.0}, {"distill.pkt.weight": 50000.0}],
                                   [{"distill.dkd.T": 2.0}]]
+    # the DKD base is one config shared by both DKD ablations: plan base + dkd base + pkt base + 5 variants
+    assert len(grid.configs()) == 1 + 2 + 5
     # an explicit distill.methods override is the user's choice: the knob's requirement is then an error naming the fix
     with pytest.raises(ResolveError) as err:
         resolve_plan(parse_plan(p), overrides=["distill.methods=[kd]"])
     assert "add the override distill.methods=[kd,dkd] after the plan" in str(err.value)
-    # a plan that also ADDs the distiller keeps a base without it (else the ADD variant would be the base)
+    # a plan that also ADDs DKD on top of the base keeps the plain base for that ablation
     p.write_text(p.read_text() + json.dumps({"name": "Ours+DKD", "ablated_part": "DKD on top of the student",
                                              "action": "ADD", "metrics": []}) + "\n")
-    with pytest.raises(ResolveError, match=r"'DKD beta'.*add the override distill.methods=\[kd,pkt,dkd\]"):
-        resolve_plan(parse_plan(p))
+    grid = resolve_plan(parse_plan(p))
+    assert grid.ablations[3].base is None and overrides_of(grid)[3] == [{"distill.methods": ["kd", "dkd"]}]
 
 
 def test_effective_base_values_replace_none_defaults(tmp_path):
@@ -700,3 +705,38 @@ def test_tiny_plan_end_to_end_submitit_local(tmp_path):
     assert r.exit_code == 0, r.report.text
     _check_tiny_report(r, out)
     assert list((out / "submitit").glob("*_submitted.pkl")) or list((out / "submitit").iterdir())
+
+
+def test_an_ablation_with_its_own_base_is_compared_with_its_own_base_runs(tmp_path):
+    """DKD's beta on the KD base: the table's base row is the DKD student at the default beta, not the KD one."""
+    plan = tmp_path / "dkd.jsonl"
+    plan.write_text("\n".join(json.dumps(o) for o in [
+        {"name": "DKD beta", "ablated_part": "DKD beta", "action": "REPLACE", "replacement": [2], "metrics": ["Top-1"]},
+        {"name": "KD T", "ablated_part": "KD temperature", "action": "REPLACE", "replacement": [2], "metrics": ["Top-1"]},
+    ]) + "\n")
+    out = tmp_path / "o"
+    r = run_plan(plan, seeds=1, out=out, stages=FAKE, jobs=1, echo=None, overrides=TINY)
+    assert r.exit_code == 0
+    grid = json.loads((out / "grid.json").read_text())
+    own, shared_base = grid["ablations"][0]["base_runs"], grid["base_runs"]
+    assert own != shared_base and "base_runs" not in grid["ablations"][1]
+    recs = _records(out)
+    assert recs[own["0"]]["config"]["distill"]["methods"] == ["dkd"]
+    assert recs[shared_base["0"]]["config"]["distill"]["methods"] == ["kd"]
+    dkd, kd = r.report.tables
+    top1 = lambda key: recs[key]["metrics"]["student.top1"]  # noqa: E731
+    assert dkd.rows[0].cells["student.top1"].mean == pytest.approx(top1(own["0"]))
+    assert kd.rows[0].cells["student.top1"].mean == pytest.approx(top1(shared_base["0"]))
+    variant = grid["ablations"][0]["variants"][0]["runs"]["0"]
+    assert dkd.rows[1].delta["student.top1"] == pytest.approx(top1(variant) - top1(own["0"]))
+    assert "Base row: own base: the dkd student" in (out / "report.md").read_text()
+
+
+def test_run_keys_ignore_later_added_runtime_keys_at_their_default():
+    """Records made before runtime.sync_bn existed keep their keys; setting it makes a different run and teacher."""
+    cfg = build_config()
+    old = cfg.model_dump(mode="json")
+    del old["runtime"]["sync_bn"]  # a config as written before the key was added
+    assert run_key(cfg) == run_key(old) and teacher_key(cfg) == teacher_key(old)
+    synced = build_config(overrides=["runtime.sync_bn=true"])
+    assert run_key(synced) != run_key(cfg) and teacher_key(synced) != teacher_key(cfg)

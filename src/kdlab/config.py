@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -295,6 +295,17 @@ class ExperimentConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------------- load / override
+# Runtime keys added after runs were recorded, with their default: run identities (stage folders, ablation run
+# keys) count them only when set otherwise, so the folders and records of earlier runs are still found.
+RUNTIME_ADDED_LATER = {"sync_bn": False}
+
+
+def runtime_identity(runtime: dict, ignore: Iterable[str] = ()) -> dict:
+    """The runtime keys that identify a run: all but ``ignore`` and the later-added keys at their default."""
+    return {k: v for k, v in runtime.items()
+            if k not in ignore and not (k in RUNTIME_ADDED_LATER and v == RUNTIME_ADDED_LATER[k])}
+
+
 def _suggest(key: str, options: list[str]) -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(options)}"

@@ -49,6 +49,8 @@ def grid_record(grid: Grid) -> dict:
     d["version"] = 1
     d["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(grid.base)].items()}
     for a, ad in zip(grid.ablations, d["ablations"]):
+        if a.base is not None:  # its own reference runs (a distiller the plan's base student does not use)
+            ad["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(a.base)].items()}
         for v, vd in zip(a.variants, ad["variants"]):
             cid = config_id(v.config)
             vd["config_id"] = cid

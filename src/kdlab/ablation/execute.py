@@ -497,6 +497,9 @@ def execute(
         for v in a.variants:
             cid = config_id(v.config)
             labels.setdefault(cid, f"{a.knob.name}={v.label}")
+    for a in grid.ablations:
+        if a.base is not None:
+            labels[config_id(a.base)] = f"{a.ablation.name}: base"
     base_cid = config_id(grid.base)
     labels[base_cid] = "base"
 

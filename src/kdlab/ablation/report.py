@@ -72,12 +72,13 @@ class Table:
     rows: list[Row]
     not_measured: list[str]
     unrecorded: list[str]
+    base_note: str = ""  # set when the ablation has a base of its own
 
     def to_dict(self) -> dict:
         return {
             "index": self.index, "name": self.name, "part": self.part, "action": self.action, "knob": self.knob,
             "path": self.path, "numeric": self.numeric, "base_value": self.base_value,
-            "columns": [c for c, _ in self.columns], "not_measured": self.not_measured, "unrecorded": self.unrecorded,
+            "columns": [c for c, _ in self.columns], "not_measured": self.not_measured, "unrecorded": self.unrecorded, "base_note": self.base_note,
             "rows": [
                 {"label": r.label, "value": r.value, "is_base": r.is_base, "same_as_base": r.same_as_base,
                  "n_ok": r.n_ok, "n_failed": r.n_failed, "n_missing": r.n_missing, "runs": r.keys,
@@ -169,7 +170,9 @@ def _tables(grid: dict, store: Store) -> list[Table]:
     base_keys = [grid["base_runs"][s] for s in sorted(grid["base_runs"], key=int)]
     for i, ab in enumerate(grid["ablations"], 1):
         cols, not_measured = _columns(ab)
-        base = _row("base", ab.get("base_value"), True, False, base_keys, store, cols)
+        own = ab.get("base_runs")  # an ablation with a base of its own (see resolve.needed_distillers)
+        keys = [own[s] for s in sorted(own, key=int)] if own else base_keys
+        base = _row("base", ab.get("base_value"), True, False, keys, store, cols)
         rows = [base]
         for v in ab["variants"]:
             keys = [v["runs"][s] for s in sorted(v["runs"], key=int)]
@@ -180,7 +183,8 @@ def _tables(grid: dict, store: Store) -> list[Table]:
                 r.delta[c] = None if r.is_base or b is None or x is None else x - b
         unrecorded = [h for c, h in cols if all(r.cells[c].mean is None for r in rows) and any(r.n_ok for r in rows)]
         tables.append(Table(i, ab["name"], ab["part"], ab["action"], ab["knob"]["name"], ab["knob"]["path"], ab["how"],
-                            bool(ab.get("numeric")), ab.get("base_value"), cols, rows, not_measured, unrecorded))
+                            bool(ab.get("numeric")), ab.get("base_value"), cols, rows, not_measured, unrecorded,
+                            ab.get("base_note", "")))
     return tables
 
 
@@ -339,6 +343,8 @@ def _results_csv(grid: dict, store: Store) -> str:
     for s, k in grid["base_runs"].items():
         labels.setdefault(k, []).append("base")
     for ab in grid["ablations"]:
+        for k in ab.get("base_runs", {}).values():
+            labels.setdefault(k, []).append(f"{ab['name']}: base")
         for v in ab["variants"]:
             for s, k in v["runs"].items():
                 labels.setdefault(k, []).append(f"{ab['name']}: {v['label']}")
@@ -393,6 +399,8 @@ def build_report(out: str | Path) -> ReportResult:
         md.append("")
         md.append(f"- Ablated part: {t.part}")
         md.append(f"- Action: {t.action} -> knob `{t.knob}` = `{t.path}` ({t.how}); base value `{format_value(t.base_value)}`")
+        if t.base_note:
+            md.append(f"- Base row: {t.base_note}")
         for v in ab["variants"]:
             ov = ", ".join(f"`{k}={format_value(x)}`" for k, x in v["overrides"].items())
             raw = f" (plan: \"{v['raw']}\")" if v.get("raw") and v["raw"] != v["label"] else ""
@@ -419,6 +427,7 @@ def build_report(out: str | Path) -> ReportResult:
         text_parts.append(f"[{t.index}] {t.name} ({t.knob} = {t.path})\n{table}"
                           + (f"\nnot measured: {', '.join(t.not_measured)}" if t.not_measured else ""))
     all_keys = set(grid["base_runs"].values()) | {k for ab in grid["ablations"] for v in ab["variants"] for k in v["runs"].values()}
+    all_keys |= {k for ab in grid["ablations"] for k in ab.get("base_runs", {}).values()}
     for k in all_keys:
         rec = store.record(store.run_dir(k))
         if rec is None:

@@ -11,7 +11,9 @@ Rules (docs/ABLATION.md repeats them):
   whether the replacement values parse and fit the knob's type and range). Too weak a best match, or a
   runner-up within 20 % that would do something else, is an error listing the closest knobs and ``--map``.
 * A part that resolves to a hyper-parameter of a distiller the base's student does not use (DKD's beta, CRD's
-  nce_k...) appends that distiller to the base's ``distill.methods`` for the whole plan (:func:`needed_distillers`).
+  nce_k...) gets its own base: the base student distilled with that method alone, as the literature trains it
+  (CE + the method at its defaults); its variants and its "base" row are that student (:func:`needed_distillers`).
+  Every other ablation keeps the plan's base.
 * Values are parsed to the knob's type; REMOVE applies the knob's off value, ADD its on value (or appends a
   named method / augmentation); every variant is validated by building the config.
 * Every error of the plan is collected and reported together: nothing runs unless everything resolves.
@@ -118,6 +120,8 @@ class ResolvedAblation:
     variants: list[Variant]
     metrics: list[MetricSpec]
     base_value: Any = None
+    base: ExperimentConfig | None = None  # this ablation's own reference config; None: the plan's base
+    base_note: str = ""  # why it has its own base ("the dkd student: DKD's hyper-parameters are varied")
 
     @property
     def numeric(self) -> bool:
@@ -140,6 +144,7 @@ class ResolvedAblation:
             "how": self.how,
             "score": round(self.score, 3),
             "base_value": _jsonable(self.base_value),
+            "base_note": self.base_note,
             "numeric": self.numeric,
             "teacher_varies": self.teacher_varies,
             "metrics": [m.to_dict() for m in self.metrics],
@@ -162,7 +167,8 @@ class Grid:
     def configs(self) -> list[ExperimentConfig]:
         """The distinct configs of the grid (base first), without seeds."""
         seen: dict[str, ExperimentConfig] = {}
-        for cfg in [self.base] + [v.config for a in self.ablations for v in a.variants]:
+        own = [a.base for a in self.ablations if a.base is not None]
+        for cfg in [self.base] + own + [v.config for a in self.ablations for v in a.variants]:
             key = json.dumps(_ident(cfg), sort_keys=True)
             seen.setdefault(key, cfg)
         return list(seen.values())
@@ -1070,35 +1076,40 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     return ResolvedAblation(ab, knob, how, score, variants, metrics, _jsonable(base_value)), []
 
 
-def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> list[str]:
-    """Distillers (not CoCoRD, which has its own base) whose hyper-parameters the plan ablates but the base's
-    student does not use: "DKD beta" on a KD-only base means a student trained with DKD as well."""
+def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> dict[int, str]:
+    """Per ablation (1-based index): the distiller (not CoCoRD, which has its own base) whose hyper-parameter it
+    varies while the base's student does not use it -- "DKD beta" on a KD-only base means a DKD student."""
     everything = [m for m in METHOD_NAMES if m != "cocord"]
     probe_tree = base.model_dump(mode="json")
     probe_tree["distill"]["methods"] = list(dict.fromkeys(list(base.distill.methods) + everything))
     try:
         probe = build_config(probe_tree)
     except ConfigError:
-        return []
-    extra: list[str] = []
-    toggled: set[str] = set()  # distillers the plan itself adds or removes: the base must stay without them
+        return {}
+    needed: dict[int, str] = {}
     for i, ab in enumerate(plan.ablations, 1):
         mapped = _mapped(ab, i, maps)
         if mapped:
             try:
-                knobs = [_knob_for_target(mapped[1])]
+                knob = _knob_for_target(mapped[1])
             except ResolveError:
                 continue
         else:
             ranked = rank_knobs(ab, scope, probe, top=1)
-            knobs = [ranked[0][0]] if ranked and ranked[0][1] >= MIN_SCORE else []
-        for k in knobs:
-            if k.kind == "methods":
-                toggled.update(methods_named(" ".join((ab.name, ab.part) + ab.replacements)))
-            m = knob_method(k)
-            if m and m != "cocord" and m not in base.distill.methods and m not in extra and k.kind != "methods":
-                extra.append(m)
-    return [m for m in extra if m not in toggled]
+            if not ranked or ranked[0][1] < MIN_SCORE:
+                continue
+            knob = ranked[0][0]
+        m = knob_method(knob)
+        if m and m != "cocord" and m not in base.distill.methods and knob.kind != "methods":
+            needed[i] = m
+    return needed
+
+
+def method_base(base: ExperimentConfig, method: str) -> ExperimentConfig:
+    """``base`` with its student distilled by ``method`` alone (CE + the method at its default weights)."""
+    tree = base.model_dump(mode="json")
+    tree["distill"]["methods"] = [method]
+    return build_config(tree)
 
 
 def resolve_plan(
@@ -1131,20 +1142,26 @@ def resolve_plan(
         if not seed_list:
             raise ResolveError("--seeds: give a count >= 1 or a list of seeds")
     overrides = list(overrides)
-    if not any(o.split("=", 1)[0].strip() == "distill.methods" for o in overrides):
-        extra = needed_distillers(plan, scope, base_cfg, maps_d)
-        if extra:
-            methods = list(base_cfg.distill.methods) + extra
-            ov = f"distill.methods=[{','.join(methods)}]"
-            name, base_cfg = load_base(base, scope, overrides + [ov])
-            overrides.append(ov)
-            reason += f"; the student also uses {'+'.join(extra)}, whose hyper-parameters the plan ablates"
+    # an explicit distill.methods override is the user's choice: no ablation gets a base of its own then
+    user_methods = any(o.split("=", 1)[0].strip() == "distill.methods" for o in overrides)
+    needed = {} if user_methods else needed_distillers(plan, scope, base_cfg, maps_d)
     resolved: list[ResolvedAblation] = []
     errors: list[str] = []
     for i, ab in enumerate(plan.ablations, 1):
-        r, errs = resolve_ablation(ab, i, scope, base_cfg, maps_d)
+        own = None
+        if i in needed:
+            try:
+                own = method_base(base_cfg, needed[i])
+            except ConfigError as exc:
+                errors.append(f"ablation #{i} {ab.name!r}: a {needed[i]} student on this base is not valid: {exc}")
+                continue
+        r, errs = resolve_ablation(ab, i, scope, own or base_cfg, maps_d)
         errors += errs
         if r is not None:
+            if own is not None:
+                r.base = own
+                r.base_note = (f"own base: the {needed[i]} student (distill.methods=[{needed[i]}]), "
+                               f"since the plan's base student does not use {needed[i]}")
             resolved.append(r)
     unused = [k for k in maps_d if not any(_mapped(ab, i, {k: maps_d[k]}) for i, ab in enumerate(plan.ablations, 1))]
     if unused:
@@ -1171,7 +1188,10 @@ def format_grid(grid: Grid) -> str:
         lines.append("")
         lines.append(f"[{i}] {a.ablation.name}: {a.ablation.action} {a.ablation.part!r}")
         lines.append(f"    -> knob {a.knob.name} = {' + '.join(a.knob.paths)}  ({a.how}); base value {format_value(a.base_value)}")
-        lines.append(f"    {'base':<22} (shared base run)")
+        if a.base is None:
+            lines.append(f"    {'base':<22} (shared base run)")
+        else:
+            lines.append(f"    {'base':<22} {a.base_note}")
         for v in a.variants:
             ov = ", ".join(f"{k}={format_value(x)}" for k, x in v.overrides.items())
             note = "  [= base]" if v.same_as_base else ""

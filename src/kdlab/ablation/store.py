@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdlab.config import ExperimentConfig
+from kdlab.config import ExperimentConfig, runtime_identity
 from kdlab.engine.checkpoint import atomic_write_json
 
 __all__ = [
@@ -69,7 +69,7 @@ def run_key(cfg: ExperimentConfig | dict) -> str:
     t = _dump(cfg)
     t.pop("name", None)
     t.pop("out", None)
-    t["runtime"] = {k: v for k, v in t.get("runtime", {}).items() if k not in _RUNTIME_DISPLAY}
+    t["runtime"] = runtime_identity(t.get("runtime", {}), ignore=_RUNTIME_DISPLAY)
     return hashlib.sha256(_canon(t).encode()).hexdigest()[:20]
 
 
@@ -78,7 +78,8 @@ def teacher_key(cfg: ExperimentConfig | dict) -> str:
     t = _dump(cfg)
     rt = t.get("runtime", {})
     ident = {"data": t["data"], "teacher": t["teacher"], "objective": t["objective"], "seed": t["seed"],
-             "deterministic": rt.get("deterministic"), "amp": rt.get("amp")}
+             "deterministic": rt.get("deterministic"), "amp": rt.get("amp"),
+             **({"sync_bn": True} if rt.get("sync_bn") else {})}
     return hashlib.sha256(_canon(ident).encode()).hexdigest()[:20]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import kdlab
-from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, to_yaml
+from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, runtime_identity, to_yaml
 from kdlab.data import ArrayDataset, DeviceLoader, augment_for, build_augment, load_dataset
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_checkpoint
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
@@ -37,14 +37,10 @@ from kdlab.models.checkpoint import load_weights
 
 SUMMARY = "summary.json"
 DISPLAY_ONLY = ("progress", "threads", "tensorboard")  # runtime keys that do not change results
-# Runtime keys added after runs were recorded, with their default: they count (in the hash and when a run folder's
-# config.yaml is compared) only when set otherwise, so the folders of earlier runs are still found and resumed.
-ADDED_LATER = {"sync_bn": False}
 
 
 def _hashed_runtime(runtime: dict) -> dict:
-    return {k: v for k, v in runtime.items()
-            if k not in DISPLAY_ONLY and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    return runtime_identity(runtime, ignore=DISPLAY_ONLY)
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
