@@ -331,12 +331,30 @@ def test_effective_base_values_replace_none_defaults(tmp_path):
 
 
 def test_things_kdlab_cannot_vary_say_so(tmp_path):
-    p = tmp_path / "opt.jsonl"
-    p.write_text(json.dumps({"name": "Optimizer", "ablated_part": "Optimizer", "action": "REPLACE",
-                             "replacement": ["Adam"], "metrics": []}) + "\n")
+    p = tmp_path / "clip.jsonl"
+    p.write_text(json.dumps({"name": "Clipping", "ablated_part": "Gradient clipping", "action": "REMOVE",
+                             "metrics": []}) + "\n")
     with pytest.raises(ResolveError) as err:
         resolve_plan(parse_plan(p))
-    assert "cannot place the ablated part 'Optimizer' on a knob: kdlab trains both stages with SGD only" in str(err.value)
+    assert "cannot place the ablated part 'Gradient clipping' on a knob: kdlab does not clip gradients" in str(err.value)
+
+
+def test_optimizer_replacement_takes_adams_learning_rate_unless_the_plan_sets_one(tmp_path):
+    p = tmp_path / "opt.jsonl"
+    p.write_text("\n".join(json.dumps(o) for o in [
+        {"name": "Optimizer", "ablated_part": "Optimizer (SGD with momentum)", "action": "REPLACE",
+         "replacement": ["Adam", "AdamW"], "metrics": []},
+        {"name": "Student optimizer", "ablated_part": "optimizer of the student", "action": "REPLACE",
+         "replacement": ["AdamW"], "metrics": []},
+    ]) + "\n")
+    grid = resolve_plan(parse_plan(p))
+    both = {"teacher.optim.lr": 1e-3, "student.optim.lr": 1e-3}
+    assert overrides_of(grid) == [
+        [{"teacher.optim.optimizer": "adam", "student.optim.optimizer": "adam", **both},
+         {"teacher.optim.optimizer": "adamw", "student.optim.optimizer": "adamw", **both}],
+        [{"student.optim.optimizer": "adamw", "student.optim.lr": 1e-3}],
+    ]
+    assert grid.ablations[1].variants[0].config.teacher.optim.optimizer == "sgd"
 
 
 def test_unknown_part_lists_closest_knobs_and_map_fixes_it():

@@ -201,9 +201,12 @@ class DistillConfig(_Strict):
 
 # ------------------------------------------------------------------------------------------ stages
 class OptimConfig(_Strict):
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="sgd (the field's CIFAR/ImageNet recipes), adam or adamw (betas 0.9/0.999; momentum "
+        "and nesterov are SGD's); set lr to match (1e-3 is Adam's usual)")
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, description="L2 penalty for sgd/adam; decoupled decay for adamw")
     nesterov: bool = False
     schedule: Literal["step", "cosine", "constant"] = "step"
     milestones: list[float] = Field(
@@ -211,6 +214,12 @@ class OptimConfig(_Strict):
     )
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _nesterov_is_sgd(self) -> "OptimConfig":
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"nesterov applies to SGD only, got optimizer={self.optimizer}; set nesterov=false")
+        return self
 
 
 class StageConfig(_Strict):
@@ -295,15 +304,29 @@ class ExperimentConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------------- load / override
-# Runtime keys added after runs were recorded, with their default: run identities (stage folders, ablation run
-# keys) count them only when set otherwise, so the folders and records of earlier runs are still found.
-RUNTIME_ADDED_LATER = {"sync_bn": False}
+# Keys added after runs were recorded, with their default: run identities (stage folders, ablation run keys)
+# leave them out while they hold that default, so the folders and records of earlier runs are still found.
+ADDED_LATER: dict[str, Any] = {
+    "runtime.sync_bn": False,
+    "teacher.optim.optimizer": "sgd",
+    "student.optim.optimizer": "sgd",
+}
 
 
-def runtime_identity(runtime: dict, ignore: Iterable[str] = ()) -> dict:
-    """The runtime keys that identify a run: all but ``ignore`` and the later-added keys at their default."""
-    return {k: v for k, v in runtime.items()
-            if k not in ignore and not (k in RUNTIME_ADDED_LATER and v == RUNTIME_ADDED_LATER[k])}
+def identity_tree(tree: dict, runtime_ignore: Iterable[str] = ()) -> dict:
+    """A copy of a config tree (``model_dump(mode="json")``) as run identities see it: without the
+    ``runtime_ignore`` keys of the runtime section and without the ADDED_LATER keys at their default."""
+    tree = copy.deepcopy(tree)
+    for dotted, default in ADDED_LATER.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    if isinstance(tree.get("runtime"), dict):
+        tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in runtime_ignore}
+    return tree
 
 
 def _suggest(key: str, options: list[str]) -> str:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdlab.config import ExperimentConfig, runtime_identity
+from kdlab.config import ExperimentConfig, identity_tree
 from kdlab.engine.checkpoint import atomic_write_json
 
 __all__ = [
@@ -66,16 +66,15 @@ def _dump(cfg: ExperimentConfig | dict) -> dict:
 
 def run_key(cfg: ExperimentConfig | dict) -> str:
     """Identity of a (student) run: the whole resolved config with its seed, minus display-only settings."""
-    t = _dump(cfg)
+    t = identity_tree(_dump(cfg), runtime_ignore=_RUNTIME_DISPLAY)
     t.pop("name", None)
     t.pop("out", None)
-    t["runtime"] = runtime_identity(t.get("runtime", {}), ignore=_RUNTIME_DISPLAY)
     return hashlib.sha256(_canon(t).encode()).hexdigest()[:20]
 
 
 def teacher_key(cfg: ExperimentConfig | dict) -> str:
     """Identity of a teacher: data, teacher, objective, seed, runtime.deterministic (and amp)."""
-    t = _dump(cfg)
+    t = identity_tree(_dump(cfg))
     rt = t.get("runtime", {})
     ident = {"data": t["data"], "teacher": t["teacher"], "objective": t["objective"], "seed": t["seed"],
              "deterministic": rt.get("deterministic"), "amp": rt.get("amp"),

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import kdlab
-from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, runtime_identity, to_yaml
+from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, identity_tree, to_yaml
 from kdlab.data import ArrayDataset, DeviceLoader, augment_for, build_augment, load_dataset
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_checkpoint
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
@@ -39,15 +39,10 @@ SUMMARY = "summary.json"
 DISPLAY_ONLY = ("progress", "threads", "tensorboard")  # runtime keys that do not change results
 
 
-def _hashed_runtime(runtime: dict) -> dict:
-    return runtime_identity(runtime, ignore=DISPLAY_ONLY)
-
-
 def config_hash(cfg: ExperimentConfig) -> str:
     """Stable hash of the config, blind to display-only settings."""
-    tree = cfg.model_dump(mode="json")
+    tree = identity_tree(cfg.model_dump(mode="json"), runtime_ignore=DISPLAY_ONLY)
     tree.pop("out", None)
-    tree["runtime"] = _hashed_runtime(tree["runtime"])
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
@@ -328,9 +323,8 @@ def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, stage: str) -> None:
 def _strip_display(yaml_text: str) -> str:
     import yaml
 
-    tree = yaml.safe_load(yaml_text)
+    tree = identity_tree(yaml.safe_load(yaml_text), runtime_ignore=DISPLAY_ONLY)
     tree.pop("out", None)
-    tree["runtime"] = _hashed_runtime(tree.get("runtime") or {})
     return json.dumps(tree, sort_keys=True)
 
 

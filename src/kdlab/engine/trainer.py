@@ -1,6 +1,6 @@
 """The one training loop, for teacher and student stages alike.
 
-SGD with momentum, step/cosine schedule with warm-up (the learning rate is a pure function of the
+SGD with momentum (or Adam/AdamW), step/cosine schedule with warm-up (the learning rate is a pure function of the
 fractional epoch, so there is no scheduler state to lose), bf16 autocast and channels_last when the
 runtime asks for them, evaluation every epoch, atomic checkpoints every epoch and resume from them.
 A non-finite loss stops the run with the step it happened at, keeping the last good checkpoint.
@@ -53,15 +53,18 @@ def lr_at(cfg: OptimConfig, epochs: int, progress: float) -> float:
     return cfg.lr * cfg.gamma**passed
 
 
-def build_optimizer(params: list[Tensor], optim: OptimConfig) -> torch.optim.SGD:
-    """SGD with momentum over ``params``, using PyTorch's fused kernel where every parameter's device has one.
+def build_optimizer(params: list[Tensor], optim: OptimConfig) -> torch.optim.Optimizer:
+    """``optim.optimizer`` over ``params``, with PyTorch's fused kernel where every parameter's device has one.
 
-    The fused kernel applies the same update as the per-parameter loop in one pass over all parameters;
-    on CPU that is about 4 % of a resnet20 step (benchmarks/BENCHMARKS.md, target 3).
+    The fused kernel applies the same update as the per-parameter loop in one pass over all parameters; on
+    CPU that is about 4 % of a resnet20 step (benchmarks/BENCHMARKS.md, target 3).
     """
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                           nesterov=optim.nesterov, fused=True if fused else None)
+    fused = True if params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) else None
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                               nesterov=optim.nesterov, fused=fused)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optim.optimizer]
+    return cls(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
 
 
 @dataclass
