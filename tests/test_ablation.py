@@ -469,7 +469,7 @@ def test_values_that_do_not_parse(knob, text):
     ("training time", ("train_time_s",), None), ("time per iteration", ("step_time_ms",), None),
     ("best accuracy", ("top1_best",), None), ("teacher accuracy", ("top1",), "teacher"),
     ("intra/inter-class distance ratio", ("intra_inter_ratio",), None), ("BLEU", (), None),
-    ("NLL", ("test_loss",), None), ("ECE", (), None), ("Teacher Top-1 Acc.", ("top1",), "teacher"),
+    ("NLL", ("test_loss",), None), ("ECE", ("ece",), None), ("Teacher Top-1 Acc.", ("top1",), "teacher"),
 ])
 def test_metric_names_map_to_kdlab_keys(name, keys, stage):
     m = map_metric(name)

@@ -52,7 +52,7 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path, tiny_overri
     resumed = run_teacher(cfg, tmp_path / "resumed", data)
 
     assert resumed["status"] == "done"
-    for key in ("top1", "top5", "loss", "test_loss", "margin_pass_frac"):
+    for key in ("top1", "top5", "loss", "test_loss", "ece", "margin_pass_frac"):
         assert resumed["metrics"][key] == pytest.approx(straight["metrics"][key], rel=1e-6, abs=1e-9), key
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
@@ -151,3 +151,22 @@ def test_streaming_image_folder_trains_end_to_end(tmp_path):
     assert summary["status"] == "done" and summary["metrics"]["epochs"] == 1
     ckpt = torch.load(tmp_path / "t/checkpoints/last.pt", weights_only=True)
     assert ckpt["input_shape"] == [3, 16, 16] and ckpt["num_classes"] == 2
+
+
+def test_expected_calibration_error_on_a_hand_case():
+    """Four predictions with confidences 0.9, 0.9, 0.65, 0.55 (two-class softmax of log-probabilities):
+    bin (13/15, 14/15] holds the two 0.9s, one right -> |0.5 - 0.9|; bin (9/15, 10/15] holds 0.65, right ->
+    |1 - 0.65|; bin (8/15, 9/15] holds 0.55, wrong -> |0 - 0.55|. ECE = 2/4*0.4 + 1/4*0.35 + 1/4*0.55."""
+    from kdlab.engine.metrics import calibration_sums, expected_calibration_error
+
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.35, 0.65], [0.55, 0.45]])
+    labels = torch.tensor([0, 1, 1, 1])
+    expected = 100 * (2 / 4 * 0.4 + 1 / 4 * 0.35 + 1 / 4 * 0.55)
+    sums = calibration_sums(probs.log(), labels)
+    assert expected_calibration_error(sums) == pytest.approx(expected, abs=1e-4)
+    # batches add up: the same four predictions split in two give the same sums
+    halves = calibration_sums(probs[:2].log(), labels[:2]) + calibration_sums(probs[2:].log(), labels[2:])
+    assert torch.allclose(halves, sums)
+    # a perfectly calibrated bin: confidence 0.75 with three of four right
+    assert expected_calibration_error(calibration_sums(torch.tensor([[0.75, 0.25]] * 4).log(),
+                                                       torch.tensor([0, 0, 0, 1]))) == pytest.approx(0, abs=1e-4)

@@ -275,6 +275,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "cache_fill": ("cache fill", "cache occupancy", "cache utilization"),
     "soft_label_entropy": ("soft label entropy", "entropy of soft labels", "soft label diversity", "label entropy",
                            "richness of soft labels", "soft label richness", "teacher output entropy", "entropy"),
+    "ece": ("ece", "expected calibration error", "calibration error", "calibration", "model calibration",
+            "confidence calibration", "miscalibration"),
     "off_true_mass": ("non target probability mass", "off target mass", "probability mass on non target classes",
                       "dark knowledge", "non target mass"),
 }

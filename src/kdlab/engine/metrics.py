@@ -5,16 +5,42 @@ Definitions (docs/METHOD.md repeats them):
 * ``loss_std``: standard deviation of the per-step training loss over the last quarter of the epochs.
 * ``loss_spikes``: steps whose loss exceeds twice the median of up to 20 steps before it in the same epoch
   (from the 6th step of each epoch on), summed over epochs.
+* ``ece``: expected calibration error of the last epoch's test predictions, in percent: the test images are
+  binned by confidence (the top softmax probability) into 15 equal-width bins ``(b/15, (b+1)/15]``, and
+  ECE = sum_b n_b / N * |accuracy_b - mean confidence_b| (Guo et al., 2017).
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 SPIKE_WINDOW = 20
 SPIKE_FACTOR = 2.0
+ECE_BINS = 15
+
+
+def calibration_sums(logits: Tensor, labels: Tensor, bins: int = ECE_BINS) -> Tensor:
+    """Per confidence bin ``(b/bins, (b+1)/bins]``: (count, sum of confidences, number correct), shape (3, bins).
+
+    Sums over batches add up, so evaluation accumulates them on the device and syncs once at the end.
+    """
+    conf, pred = logits.float().softmax(1).max(1)
+    idx = ((conf * bins).ceil().long() - 1).clamp(0, bins - 1)
+    sums = torch.zeros(3, bins, device=logits.device)
+    sums[0].index_add_(0, idx, torch.ones_like(conf))
+    sums[1].index_add_(0, idx, conf)
+    sums[2].index_add_(0, idx, (pred == labels).float())
+    return sums
+
+
+def expected_calibration_error(sums: Tensor) -> float:
+    """ECE in percent from :func:`calibration_sums`: sum over bins of n_b / N * |accuracy_b - confidence_b|."""
+    count, conf, correct = sums.double().cpu()
+    n = float(count.sum())
+    return 100.0 * float((conf - correct).abs().sum()) / n if n else 0.0
 
 
 def epoch_loss_stats(losses: Tensor) -> dict:
@@ -63,6 +89,8 @@ def summarize(history: list[dict], *, extra_state_bytes: int = 0) -> dict:
         "extra_state_bytes": extra_state_bytes,
         "epochs": last["epoch"],
     }
+    if "test_ece" in last:
+        summary["ece"] = last["test_ece"]
     for key in ("margin_pass_frac", "cache_fill", "negatives_per_anchor"):
         if key in last:
             summary[key] = last[key]

@@ -26,7 +26,7 @@ from kdlab.engine.checkpoint import CheckpointError, atomic_write_text, load_lat
 from kdlab.engine.distributed import any_rank, convert_sync_bn
 from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
-from kdlab.engine.metrics import epoch_loss_stats, summarize
+from kdlab.engine.metrics import ECE_BINS, calibration_sums, epoch_loss_stats, expected_calibration_error, summarize
 from kdlab.engine.runtime import Runtime, peak_memory_mb
 
 CHECKPOINT_FORMAT = "kdlab-checkpoint/1"
@@ -275,6 +275,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=rt.device)
         c1 = torch.zeros((), device=rt.device)
         c5 = torch.zeros((), device=rt.device)
+        calibration = torch.zeros(3, ECE_BINS, device=rt.device)
         for batch in self.test_loader:
             with rt.autocast():
                 logits = model(batch.views[0]).logits.float()
@@ -284,12 +285,14 @@ class Trainer:
             hit = top == batch.labels[:, None]
             c1 += hit[:, 0].sum()
             c5 += hit.any(1).sum()
+            calibration += calibration_sums(logits, batch.labels)
             total += batch.labels.shape[0]
         correct1, correct5 = float(c1), float(c5)
         return {
             "test_top1": 100.0 * correct1 / max(total, 1),
             "test_top5": 100.0 * correct5 / max(total, 1),
             "test_loss": float(loss_sum) / max(total, 1),
+            "test_ece": expected_calibration_error(calibration),
         }
 
     # --------------------------------------------------------------------------------- signals
