@@ -133,26 +133,6 @@ def test_empty_view_augmentation_means_plain_views(tiny_overrides):
     assert torch.allclose(batch.views[1], plain) and not torch.allclose(batch.views[0], plain)
 
 
-def test_streaming_image_folder_trains_end_to_end(tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("val", 4)):
-        for c in ("cat", "dog"):
-            folder = tmp_path / "imgs" / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    cfg = load_config(None, [f"data.root={tmp_path / 'imgs'}", "data.name=imagefolder", "data.streaming=true",
-                             "data.image_size=16", "data.workers=0", "data.batch_size=8", "teacher.arch=resnet8",
-                             "teacher.epochs=1", "objective.kind=intra", "runtime.progress=false"])
-    summary = run_teacher(cfg, tmp_path / "t")
-    assert summary["status"] == "done" and summary["metrics"]["epochs"] == 1
-    ckpt = torch.load(tmp_path / "t/checkpoints/last.pt", weights_only=True)
-    assert ckpt["input_shape"] == [3, 16, 16] and ckpt["num_classes"] == 2
-
-
 def test_expected_calibration_error_on_a_hand_case():
     """Four predictions with confidences 0.9, 0.9, 0.65, 0.55 (two-class softmax of log-probabilities):
     bin (13/15, 14/15] holds the two 0.9s, one right -> |0.5 - 0.9|; bin (9/15, 10/15] holds 0.65, right ->

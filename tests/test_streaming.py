@@ -246,6 +246,8 @@ def test_streaming_jpeg_folder_trains_end_to_end(tmp_path):
                              "teacher.epochs=1", "objective.kind=intra", "runtime.progress=false"])
     summary = run_teacher(cfg, tmp_path / "t")
     assert summary["status"] == "done" and summary["metrics"]["epochs"] == 1
+    ckpt = torch.load(tmp_path / "t/checkpoints/last.pt", weights_only=True)
+    assert ckpt["input_shape"] == [3, 16, 16] and ckpt["num_classes"] == 2
 
 
 def test_streaming_bundle_evaluates_on_the_classic_256_to_224_centre_crop(tmp_path):
