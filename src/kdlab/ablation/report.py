@@ -78,7 +78,8 @@ class Table:
         return {
             "index": self.index, "name": self.name, "part": self.part, "action": self.action, "knob": self.knob,
             "path": self.path, "numeric": self.numeric, "base_value": self.base_value,
-            "columns": [c for c, _ in self.columns], "not_measured": self.not_measured, "unrecorded": self.unrecorded, "base_note": self.base_note,
+            "columns": [c for c, _ in self.columns], "not_measured": self.not_measured, "unrecorded": self.unrecorded,
+            "base_note": self.base_note,
             "rows": [
                 {"label": r.label, "value": r.value, "is_base": r.is_base, "same_as_base": r.same_as_base,
                  "n_ok": r.n_ok, "n_failed": r.n_failed, "n_missing": r.n_missing, "runs": r.keys,
