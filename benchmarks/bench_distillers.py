@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from _common import interleaved, machine, md_table
-from kdlab.config import DistillConfig
+from kdlab.experiment.schema import DistillConfig
 from kdlab.data.base import Batch
 from kdlab.distillers import Distillation
 from kdlab.distillers.base import DistillContext

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from _common import machine, md_table
-from kdlab.config import build_config
+from kdlab.experiment.schema import build_config
 from kdlab.data import DeviceLoader, augment_for, load_dataset
-from kdlab.engine.stages import run_teacher
+from kdlab.experiment.stages import run_teacher
 from kdlab.engine.trainer import build_optimizer
 from kdlab.models import build_model
 

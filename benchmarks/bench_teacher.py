@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from _common import interleaved, machine, md_table
-from kdlab.config import ObjectiveConfig
+from kdlab.experiment.schema import ObjectiveConfig
 from kdlab.data.base import Batch
 from kdlab.models import build_model, probe
 from kdlab.objectives.teacher import TeacherObjective

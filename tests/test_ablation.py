@@ -32,17 +32,17 @@ from kdlab.ablation import (
 from kdlab.ablation.knobs import NOTHING, field_info
 from kdlab.ablation.plan import parse_plan_text
 from kdlab.ablation.resolve import load_base, map_metric, parse_value
-from kdlab.ablation.store import CLAIM, Store, atomic_write_json, run_key, teacher_key
-from kdlab.config import build_config
+from kdlab.sweep.store import CLAIM, Store, atomic_write_json, run_key, teacher_key
+from kdlab.experiment.schema import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANS = Path(__file__).resolve().parent / "plans"
 SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
 shared = pytest.mark.shared
 needs_seeds = pytest.mark.skipif(not SEEDS.is_dir(), reason="../shared/seeds not present")
-needs_stages = pytest.mark.skipif(importlib.util.find_spec("kdlab.engine.stages") is None,
-                                  reason="kdlab.engine.stages not available yet")
-FAKE = "kdlab.ablation.fakestages"
+needs_stages = pytest.mark.skipif(importlib.util.find_spec("kdlab.experiment.stages") is None,
+                                  reason="kdlab.experiment.stages not available yet")
+FAKE = "fakestages"  # tests/fakestages.py (tests/ is on sys.path under pytest)
 TINY = ("teacher.epochs=1", "student.epochs=1", "data.subset=200", "data.test_subset=100")
 
 
@@ -664,7 +664,7 @@ def test_two_processes_on_one_folder_run_each_run_once(tmp_path):
                  overrides={TINY!r})
     """))
     env = dict(os.environ, KDLAB_FAKE_SLEEP="0.5", KDLAB_FAKE_LOG=str(log),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, str(script)], env=env) for _ in range(2)]
     assert [p.wait(timeout=240) for p in procs] == [0, 0]
     calls = log.read_text().splitlines()

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from kdlab.ablation import run_plan
-from kdlab.ablation.store import Store, read_json
+from kdlab.sweep.store import Store, read_json
 from kdlab.cli import main
 from kdlab.report.capacity import parameter_count, student_top1_by_arch
 
 PLAN = Path(__file__).resolve().parents[1] / "studies" / "capacity_gap" / "plan.md"
-FAKE = "kdlab.ablation.fakestages"
+FAKE = "fakestages"  # tests/fakestages.py (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")

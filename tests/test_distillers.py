@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.config import DistillConfig, DistillMethod
+from kdlab.experiment.schema import DistillConfig, DistillMethod
 from kdlab.data.base import Batch
 from kdlab.distillers import DistillContext, Distillation, StepContext, build_distill_loss, distiller_names
 from kdlab.models import ModelOutput, build_model, probe

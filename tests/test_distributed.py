@@ -50,7 +50,7 @@ RANK_RUNNER = r"""
 import os, signal, sys
 import torch
 from kdlab import cli
-from kdlab.engine import stages
+from kdlab.experiment import stages
 
 fault, at = sys.argv[1], (int(sys.argv[2]), int(sys.argv[3]))
 rank = int(os.environ["RANK"])
@@ -197,10 +197,10 @@ def test_sync_bn_on_cpu_ranks_is_refused_before_joining_the_group(tmp_path, monk
 
 def _distillation(tmp_path, rt):
     """A KD + FitNet student (FitNet's regressor holds a BatchNorm) with a frozen resnet8 teacher."""
-    from kdlab.config import load_config
+    from kdlab.experiment.schema import load_config
     from kdlab.distillers import Distillation
     from kdlab.distillers.base import DistillContext
-    from kdlab.engine.stages import DataBundle
+    from kdlab.experiment.stages import DataBundle
     from kdlab.engine.trainer import StageInfo, Trainer
     from kdlab.models import build_model, probe
 

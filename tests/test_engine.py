@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kdlab.cli import main
-from kdlab.config import load_config
+from kdlab.experiment.schema import load_config
 from kdlab.engine import trainer as trainer_mod
-from kdlab.engine.stages import DataBundle, run_pipeline, run_teacher
+from kdlab.experiment.stages import DataBundle, run_pipeline, run_teacher
 from kdlab.engine.trainer import Interrupted, lr_at
 
 

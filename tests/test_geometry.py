@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.report.geometry import feature_geometry, soft_label_stats
+from kdlab.analysis.geometry import feature_geometry, soft_label_stats
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -248,8 +248,8 @@ def test_margin_and_off_true_mass_of_given_probabilities():
 
 # ----------------------------------------------------------------------------------------- end to end
 def test_analyze_a_tiny_intra_teacher(tmp_path):
-    from kdlab.config import load_config
-    from kdlab.engine.stages import run_teacher
+    from kdlab.experiment.schema import load_config
+    from kdlab.experiment.stages import run_teacher
     from kdlab.report.analyze import analyze_checkpoint, main_analyze, plot_ratio_vs, write_analysis
 
     cfg = load_config("demo", ["data.subset=200", "data.test_subset=100", "teacher.arch=resnet8", "teacher.epochs=1",

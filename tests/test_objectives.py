@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.config import CacheConfig, HeadConfig, ObjectiveConfig
 from kdlab.data.base import Batch
+from kdlab.experiment.schema import ObjectiveConfig
+from kdlab.objectives import HeadConfig
 from kdlab.objectives.contrastive import class_margin, intra_class_loss, supcon_loss
-from kdlab.objectives.teacher import ClassCache, TeacherObjective, build_head
+from kdlab.objectives.intra import CacheConfig, ClassCache, class_distance_sums, gradnorm_lambda, ratio_update
+from kdlab.objectives.teacher import TeacherObjective, build_head
 
 
 def tuplet_by_hand(anchor, positive, negatives, tau):
@@ -144,11 +146,11 @@ def test_margin_off_makes_every_sample_an_anchor_and_delta_filters():
 
 def test_cache_off_has_no_buffer_and_cache_on_fills_from_anchors():
     off = _objective(margin=False, cache=dict(enabled=False))
-    assert off.cache is None
+    assert off.term.cache is None
     on = _objective(margin=False, cache=dict(size=4))
     on.forward_train(_batch(8), 0.0)
     # 8 anchors of view 0 over 3 classes (3, 3, 2 images) are pushed
-    assert on.cache.fill.tolist() == [3, 3, 2]
+    assert on.term.cache.fill.tolist() == [3, 3, 2]
 
 
 def test_teacher_objective_total_matches_ce_plus_lambda_intra():
@@ -213,7 +215,7 @@ def test_memory_positive_uses_previous_visit():
     batch = Batch(b.views[:1], b.labels, b.index)
     obj.forward_train(batch, 0.0)
     assert obj.epoch_stats()["margin_pass_frac"] == 0.0  # first visit: no stored positive yet
-    assert obj.sample_seen[:8].all() and not obj.sample_seen[8:].any()
+    assert obj.term.sample_seen[:8].all() and not obj.term.sample_seen[8:].any()
     obj.forward_train(batch, 0.0)
     assert obj.epoch_stats()["margin_pass_frac"] == 1.0
 
@@ -232,3 +234,59 @@ def test_an_anchor_never_meets_its_own_image_in_the_cache():
     assert n_neg.tolist() == [2]
     expected = tuplet_by_hand(unit(1, 0.3), unit(1, 0.3), [unit(0.2, 1), unit(-1, 0.5)], tau)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------- λ schedules
+def test_gradnorm_lambda_is_eta_times_the_ratio_of_feature_gradient_norms():
+    h = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)  # grad of ce wrt h: norm 5
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # grad of intra wrt h: norm sqrt(2)
+    ce, intra = (a * h).sum(), (b * h).sum()
+    lam = gradnorm_lambda(ce, intra, h, eta=0.1)
+    assert lam.dtype == torch.float64 and not lam.requires_grad
+    assert lam.item() == pytest.approx(0.1 * 5.0 / math.sqrt(2.0), rel=1e-12)
+    assert gradnorm_lambda(ce, (0.0 * h).sum(), h, eta=0.1).item() == 0.0  # no anchor: λ = 0, never inf
+
+
+def test_class_distance_sums_hand_case():
+    f = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    got = class_distance_sums(f, torch.tensor([0, 0, 1]))
+    assert got.tolist() == [1.0, 1.0, 3.0 + 2.0, 2.0]  # same: |0-1|; different: |0-3|, |1-3|
+
+
+def test_ratio_update_moves_lambda_toward_the_target_and_stays_in_bounds():
+    assert ratio_update(0.02, 0.5, 0.7, 2.0) == pytest.approx(0.02 * math.exp(2.0 * 0.2 / 0.7))  # too tight: up
+    assert ratio_update(0.02, 0.9, 0.7, 2.0) < 0.02  # too spread: down
+    assert ratio_update(0.02, 0.7, 0.7, 2.0) == pytest.approx(0.02)
+    assert ratio_update(5.0, 0.0, 0.7, 2.0) == 10.0 and ratio_update(2e-4, 50.0, 0.7, 2.0) == 1e-4
+
+
+def test_warmup_schedule_scales_lambda_with_the_epoch_and_logs_it():
+    obj = _objective(lambda_schedule="warmup", warmup_epochs=4.0, margin=False)
+    obj.forward_train(_batch(), 1.0)
+    obj.forward_train(_batch(), 3.0)
+    assert obj.epoch_stats()["intra_lambda"] == pytest.approx((0.25 + 0.75) / 2)
+    _, losses = obj.forward_train(_batch(), 0.0)
+    assert losses["intra"].item() == 0.0
+
+
+def test_ratio_schedule_sets_next_epochs_lambda_from_the_measured_ratio_and_checkpoints_it():
+    obj = _objective(lambda_schedule="ratio", target_ratio=0.7, ratio_gain=2.0, margin=False)
+    batch = _batch()
+    with torch.no_grad():
+        h = obj.net(torch.cat(batch.views[:1])).pooled
+    same_sum, same_n, diff_sum, diff_n = class_distance_sums(h, batch.labels).tolist()
+    measured = (same_sum / same_n) / (diff_sum / diff_n)
+    _, losses = obj.forward_train(batch, 0.0)
+    stats = obj.epoch_stats()
+    assert stats["intra_lambda"] == pytest.approx(1.0)  # the first epoch runs at lambda_
+    assert stats["train_intra_inter_ratio"] == pytest.approx(measured, rel=1e-5)
+    expected = 1.0 * math.exp(2.0 * (0.7 - measured) / 0.7)
+    assert obj.term.ratio_lambda.item() == pytest.approx(expected, rel=1e-5)
+    assert "term.ratio_lambda" in obj.state_dict()
+
+
+def test_constant_schedule_reports_its_lambda():
+    obj = _objective(margin=False)
+    obj.forward_train(_batch(), 0.0)
+    assert obj.epoch_stats()["intra_lambda"] == 1.0

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlab.config import ExperimentConfig, load_config, shipped_configs_dir
+from kdlab.config import shipped_configs_dir
+
+from kdlab.experiment.schema import ExperimentConfig, load_config
 from kdlab.engine.trainer import lr_at
 from kdlab.models import build_model, list_models
 from kdlab.recipes import (
@@ -94,7 +96,7 @@ def test_cifar100_standard_schedule(name, configs):
     assert 0.01 <= i.lambda_ <= 0.03
     assert cfg.distill.methods == ["kd"] and cfg.distill.kd.T == 4.0
     assert cfg.distill.resolved_ce_weight() == pytest.approx(0.1)
-    assert cfg.distill.resolved_kd_weight() == pytest.approx(0.9)
+    assert cfg.distill.resolved("kd").weight == pytest.approx(0.9)
 
 
 def test_lr_at_on_recipes(configs):
@@ -139,7 +141,7 @@ def test_other_dataset_recipes(configs):
             assert o.weight_decay == pytest.approx(1e-4) and o.momentum == pytest.approx(0.9)
         # mdistiller's ImageNet KD baseline: T = 1, 0.5 CE + 0.5 KL
         assert cfg.distill.kd.T == 1.0
-        assert cfg.distill.resolved_ce_weight() == cfg.distill.resolved_kd_weight() == pytest.approx(0.5)
+        assert cfg.distill.resolved_ce_weight() == cfg.distill.resolved("kd").weight == pytest.approx(0.5)
 
 
 def test_overrides_apply_on_top_of_a_recipe():

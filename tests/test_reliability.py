@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from kdlab.cli import main
-from kdlab.config import load_config
+from kdlab.experiment.schema import load_config
 from kdlab.engine import checkpoint as ckpt_mod
-from kdlab.engine.stages import run_teacher
+from kdlab.experiment.stages import run_teacher
 
 TINY = ["data.subset=240", "data.test_subset=100", "data.batch_size=32", "teacher.arch=resnet8",
         "student.arch=resnet8", "objective.intra.delta=-0.5", "objective.intra.cache.size=8",

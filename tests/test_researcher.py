@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from kdlab.cli import main
-from kdlab.config import load_config
-from kdlab.engine.stages import run_student, run_teacher
+from kdlab.experiment.schema import load_config
+from kdlab.experiment.stages import run_student, run_teacher
 from kdlab.runs import export_run
 
 README = Path(__file__).resolve().parents[1] / "README.md"

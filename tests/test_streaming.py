@@ -230,8 +230,8 @@ def test_worker_rrc_off_keeps_the_crop_on_the_device(tmp_path):
 
 
 def test_streaming_jpeg_folder_trains_end_to_end(tmp_path):
-    from kdlab.config import load_config
-    from kdlab.engine.stages import run_teacher
+    from kdlab.experiment.schema import load_config
+    from kdlab.experiment.stages import run_teacher
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 2)):
@@ -252,8 +252,8 @@ def test_streaming_jpeg_folder_trains_end_to_end(tmp_path):
 
 def test_streaming_bundle_evaluates_on_the_classic_256_to_224_centre_crop(tmp_path):
     """The test split of a streaming dataset resizes the shorter side to S / 0.875, then centre-crops S."""
-    from kdlab.config import build_config
-    from kdlab.engine.stages import DataBundle
+    from kdlab.experiment.schema import build_config
+    from kdlab.experiment.stages import DataBundle
 
     for split in ("train", "val"):
         for c in ("a", "b"):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import ExperimentConfig, load_config
-from kdlab.engine import stages
+from kdlab.experiment import stages
+from kdlab.experiment.schema import ExperimentConfig, load_config
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Run:
 
     @property
     def history(self) -> list[dict]:
-        from kdlab.report.curves import read_history
+        from kdlab.analysis.curves import read_history
 
         return read_history(self.run_dir)
 

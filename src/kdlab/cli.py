@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: a thin layer over ``kdlab.engine.stages``, ``kdlab.demo`` and ``kdlab.ablation``.
+"""The ``kdlab`` command: a thin layer over ``kdlab.experiment.stages``, ``kdlab.demo`` and ``kdlab.ablation``.
 
 Every training command takes an optional YAML config (a path or a shipped recipe name) followed by
 dotted overrides ``key=value``. Known errors print one line and exit 2; ``--debug`` shows tracebacks.
@@ -19,6 +19,7 @@ EXAMPLES = {
     "pipeline": "kdlab pipeline demo objective.kind=intra",
     "ablate": "kdlab ablate plan.md --dry-run\n  kdlab ablate plan.md --seeds 3 --map \"Ablation A=objective.intra.delta\"",
     "report": "kdlab report runs/ablate-plan",
+    "sweep": "kdlab ablate plan.md --dry-run --write-grid grid.yaml\n  kdlab sweep grid.yaml --jobs 2",
     "runs": "kdlab runs runs/\n  kdlab runs runs/ --filter stage=student --filter status=done",
     "compare": "kdlab compare runs/a/student runs/b/student --out cmp.png",
     "export": "kdlab export runs/demo-1234abcd/teacher_intra --out exported/",
@@ -73,11 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--executor", choices=["local", "submitit"], default="local")
     ab.add_argument("--jobs", type=int, default=None, help="parallel runs (default: sized to the machine)")
     ab.add_argument("--dry-run", action="store_true", help="resolve the plan and print the grid; run nothing")
-    ab.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
-    ab.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
-                         "(cluster=local runs submitit's local executor)")
+    ab.add_argument("--write-grid", type=Path, default=None, metavar="GRID.yaml",
+                    help="save the resolved grid as a file to review, edit and run with `kdlab sweep`")
+    _executor_options(ab)
     ab.set_defaults(func=cmd_ablate)
+
+    sw = _plain_parser(sub, "sweep", "run a grid file (base config, seeds, variants as overrides) end to end")
+    sw.add_argument("grid", type=Path)
+    sw.add_argument("--out", type=Path, default=None, help="results folder (default: out/sweep-<grid name>)")
+    sw.add_argument("--dry-run", action="store_true", help="check the grid file and list its runs; run nothing")
+    sw.add_argument("--jobs", type=int, default=None, help="parallel runs (default: sized to the machine)")
+    sw.add_argument("--executor", choices=["local", "submitit"], default="local")
+    _executor_options(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     rep = _plain_parser(sub, "report", "rebuild an ablation's tables and plots from its results store")
     rep.add_argument("dir", type=Path)
@@ -118,9 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _executor_options(p) -> None:
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    p.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
+                        "(cluster=local runs submitit's local executor)")
+
+
 # ----------------------------------------------------------------------------------------- commands
 def _config(args):
-    from kdlab.config import load_config
+    from kdlab.experiment import load_config
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:
@@ -128,10 +144,10 @@ def _config(args):
     return load_config(config, overrides)
 
 
-def _default_dir(cfg, suffix: str = "") -> Path:
-    from kdlab.engine.stages import config_hash
+def _default_dir(cfg, stage: str, suffix: str = "") -> Path:
+    from kdlab.experiment.stages import default_run_dir
 
-    return Path(cfg.out) / f"{cfg.name}-{config_hash(cfg)[:8]}{suffix}"
+    return default_run_dir(cfg, stage, suffix)
 
 
 def _finish(summary: dict, label: str) -> int:
@@ -145,7 +161,7 @@ def _finish(summary: dict, label: str) -> int:
 
 
 def cmd_demo(args) -> int:
-    from kdlab.config import load_config
+    from kdlab.experiment import load_config
     from kdlab.demo import run_demo
 
     config, overrides = args.config, list(args.overrides)
@@ -160,24 +176,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train_teacher(args) -> int:
-    from kdlab.engine.stages import run_teacher
+    from kdlab.experiment.stages import run_teacher
 
     cfg = _config(args)
-    return _finish(run_teacher(cfg, args.run_dir or _default_dir(cfg, "-teacher")), "teacher")
+    return _finish(run_teacher(cfg, args.run_dir or _default_dir(cfg, "teacher", "-teacher")), "teacher")
 
 
 def cmd_distill(args) -> int:
-    from kdlab.engine.stages import run_student
+    from kdlab.experiment.stages import run_student
 
     cfg = _config(args)
-    return _finish(run_student(cfg, args.run_dir or _default_dir(cfg, "-student")), "student")
+    return _finish(run_student(cfg, args.run_dir or _default_dir(cfg, "student", "-student")), "student")
 
 
 def cmd_pipeline(args) -> int:
-    from kdlab.engine.stages import run_pipeline
+    from kdlab.experiment.stages import run_pipeline
 
     cfg = _config(args)
-    result = run_pipeline(cfg, args.run_dir or _default_dir(cfg))
+    result = run_pipeline(cfg, args.run_dir or _default_dir(cfg, "student"))
     code = _finish(result["teacher"], "teacher") if result["teacher"].get("run_dir") else 0
     return code | _finish(result["student"], "student") if result["student"] else 1
 
@@ -185,16 +201,46 @@ def cmd_pipeline(args) -> int:
 def cmd_ablate(args) -> int:
     from kdlab.ablation import run_plan
 
-    from kdlab.config import ConfigError, parse_overrides
-
-    try:
-        options = dict(parse_overrides(args.executor_opt)) or None
-    except ConfigError:
-        raise ConfigError("--executor-opt takes KEY=VALUE, e.g. --executor-opt slurm_partition=gpu") from None
     result = run_plan(args.plan, base=args.base, seeds=args.seeds, maps=tuple(args.map), out=args.out,
                       executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides),
-                      retry_failed=args.retry_failed, executor_options=options)
+                      retry_failed=args.retry_failed, executor_options=_parse_executor_opts(args.executor_opt),
+                      write_grid_to=args.write_grid)
     return getattr(result, "exit_code", 0)
+
+
+def _parse_executor_opts(items: list[str]) -> dict | None:
+    from kdlab.config import ConfigError
+    from kdlab.experiment import parse_overrides
+
+    try:
+        return dict(parse_overrides(items)) or None
+    except ConfigError:
+        raise ConfigError("--executor-opt takes KEY=VALUE, e.g. --executor-opt slurm_partition=gpu") from None
+
+
+def cmd_sweep(args) -> int:
+    from kdlab.sweep import load_grid, run_sweep
+    from kdlab.sweep.run import grid_record, run_keys
+
+    grid = load_grid(args.grid)
+    out = args.out or Path(grid.base.out) / f"sweep-{_slug(grid.name)}"
+    record = grid_record(grid)
+    n_runs = len({k for keys in run_keys(record).values() for k in keys})
+    print(f"Grid {args.grid}: {grid.name}; {len(grid.ablations)} ablations, seeds {grid.seeds}, {n_runs} student runs")
+    for a in grid.ablations:
+        print(f"  {a.name}: {a.knob} = " + ", ".join(v.label for v in a.variants))
+    if args.dry_run:
+        print(f"(dry run: nothing was run; output would go to {out})")
+        return 0
+    result = run_sweep(grid, out, executor=args.executor, jobs=args.jobs, retry_failed=args.retry_failed,
+                       executor_options=_parse_executor_opts(args.executor_opt), record=record)
+    return result.exit_code
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower() or "grid"
 
 
 def cmd_report(args) -> int:
@@ -260,7 +306,7 @@ def cmd_configs(args) -> int:
 
 
 def cmd_show_config(args) -> int:
-    from kdlab.config import to_yaml
+    from kdlab.experiment import to_yaml
 
     print(to_yaml(_config(args)), end="")
     return 0
@@ -280,9 +326,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
-        from kdlab.ablation import AblationError
+        from kdlab.sweep import SweepError
 
-        errors.append(AblationError)
+        errors.append(SweepError)  # plan, store and grid-file errors
     except ImportError:
         pass
     return tuple(errors)

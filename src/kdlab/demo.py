@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdlab.config import ExperimentConfig, build_config
+from kdlab.analysis.curves import markdown_table, plot_curves, read_history, text_table
 from kdlab.engine.checkpoint import atomic_write_text
-from kdlab.engine.stages import DataBundle, config_hash, run_student, run_teacher
-from kdlab.report.curves import markdown_table, plot_curves, read_history, text_table
+from kdlab.experiment.schema import ExperimentConfig, build_config
+from kdlab.experiment.stages import (
+    DataBundle,
+    default_run_dir,
+    run_student,
+    run_teacher,
+)
 
 HEADER = ["run", "role", "arch", "top-1 last", "top-1 best", "best epoch", "intra/inter", "entropy@T", "status"]
 
 
 def run_demo(cfg: ExperimentConfig, out_dir: Path | None = None) -> tuple[Path, str, bool]:
     """Run the five demo runs; returns (run folder, printed table, all runs succeeded)."""
-    root = Path(out_dir) if out_dir else Path(cfg.out) / f"{cfg.name}-{config_hash(cfg)[:8]}"
+    root = Path(out_dir) if out_dir else default_run_dir(cfg, "student")
     data = DataBundle(cfg)
     ce_cfg = build_config(cfg, [("objective.kind", "ce")])
     intra_cfg = cfg if cfg.objective.kind != "ce" else build_config(cfg, [("objective.kind", "intra")])

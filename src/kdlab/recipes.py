@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import ConfigError, ExperimentConfig, build_config, load_config, shipped_configs_dir, shipped_recipes
+from kdlab.config import ConfigError, shipped_configs_dir, shipped_recipes
+from kdlab.experiment.schema import ExperimentConfig, build_config, load_config
 
 REFERENCE_FILE = "reference.yaml"
 

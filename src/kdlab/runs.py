@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kdlab.analysis.curves import markdown_table, plot_curves, read_history, text_table
 from kdlab.config import ConfigError
-from kdlab.engine.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint
-from kdlab.engine.stages import read_summary
-from kdlab.report.curves import markdown_table, plot_curves, read_history, text_table
+from kdlab.engine.checkpoint import (  # noqa: F401
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    read_card,
+)
+from kdlab.experiment.stages import read_summary
 
 RUN_COLUMNS = ["run", "stage", "method", "arch", "seed", "knobs", "status", "top1", "top1_best", "time_s"]
 
@@ -145,21 +149,6 @@ def export_run(run_dir: Path, out_dir: Path | None = None, *, which: str = "last
     card_path = out_dir / f"{stem}.json"
     atomic_write_json(card_path, card)
     return card_path
-
-
-def read_card(path: Path) -> tuple[dict, Path]:
-    """A card's contents and the verified weight file it names (sha256 checked)."""
-    card = json.loads(Path(path).read_text())
-    if card.get("format") != "kdlab-card/1":
-        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format')!r})")
-    entry = card["files"]["pt"]
-    weights = Path(path).parent / entry["file"]
-    if not weights.exists():
-        raise ConfigError(f"card {path} names {weights}, which does not exist")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != entry["sha256"]:
-        raise ConfigError(f"{weights} does not match the sha256 in {path}: the file changed or is corrupted")
-    return card, weights
 
 
 def _short_labels(run_dirs: list[Path]) -> list[str]:

@@ -12,8 +12,8 @@ See docs/ABLATION.md.
 from kdlab.ablation.api import AblationResult, run_plan
 from kdlab.ablation.knobs import KNOBS, Knob, render_knob_table
 from kdlab.ablation.plan import Ablation, AblationError, Plan, PlanError, parse_plan
-from kdlab.ablation.report import build_report, rebuild_report
 from kdlab.ablation.resolve import Grid, ResolveError, format_grid, resolve_plan
+from kdlab.sweep.report import build_report, rebuild_report
 
 __all__ = [
     "Ablation",

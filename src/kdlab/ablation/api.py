@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kdlab.ablation.execute import STAGES_MODULE, ExecutionSummary, config_id, execute, expand
 from kdlab.ablation.plan import Plan, parse_plan
-from kdlab.ablation.report import ReportResult, build_report
 from kdlab.ablation.resolve import Grid, format_grid, resolve_plan
-from kdlab.ablation.store import Store
+from kdlab.sweep.execute import STAGES_MODULE, ExecutionSummary
+from kdlab.sweep.grid import write_grid
+from kdlab.sweep.report import ReportResult
+from kdlab.sweep.run import grid_record, run_keys, run_sweep
 
-__all__ = ["AblationResult", "run_plan", "grid_record", "default_out"]
+__all__ = ["AblationResult", "run_plan", "default_out"]
 
 
 @dataclass
@@ -42,22 +43,6 @@ def default_out(plan_path: str | Path, grid: Grid) -> Path:
     return Path(grid.base.out) / f"ablate-{stem}"
 
 
-def grid_record(grid: Grid) -> dict:
-    """grid.json: the resolved plan plus the run key of every (variant, seed) and of the base."""
-    runs, _ = expand(grid)
-    d = grid.to_dict()
-    d["version"] = 1
-    d["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(grid.base)].items()}
-    for a, ad in zip(grid.ablations, d["ablations"]):
-        if a.base is not None:  # its own reference runs (a distiller the plan's base student does not use)
-            ad["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(a.base)].items()}
-        for v, vd in zip(a.variants, ad["variants"]):
-            cid = config_id(v.config)
-            vd["config_id"] = cid
-            vd["runs"] = {str(s): spec.key for s, spec in runs[cid].items()}
-    return d
-
-
 def run_plan(
     plan_path: str | Path,
     *,
@@ -73,6 +58,7 @@ def run_plan(
     executor_options: dict | None = None,
     stages: str = STAGES_MODULE,
     echo: Callable[[str], None] | None = print,
+    write_grid_to: str | Path | None = None,
 ) -> AblationResult:
     """Parse ``plan_path``, resolve it on the base, run every missing run, write the report.
 
@@ -82,6 +68,7 @@ def run_plan(
     ``executor``: ``local`` or ``submitit`` (``executor_options`` go to submitit, e.g. ``{"cluster": "local"}``
     or ``{"slurm_partition": "gpu", "gpus_per_node": 1}``). ``retry_failed`` re-runs runs recorded as failed.
     ``stages``: the module providing ``run_teacher``/``run_student`` (tests inject a fake).
+    ``write_grid_to``: also save the resolved grid as a reviewable grid file (``kdlab sweep`` runs it).
     Raises PlanError / ResolveError (both AblationError) before anything runs.
     ``exit_code``: 0 when every run finished done, 1 when some failed.
     """
@@ -91,22 +78,16 @@ def run_plan(
     text = format_grid(grid)
     out_dir = Path(out) if out is not None else default_out(plan_path, grid)
     say(text)
-    record = grid_record(grid)
-    run_keys = {"base": list(record["base_runs"].values())}
-    for ad in record["ablations"]:
-        for vd in ad["variants"]:
-            run_keys[f"{ad['name']}: {vd['label']}"] = list(vd["runs"].values())
-    result = AblationResult(plan, grid, out_dir, dry_run, text, run_keys=run_keys)
+    sweep = grid.to_sweep()
+    if write_grid_to is not None:
+        write_grid(sweep, write_grid_to)
+        say(f"\ngrid written to {write_grid_to} (edit it, then `kdlab sweep {write_grid_to}`)")
+    record = grid_record(sweep)
+    result = AblationResult(plan, grid, out_dir, dry_run, text, run_keys=run_keys(record))
     if dry_run:
         say(f"\n(dry run: nothing was run; output would go to {out_dir})")
         return result
-    store = Store(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    store.write_grid(record)
-    result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,
-                               executor_options=executor_options, stages=stages, echo=say)
-    result.report = build_report(out_dir)
-    say("")
-    say(result.report.text)
-    result.exit_code = 1 if result.report.n_failed or result.report.n_missing else 0
+    done = run_sweep(sweep, out_dir, executor=executor, jobs=jobs, retry_failed=retry_failed,
+                     executor_options=executor_options, stages=stages, echo=say, record=record)
+    result.execution, result.report, result.exit_code = done.execution, done.report, done.exit_code
     return result

@@ -32,12 +32,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdlab.sweep.grid import SweepError
+
 __all__ = ["Ablation", "Plan", "PlanError", "AblationError", "ACTIONS", "parse_plan", "parse_plan_text"]
 
 ACTIONS = ("REMOVE", "REPLACE", "ADD")
 
 
-class AblationError(ValueError):
+class AblationError(SweepError):
     """Base class of every user-facing ablation error (the CLI prints the message and exits 2)."""
 
 

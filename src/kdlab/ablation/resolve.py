@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
+from kdlab import registry
 from kdlab.ablation.knobs import (
     AUGMENT_NAMES,
     KNOBS,
@@ -42,14 +43,20 @@ from kdlab.ablation.knobs import (
 )
 from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
 from kdlab.ablation.text import PhraseIndex, ascii_text, tokens, weighted_tokens
-from kdlab.config import (
-    ConfigError,
+from kdlab.config import ConfigError, load_yaml, resolve_config_path
+from kdlab.experiment.identity import run_identity
+from kdlab.experiment.schema import (
     ExperimentConfig,
     build_config,
     get_path,
-    load_yaml,
     parse_overrides,
-    resolve_config_path,
+)
+from kdlab.sweep.grid import (
+    SweepAblation,
+    SweepGrid,
+    SweepVariant,
+    config_diff,
+    format_value,
 )
 
 __all__ = [
@@ -169,9 +176,28 @@ class Grid:
         seen: dict[str, ExperimentConfig] = {}
         own = [a.base for a in self.ablations if a.base is not None]
         for cfg in [self.base] + own + [v.config for a in self.ablations for v in a.variants]:
-            key = json.dumps(_ident(cfg), sort_keys=True)
+            key = run_identity(cfg, "student")
             seen.setdefault(key, cfg)
         return list(seen.values())
+
+    def to_sweep(self) -> SweepGrid:
+        """The grid the sweep layer runs: configs and overrides, with what the plan reader knows attached
+        for the report (``info``)."""
+        info = {k: v for k, v in self.to_dict().items() if k not in ("base", "seeds", "ablations")}
+        ablations = []
+        for a in self.ablations:
+            ad = a.to_dict()
+            own = a.base
+            ablations.append(SweepAblation(
+                name=a.ablation.name, knob=a.knob.name, path=a.knob.path,
+                variants=[SweepVariant(v.label, v.value, config_diff(v.config, own or self.base), v.config,
+                                       v.same_as_base, info={"raw": v.raw, "is_base": v.is_base})
+                          for v in a.variants],
+                metrics=[m.to_dict() for m in a.metrics], base=own,
+                base_overrides=config_diff(own, self.base) if own is not None else {},
+                info={k: v for k, v in ad.items() if k not in ("name", "variants", "metrics", "teacher_varies")},
+            ))
+        return SweepGrid(self.plan.title, self.base, list(self.seeds), ablations, info=info)
 
     def to_dict(self) -> dict:
         return {
@@ -185,13 +211,6 @@ class Grid:
             "maps": self.maps,
             "ablations": [a.to_dict() for a in self.ablations],
         }
-
-
-def _ident(cfg: ExperimentConfig) -> dict:
-    d = cfg.model_dump(mode="json")
-    d.pop("name", None)
-    d.pop("out", None)
-    return d
 
 
 def _touches_teacher(overrides: dict) -> bool:
@@ -548,20 +567,8 @@ def _choice_index(knob_name: str, items: tuple) -> PhraseIndex:
 
 
 def _parse_choice(text: str, knob: Knob) -> str:
-    raw = unicodedata_lower(text)
     choices = dict(knob.choices) or {c: (str(c),) for c in (_info(knob).choices if _info(knob) else ())}
-    if knob.path == "distill.cocord.pred":
-        if re.search(r"[~\u0303\u02dc]|tilde|revers|swap|opposite", raw):
-            return "reverse"
-        if re.search(r"asym|non[\s-]*sym|without\s+sym|one[\s-]*(way|direction|sided)|unidirection|only", raw):
-            return "forward"
-        if re.search(r"\bboth\b|symmetri|bidirection|\+", raw):
-            return "both"
     t = ascii_text(text).strip()
-    if knob.path == "objective.kind":  # "CE + SupCon" means L_CE + lambda * L_supcon
-        t2 = re.sub(r"\b(l\s*_?\s*ce|ce|cross[\s-]*entropy)\s*(\+|and|with|plus)\s*", " ", t).strip()
-        if t2 != t and t2:
-            text, t = t2, t2
     compact = re.sub(r"[^a-z0-9]", "", t)
     for c in choices:
         if compact == re.sub(r"[^a-z0-9]", "", str(c).lower()):
@@ -701,8 +708,14 @@ def _parse_pair(text: str) -> tuple[str, str]:
 def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> Any:
     """Parse one replacement text to the knob's type (ValueError with a readable message if it does not)."""
     text = clean_inline(raw)
-    if knob.parse is not None:
-        return knob.parse(text)
+
+    def generic(t: str) -> Any:
+        return _parse_by_kind(t, knob, base)
+
+    return knob.parse(text, generic) if knob.parse is not None else generic(text)
+
+
+def _parse_by_kind(text: str, knob: Knob, base: ExperimentConfig | None) -> Any:
     kind = knob.kind
     if kind in ("float", "int"):
         return _parse_number(text, knob, base)
@@ -721,21 +734,6 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
     return text
 
 
-def format_value(v: Any) -> str:
-    """A knob value as shown in grids and tables: on/off, 0.05, [crop, flip], resnet56 -> resnet20."""
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(map(str, v)) + "]"
-    if isinstance(v, tuple):
-        return " -> ".join(map(str, v))
-    if v is None:
-        return "default"
-    return str(v)
-
-
 # ------------------------------------------------------------------------------------------ variants
 def _effective_augment(base: ExperimentConfig, path: str) -> list[str]:
     cur = get_path(base, path)
@@ -751,28 +749,16 @@ def _effective_augment(base: ExperimentConfig, path: str) -> list[str]:
     return list(cur)
 
 
-ADAM_LR = 1e-3
 
 
 def _companions(overrides: dict[str, Any], base: ExperimentConfig) -> dict[str, Any]:
-    """Settings that must move with a change so the variant means what the plan says."""
+    """Settings that must move with a change so the variant means what the plan says: the rules the methods
+    (their plugins) and the knobs own, each given the plan's overrides and the base."""
     out = dict(overrides)
-    if overrides.get("objective.views") == 1 and base.objective.kind == "intra" and base.objective.intra.positive == "view":
-        # one view per image leaves no second view to be the positive: take it from the memory of past embeddings
-        out.setdefault("objective.intra.positive", "memory")
-    for stage in ("teacher", "student"):
-        # Adam at SGD's learning rate (0.05) is not the comparison anyone means: take Adam's usual 1e-3 unless
-        # the plan sets the learning rate itself
-        opt = overrides.get(f"{stage}.optim.optimizer")
-        if opt in ("adam", "adamw") and getattr(base, stage).optim.optimizer == "sgd":
-            out.setdefault(f"{stage}.optim.lr", ADAM_LR)
-            if getattr(base, stage).optim.nesterov:
-                out.setdefault(f"{stage}.optim.nesterov", False)
-    kind = overrides.get("objective.kind")
-    if kind in ("supcon", "simclr") and base.objective.kind == "intra":
-        # "replace the intra-class loss by X": same lambda and temperature, only the loss changes
-        out.setdefault(f"objective.{kind}.lambda_", base.objective.intra.lambda_)
-        out.setdefault(f"objective.{kind}.tau", base.objective.intra.tau)
+    hooks = {id(h): h for h in [s.companions for s in registry.all_specs()] + [k.companions for k in KNOBS] if h}
+    for hook in hooks.values():
+        for key, value in hook(overrides, base).items():
+            out.setdefault(key, value)
     return out
 
 
@@ -885,7 +871,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
             specs.append((format_value(v), v if knob.kind in ("float", "int") else format_value(v), raw, _overrides_for(knob, v)))
 
     variants: list[Variant] = []
-    base_ident = _ident(base)
+    base_ident = run_identity(base, "student")
     seen = set()
     for label, value, raw, ov in specs:
         ov = _companions(ov, base)
@@ -895,11 +881,11 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in ov.items())
             errors.append(f"value {raw or label!r} ({shown}) is invalid: {exc}")
             continue
-        key = json.dumps(_ident(cfg), sort_keys=True)
+        key = run_identity(cfg, "student")
         if key in seen:
             continue
         seen.add(key)
-        variants.append(Variant(label, _jsonable(value), raw, _jsonable(ov), cfg, same_as_base=_ident(cfg) == base_ident))
+        variants.append(Variant(label, _jsonable(value), raw, _jsonable(ov), cfg, same_as_base=run_identity(cfg, "student") == base_ident))
     return variants, errors
 
 
@@ -1002,12 +988,13 @@ def effective_base_value(knob: Knob, base: ExperimentConfig) -> Any:
         return None
     if value is not None:
         return value
-    if knob.path == "distill.kd.weight":
-        return base.distill.resolved_kd_weight()
+    parts = knob.path.split(".")
+    if parts[0] == "distill" and len(parts) == 3 and parts[1] in METHOD_NAMES:
+        return getattr(base.distill.resolved(parts[1]), parts[2])
     if knob.path == "distill.ce_weight":
         return base.distill.resolved_ce_weight()
     if knob.path == "objective.views":
-        return 1 if base.objective.kind == "ce" else 2
+        return base.teacher_views()
     if knob.path == "data.subset":
         return _TRAIN_SIZES.get(base.data.name)
     if knob.kind == "augment":
@@ -1211,15 +1198,10 @@ def format_grid(grid: Grid) -> str:
         mets = ", ".join(f"{m.name} -> {'+'.join(m.keys) if m.keys else 'not measured'}" for m in a.metrics)
         lines.append(f"    metrics: {mets}")
     n_cfg = len(grid.configs())
-    teachers = {json.dumps(_teacher_ident(c), sort_keys=True) for c in grid.configs()}
+    teachers = {run_identity(c, "teacher") for c in grid.configs()}
     lines.append("")
     lines.append(
         f"Runs: {n_cfg} configs x {len(grid.seeds)} seeds = {n_cfg * len(grid.seeds)} student runs; "
         f"{len(teachers) * len(grid.seeds)} teacher trainings"
     )
     return "\n".join(lines)
-
-
-def _teacher_ident(cfg: ExperimentConfig) -> dict:
-    d = cfg.model_dump(mode="json")
-    return {"data": d["data"], "teacher": d["teacher"], "objective": d["objective"], "det": d["runtime"]["deterministic"]}

@@ -1,8 +1,12 @@
-"""Student-stage distillation: one loss term per method, composed by :class:`Distillation`.
+"""Student-stage distillation: one plugin module per method, composed by :class:`Distillation`.
 
-Importing this package registers every method: kd, rkd, fitnet, at, sp, pkt, dkd, crd, cocord
-(docs/METHODS.md gives each loss, its defaults and their references).
+Each module in this folder that defines a method registers it with :mod:`kdlab.registry` when imported;
+importing this package imports them all, so a new distiller is one new file here (docs/ARCHITECTURE.md).
+docs/METHODS.md gives each loss, its defaults and their references.
 """
+
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 from kdlab.distillers.base import (
     DistillContext,
@@ -10,18 +14,11 @@ from kdlab.distillers.base import (
     StepContext,
     build_distill_loss,
     distiller_names,
-    register_distiller,
 )
+from kdlab.distillers.composite import Distillation
 
-from kdlab.distillers import at, cocord, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: F401,E402  (register)
-from kdlab.distillers.composite import Distillation  # noqa: E402
+for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _m.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = [
-    "DistillContext",
-    "DistillLoss",
-    "Distillation",
-    "StepContext",
-    "build_distill_loss",
-    "distiller_names",
-    "register_distiller",
-]
+__all__ = ["DistillContext", "DistillLoss", "Distillation", "StepContext", "build_distill_loss", "distiller_names"]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from kdlab.config import ATConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision, match_spatial
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class ATConfig(Strict):
+    weight: float = Field(1000.0, ge=0)
+    p: float = Field(2.0, gt=0)
 
 
 def attention_map(f: Tensor, p: float) -> Tensor:
@@ -22,7 +29,6 @@ def at_pair_loss(f_s: Tensor, f_t: Tensor, p: float) -> Tensor:
         return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 
-@register_distiller("at")
 class AT(DistillLoss):
     """Config: ``distill.at.weight`` (1000), ``distill.at.p`` (2).
 
@@ -41,3 +47,18 @@ class AT(DistillLoss):
         k = self.pairs
         loss = sum(at_pair_loss(fs, ft.detach(), self.p) for fs, ft in zip(s.stages[-k:], t.stages[-k:]))
         return {"at": self.weight * loss}
+
+
+KNOBS = (
+    knob("at.weight", "distill.at.weight", "float", ["at weight", "attention transfer weight", "attention loss weight"],
+       "weight of attention transfer", off_value=0.0, requires="distill.methods~at"),
+    knob("at.p", "distill.at.p", "float", ["attention exponent", "at p", "attention map power"], "exponent p of AT's attention maps",
+       requires="distill.methods~at"),
+)
+
+register(MethodSpec(
+    name="at", role="distiller", config=ATConfig, build=AT, knobs=KNOBS,
+    summary="Zagoruyko & Komodakis, ICLR 2017: normalised spatial attention maps of the stages",
+    phrases=('at', 'attention transfer'),
+    list_aliases=('attention transfer',),
+))

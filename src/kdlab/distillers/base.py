@@ -8,11 +8,11 @@ keeps (banks, queues) are buffers, so both are checkpointed with the student.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from kdlab import registry
 from kdlab.data.base import Batch
 from kdlab.models.base import ModelOutput, Probe
 
@@ -58,24 +58,11 @@ class DistillLoss(nn.Module):
         return {}
 
 
-_DISTILLERS: dict[str, Callable[[BaseModel, "DistillContext"], DistillLoss]] = {}
-
-
-def register_distiller(name: str):
-    def deco(cls):
-        if name in _DISTILLERS:
-            raise ValueError(f"distiller {name!r} registered twice")
-        _DISTILLERS[name] = cls
-        return cls
-
-    return deco
-
-
 def distiller_names() -> list[str]:
-    return sorted(_DISTILLERS)
+    """Registered distillers, sorted (``kdlab.registry`` is the source)."""
+    return sorted(s.name for s in registry.distillers())
 
 
 def build_distill_loss(name: str, cfg: BaseModel, ctx: DistillContext) -> DistillLoss:
-    if name not in _DISTILLERS:
-        raise KeyError(f"unknown distiller {name!r}; available: {', '.join(distiller_names())}")
-    return _DISTILLERS[name](cfg, ctx)
+    """The loss module of distiller ``name`` built from its config block."""
+    return registry.spec(name, "distiller").build(cfg, ctx)

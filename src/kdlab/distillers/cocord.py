@@ -20,14 +20,34 @@ the contrastive query), view 1 the key view of the prediction loss, view 2 the t
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from kdlab.config import CoCoRDConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import ema_, frozen_copy, full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.engine.distributed import gather_cat
+from kdlab.registry import MethodSpec, knob, register
+
+
+class CoCoRDConfig(Strict):
+    ctr_weight: float = Field(1.0, ge=0)
+    pred_weight: float = Field(4.0, ge=0)
+    queue_size: int = Field(2048, ge=1)
+    tau: float = Field(0.1, gt=0)
+    m_c: float = Field(0.999, ge=0, le=1, description="teacher projector EMA of the student projector")
+    m_r: float = Field(0.9, ge=0, le=1, description="slow-moving student EMA")
+    pred: Literal["both", "forward", "reverse"] = "both"
+    memory: Literal["queue", "bank"] = "queue"
+    proj_dim: int = Field(2048, ge=1)
+    proj_hidden: int = Field(2048, ge=1)
+    pred_hidden: int = Field(512, ge=1)
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -69,7 +89,6 @@ def _matching_layers(src: nn.Module, dst: nn.Module) -> list[int]:
     return keep
 
 
-@register_distiller("cocord")
 class CoCoRD(DistillLoss):
     """Config (``distill.cocord.*``): ``ctr_weight`` (1), ``pred_weight`` (4), ``queue_size`` (K=2048),
     ``tau`` (0.1), ``m_c`` (0.999), ``m_r`` (0.9), ``pred`` (both|forward|reverse), ``memory`` (queue|bank),
@@ -187,3 +206,93 @@ class CoCoRD(DistillLoss):
         else:
             out["cocord_bank_fill"] = float(self.bank_seen.float().mean())
         return out
+
+
+def _parse_pred(text: str, generic) -> str:
+    """Directions of the prediction loss as papers write them: a tilde or "swapped" is the reverse term,
+    "asymmetric"/"one direction" the forward one, "symmetrised"/"both"/"+" both."""
+    raw = unicodedata.normalize("NFKC", text).lower()
+    if re.search(r"[~\u0303\u02dc]|tilde|revers|swap|opposite", raw):
+        return "reverse"
+    if re.search(r"asym|non[\s-]*sym|without\s+sym|one[\s-]*(way|direction|sided)|unidirection|only", raw):
+        return "forward"
+    if re.search(r"\bboth\b|symmetri|bidirection|\+", raw):
+        return "both"
+    return generic(text)
+
+
+KNOBS = (
+    knob("cocord.queue_size", "distill.cocord.queue_size", "int",
+       ["dictionary size", "dictionary size n", "n", "queue size", "queue length", "size of the queue", "memory queue size",
+        "memory queue", "number of negatives", "number of negative keys", "negative bank length", "teacher dictionary",
+        "size of the teacher dictionary", "number of keys", "k", "dictionary length", "memory size", "queue capacity",
+        "queue of teacher keys", "teacher keys",
+        "negative sample queue size", "number of negative samples"],
+       "N, teacher keys kept in the CoCoRD queue (negatives of InfoNCE)",
+       scope="cocord", requires="distill.methods~cocord"),
+    knob("cocord.memory", "distill.cocord.memory", "choice",
+       ["memory type", "dictionary type", "memory structure", "queue or memory bank", "negative storage",
+        "dictionary implementation", "memory bank", "type of dictionary", "negative memory"],
+       "where CoCoRD's negatives live: a FIFO queue of teacher keys or a per-sample memory bank",
+       scope="cocord", requires="distill.methods~cocord",
+       choices={"queue": ("queue", "fifo queue", "dictionary queue", "moco style queue", "moco queue", "fifo"),
+                "bank": ("bank", "memory bank", "crd style memory bank", "per sample memory", "instance memory bank")}),
+    knob("cocord.m_c", "distill.cocord.m_c", "float",
+       ["mc", "m_c", "momentum", "momentum coefficient", "teacher momentum", "momentum of the teacher projection head", "momentum coefficient of the teacher head",
+        "momentum coefficient of the teacher projection head", "momentum update for the teacher projection head",
+        "teacher projection head momentum", "teacher projector momentum", "teacher projector ema", "teacher head momentum",
+        "teacher head update", "contrastive encoder momentum", "momentum of the contrastive encoder head",
+        "teacher projection head update"],
+       "m_c: the teacher projector is an EMA of the student projector (1: frozen; REMOVE: 0, no momentum)",
+       scope="cocord", off_value=0.0, requires="distill.methods~cocord"),
+    knob("cocord.m_r", "distill.cocord.m_r", "float",
+       ["mr", "m_r", "momentum", "momentum coefficient", "slow moving student", "slow moving student momentum", "momentum of the slow moving student",
+        "momentum coefficient of the slow moving student", "ema of the student", "student ema", "student momentum",
+        "cognate encoder momentum", "momentum of the cognate encoder", "target network momentum", "slow student momentum",
+        "momentum update of the slow moving student", "mean student momentum", "slow moving student ema"],
+       "m_r: the slow-moving student (and its projector) is an EMA of the student (REMOVE: 0, no momentum)",
+       scope="cocord", off_value=0.0, requires="distill.methods~cocord"),
+    knob("cocord.pred", "distill.cocord.pred", "choice",
+       ["symmetrization of the prediction loss", "prediction loss symmetrization", "symmetric prediction loss",
+        "lpred symmetrization", "symmetrized prediction loss", "prediction loss direction", "direction of the prediction loss",
+        "swapped views", "view swapping", "symmetrized loss", "symmetric consistency loss", "loss symmetrization",
+        "symmetrization", "bidirectional prediction loss", "consistency loss direction"],
+       "which directions of the prediction loss D(u,v)=2-2cos are used: both (symmetrised), forward (Lpred only), reverse (swapped L~pred only)",
+       scope="cocord", off_value="forward", requires="distill.methods~cocord", parse=_parse_pred,
+       choices={"both": ("both", "symmetric", "symmetrized", "lpred lpred", "both directions", "bidirectional", "sum of both"),
+                "forward": ("forward", "lpred only", "lpred", "one direction", "unidirectional", "asymmetric", "non symmetric",
+                            "student predicts slow moving student", "original direction", "without symmetrization"),
+                "reverse": ("reverse", "reversed", "swapped", "swapped only", "opposite direction", "tilde")}),
+    knob("cocord.pred_weight", "distill.cocord.pred_weight", "float",
+       ["prediction loss weight", "lambda pred", "pred weight", "weight of the prediction loss", "consistency loss weight",
+        "consistency loss", "prediction loss", "lpred weight", "weight of the consistency loss", "mse loss weight",
+        "prediction loss coefficient", "lpred"],
+       "lambda_pred, weight of the prediction (consistency) loss (REMOVE: 0)",
+       scope="cocord", off_value=0.0, requires="distill.methods~cocord"),
+    knob("cocord.ctr_weight", "distill.cocord.ctr_weight", "float",
+       ["contrastive loss weight", "lambda ctr", "ctr weight", "weight of the contrastive loss", "infonce weight",
+        "infonce loss weight", "contrastive loss", "lctr", "infonce loss", "contrastive term", "weight of infonce"],
+       "lambda_ctr, weight of CoCoRD's InfoNCE term (REMOVE: 0)",
+       scope="cocord", off_value=0.0, requires="distill.methods~cocord"),
+    knob("cocord.tau", "distill.cocord.tau", "float",
+       ["temperature", "tau", "contrastive temperature", "temperature of infonce", "infonce temperature",
+        "temperature of the contrastive loss", "softmax temperature", "temperature parameter"],
+       "temperature tau of CoCoRD's InfoNCE", scope="cocord", requires="distill.methods~cocord"),
+    knob("cocord.proj_dim", "distill.cocord.proj_dim", "int",
+       ["projection dimension", "projector output dimension", "embedding dimension", "projection head output dimension",
+        "feature dimension of the projector", "projection size"],
+       "output size of CoCoRD's projectors", scope="cocord", requires="distill.methods~cocord"),
+    knob("cocord.proj_hidden", "distill.cocord.proj_hidden", "int",
+       ["projector hidden dimension", "projection head width", "hidden width of the projector", "projector width"],
+       "hidden width of CoCoRD's projectors", scope="cocord", requires="distill.methods~cocord"),
+    knob("cocord.pred_hidden", "distill.cocord.pred_hidden", "int",
+       ["predictor hidden dimension", "predictor width", "prediction head width", "hidden width of the predictor"],
+       "hidden width of CoCoRD's predictor", scope="cocord", requires="distill.methods~cocord"),
+)
+
+register(MethodSpec(
+    name="cocord", role="distiller", config=CoCoRDConfig, build=CoCoRD, knobs=KNOBS, scope="cocord",
+    summary="Fu et al., BMVC 2023: contrastive + consistency distillation with a slow-moving student",
+    phrases=('cocord', 'contrastive consistent representation distillation', 'consistent representation distillation'),
+    list_aliases=('cocord',),
+))

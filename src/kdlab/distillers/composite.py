@@ -8,36 +8,57 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config import DistillConfig
+from kdlab import registry
 from kdlab.data.base import Batch
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, build_distill_loss
+from kdlab.distillers.base import (
+    DistillContext,
+    DistillLoss,
+    StepContext,
+    build_distill_loss,
+)
 from kdlab.engine.method import TrainMethod
 from kdlab.models.base import ModelOutput
 
 
+def resolved_ce_weight(cfg) -> float:
+    """``distill.ce_weight``, or when unset the sole method's ``solo_ce_weight`` (KD: 0.1), else 1."""
+    if cfg.ce_weight is not None:
+        return cfg.ce_weight
+    if len(cfg.methods) == 1:
+        solo = registry.spec(cfg.methods[0], "distiller").solo_ce_weight
+        if solo is not None:
+            return solo
+    return 1.0
+
+
+def resolved_block(cfg, name: str):
+    """The ``distill.<name>`` block with defaults that depend on the method list filled in (the plugin's
+    ``resolve_block``)."""
+    block = getattr(cfg, name)
+    resolve = registry.spec(name, "distiller").resolve_block
+    return resolve(block, list(cfg.methods)) if resolve else block
+
+
 class Distillation(TrainMethod):
-    """Student + frozen teacher + the terms of ``cfg.methods``.
+    """Student + frozen teacher + the terms of ``cfg.methods`` (``cfg``: the ``distill`` section).
 
     ``L = ce_weight · CE(z_s, y) + Σ_terms`` (each term already weighted by its own config block).
     The teacher is held outside the module tree (see :attr:`teacher`); the student and every term's
     heads and memories are registered, so they are trained, checkpointed and moved with this module.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig, ctx: DistillContext):
+    def __init__(self, student: nn.Module, teacher: nn.Module, cfg, ctx: DistillContext):
         super().__init__()
         self.student = student
         teacher.eval()
         teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
         self.cfg = cfg
-        self.ce_weight = cfg.resolved_ce_weight()
+        self.ce_weight = resolved_ce_weight(cfg)
         ctx = dataclasses.replace(ctx, student=student)
         terms: dict[str, DistillLoss] = {}
         for name in cfg.methods:
-            block = getattr(cfg, name)
-            if name == "kd":
-                block = block.model_copy(update={"weight": cfg.resolved_kd_weight()})
-            terms[name] = build_distill_loss(name, block, ctx)
+            terms[name] = build_distill_loss(name, resolved_block(cfg, name), ctx)
         self.terms = nn.ModuleDict(terms)
         self.views = max([1] + [term.views for term in terms.values()])
         self.needs_teacher = any(term.needs_teacher for term in terms.values())

@@ -15,12 +15,23 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from kdlab.config import CRDConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.engine.distributed import gather_cat
+from kdlab.registry import MethodSpec, knob, register
+
+
+class CRDConfig(Strict):
+    weight: float = Field(0.8, ge=0)
+    feat_dim: int = Field(128, ge=1)
+    nce_k: int = Field(16384, ge=1, description="negatives drawn from the memory bank per anchor")
+    nce_t: float = Field(0.07, gt=0)
+    nce_m: float = Field(0.5, ge=0, le=1, description="memory bank momentum")
+
 
 _EPS = 1e-7
 
@@ -57,7 +68,6 @@ def _bank_scores(memory: Tensor, v: Tensor, idx: Tensor) -> Tensor:
     return torch.bmm(memory[idx], v.unsqueeze(2)).squeeze(2)
 
 
-@register_distiller("crd")
 class CRD(DistillLoss):
     """Config: ``distill.crd.weight`` (0.8), ``.feat_dim`` (128), ``.nce_k`` (16384), ``.nce_t`` (0.07),
     ``.nce_m`` (0.5). The banks hold ``ctx.num_train`` rows."""
@@ -113,3 +123,25 @@ class CRD(DistillLoss):
     def stats(self) -> dict[str, float]:
         z = self.nce_z.tolist()
         return {"crd_z_s": z[0], "crd_z_t": z[1]}
+
+
+KNOBS = (
+    knob("crd.weight", "distill.crd.weight", "float", ["crd weight", "crd loss weight", "weight of crd", "beta crd"],
+       "weight of CRD", off_value=0.0, requires="distill.methods~crd"),
+    knob("crd.nce_k", "distill.crd.nce_k", "int",
+       ["crd negatives", "number of crd negatives", "nce k", "crd negative samples", "negatives drawn from the memory bank"],
+       "CRD negatives per anchor", requires="distill.methods~crd"),
+    knob("crd.nce_t", "distill.crd.nce_t", "float", ["crd temperature", "nce temperature", "nce t"],
+       "CRD's NCE temperature", requires="distill.methods~crd"),
+    knob("crd.nce_m", "distill.crd.nce_m", "float", ["crd momentum", "memory bank momentum", "nce momentum", "crd memory momentum"],
+       "momentum of CRD's memory bank", requires="distill.methods~crd"),
+    knob("crd.feat_dim", "distill.crd.feat_dim", "int", ["crd feature dimension", "crd embedding dimension", "crd feat dim"],
+       "CRD embedding size", requires="distill.methods~crd"),
+)
+
+register(MethodSpec(
+    name="crd", role="distiller", config=CRDConfig, build=CRD, knobs=KNOBS,
+    summary="Tian et al., ICLR 2020: NCE contrastive distillation with two memory banks",
+    phrases=('crd', 'contrastive representation distillation'),
+    list_aliases=('crd', 'contrastive representation distillation', 'crd loss'),
+))

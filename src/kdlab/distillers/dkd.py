@@ -6,11 +6,21 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from kdlab.config import DKDConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class DKDConfig(Strict):
+    weight: float = Field(1.0, ge=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    T: float = Field(4.0, gt=0)
+    warmup: int = Field(20, ge=0, description="epochs of linear warm-up of the DKD weight")
 
 
 def _binary(p: Tensor, gt: Tensor) -> Tensor:
@@ -50,7 +60,6 @@ def dkd_warmup(progress: float, warmup: int) -> float:
     return min((math.floor(max(progress, 0.0)) + 1) / warmup, 1.0)
 
 
-@register_distiller("dkd")
 class DKD(DistillLoss):
     """Config: ``distill.dkd.weight`` (1), ``.alpha`` (1), ``.beta`` (8), ``.T`` (4), ``.warmup`` (20 epochs)."""
 
@@ -62,3 +71,23 @@ class DKD(DistillLoss):
         tckd, nckd = dkd_parts(s.logits, t.logits, batch.labels, self.T)
         ramp = dkd_warmup(step.progress, self.warmup)
         return {"dkd": (self.weight * ramp) * (self.alpha * tckd + self.beta * nckd)}
+
+
+KNOBS = (
+    knob("dkd.alpha", "distill.dkd.alpha", "float", ["dkd alpha", "tckd weight", "target class knowledge distillation weight"],
+       "DKD weight of TCKD", requires="distill.methods~dkd"),
+    knob("dkd.beta", "distill.dkd.beta", "float", ["dkd beta", "nckd weight", "non target class knowledge distillation weight"],
+       "DKD weight of NCKD", requires="distill.methods~dkd"),
+    knob("dkd.T", "distill.dkd.T", "float", ["dkd temperature"], "DKD temperature", requires="distill.methods~dkd"),
+    knob("dkd.warmup", "distill.dkd.warmup", "int", ["dkd warmup", "dkd warm up epochs"], "epochs of DKD weight warm-up",
+       requires="distill.methods~dkd"),
+    knob("dkd.weight", "distill.dkd.weight", "float", ["dkd weight", "dkd loss weight"], "overall DKD weight", off_value=0.0,
+       requires="distill.methods~dkd"),
+)
+
+register(MethodSpec(
+    name="dkd", role="distiller", config=DKDConfig, build=DKD, knobs=KNOBS,
+    summary="Zhao et al., CVPR 2022: KD decoupled into target-class and non-target-class parts",
+    phrases=('dkd', 'decoupled knowledge distillation', 'decoupled kd'),
+    list_aliases=('dkd', 'decoupled knowledge distillation', 'dkd loss'),
+))

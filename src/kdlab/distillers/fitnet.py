@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from kdlab.config import FitNetConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision, match_spatial, stage_index
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class FitNetConfig(Strict):
+    weight: float = Field(100.0, ge=0)
+    hint_layer: int = Field(2, description="stage index into ModelOutput.stages (negative from the end)")
 
 
 class HintRegressor(nn.Module):
@@ -33,7 +40,6 @@ def hint_loss(regressed: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(regressed.float(), target.float())
 
 
-@register_distiller("fitnet")
 class FitNet(DistillLoss):
     """Config: ``distill.fitnet.weight`` (100), ``distill.fitnet.hint_layer`` (2, index into ``stages``)."""
 
@@ -48,3 +54,18 @@ class FitNet(DistillLoss):
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
         f_s, f_t = match_spatial(s.stages[self.s_idx], t.stages[self.t_idx].detach())
         return {"fitnet": self.weight * hint_loss(self.regressor(f_s), f_t)}
+
+
+KNOBS = (
+    knob("fitnet.weight", "distill.fitnet.weight", "float", ["fitnet weight", "hint loss weight", "fitnet loss weight"],
+       "weight of the FitNet hint loss", off_value=0.0, requires="distill.methods~fitnet"),
+    knob("fitnet.hint_layer", "distill.fitnet.hint_layer", "int", ["hint layer", "fitnet hint layer", "guided layer", "hint stage"],
+       "stage index of the FitNet hint", requires="distill.methods~fitnet"),
+)
+
+register(MethodSpec(
+    name="fitnet", role="distiller", config=FitNetConfig, build=FitNet, knobs=KNOBS,
+    summary="Romero et al., ICLR 2015: regress a teacher stage from a student stage",
+    phrases=('fitnet', 'fitnets', 'hint learning', 'hint based distillation', 'feature hint'),
+    list_aliases=('fitnet', 'hint learning', 'fitnet loss'),
+))

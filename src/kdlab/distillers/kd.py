@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from kdlab.config import KDConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class KDConfig(Strict):
+    weight: float | None = Field(None, ge=0, description="None = 0.9 when KD is the only method, else 1")
+    T: float = Field(4.0, gt=0)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
@@ -19,10 +26,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
         return kl * (T * T) / student_logits.shape[0]
 
 
-@register_distiller("kd")
 class KD(DistillLoss):
-    """Config: ``distill.kd.T``, ``distill.kd.weight`` (None resolves to 1 here; ``Distillation``
-    resolves it to 0.9 when KD is the only method, as RepDistiller's ``-a 0.9``)."""
+    """Config: ``distill.kd.T``, ``distill.kd.weight`` (None resolves to 1 here; the composite resolves it
+    with ``_resolve`` below first)."""
 
     def __init__(self, cfg: KDConfig, ctx: DistillContext):
         super().__init__()
@@ -31,3 +37,32 @@ class KD(DistillLoss):
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
         return {"kd": self.weight * kd_loss(s.logits, t.logits, self.T)}
+
+
+KNOBS = (
+    knob("kd.T", "distill.kd.T", "float",
+       ["kd temperature", "distillation temperature", "temperature of knowledge distillation", "temperature for distillation",
+        "soft label temperature", "temperature of the soft labels", "kd t", "logit temperature",
+        "softening temperature", "temperature of the kl divergence", "student temperature"],
+       "temperature T of the KD term T^2 * KL(softmax(z_t/T) || softmax(z_s/T))"),
+    knob("kd.weight", "distill.kd.weight", "float",
+       ["kd weight", "kd loss weight", "weight of the kd loss", "distillation loss weight", "weight of the distillation loss",
+        "kl divergence weight", "soft label loss weight", "soft target weight", "alpha", "distillation weight",
+        "weight of the soft labels", "kd coefficient"],
+       "weight of the KD term (REMOVE: 0)", off_value=0.0),
+)
+
+def _resolve(block: KDConfig, methods: list[str]) -> KDConfig:
+    """An unset weight is 0.9 when KD is the only method (RepDistiller's ``-a 0.9``), else 1."""
+    if block.weight is not None:
+        return block
+    return block.model_copy(update={"weight": 0.9 if methods == ["kd"] else 1.0})
+
+
+register(MethodSpec(
+    name="kd", role="distiller", config=KDConfig, build=KD, knobs=KNOBS,
+    solo_ce_weight=0.1, resolve_block=_resolve,  # RepDistiller's -r 0.1 -a 0.9 for KD alone
+    summary="Hinton et al., 2015: T²·KL between softened teacher and student distributions",
+    phrases=('kd', 'vanilla kd', 'hinton kd', 'knowledge distillation loss', 'logit distillation', 'kl divergence loss', 'soft label distillation'),
+    list_aliases=('knowledge distillation',),
+))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from kdlab.config import PKTConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class PKTConfig(Strict):
+    weight: float = Field(30000.0, ge=0)
+
 
 _EPS = 1e-7
 
@@ -28,7 +35,6 @@ def pkt_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
         return (p_t * torch.log((p_t + _EPS) / (p_s + _EPS))).mean()
 
 
-@register_distiller("pkt")
 class PKT(DistillLoss):
     """Config: ``distill.pkt.weight`` (30000). Uses the pooled features."""
 
@@ -38,3 +44,16 @@ class PKT(DistillLoss):
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
         return {"pkt": self.weight * pkt_loss(s.pooled, t.pooled.detach())}
+
+
+KNOBS = (
+    knob("pkt.weight", "distill.pkt.weight", "float", ["pkt weight", "probabilistic knowledge transfer weight"], "weight of PKT",
+       off_value=0.0, requires="distill.methods~pkt"),
+)
+
+register(MethodSpec(
+    name="pkt", role="distiller", config=PKTConfig, build=PKT, knobs=KNOBS,
+    summary="Passalis & Tefas, ECCV 2018: cosine-kernel conditional distributions of pooled features",
+    phrases=('pkt', 'probabilistic knowledge transfer'),
+    list_aliases=('pkt', 'probabilistic knowledge transfer'),
+))

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from kdlab.config import RKDConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class RKDConfig(Strict):
+    weight: float = Field(1.0, ge=0)
+    distance_weight: float = Field(25.0, ge=0)
+    angle_weight: float = Field(50.0, ge=0)
 
 
 def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -43,7 +51,6 @@ def rkd_losses(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     return loss_d, loss_a
 
 
-@register_distiller("rkd")
 class RKD(DistillLoss):
     """Config: ``distill.rkd.weight``, ``.distance_weight`` (25), ``.angle_weight`` (50); pooled features."""
 
@@ -55,3 +62,22 @@ class RKD(DistillLoss):
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
         loss_d, loss_a = rkd_losses(s.pooled, t.pooled)
         return {"rkd_dist": self.w_d * loss_d, "rkd_angle": self.w_a * loss_a}
+
+
+KNOBS = (
+    knob("rkd.weight", "distill.rkd.weight", "float", ["rkd weight", "rkd loss weight", "weight of rkd", "weight of the rkd loss"],
+       "overall weight of RKD", off_value=0.0, requires="distill.methods~rkd"),
+    knob("rkd.distance_weight", "distill.rkd.distance_weight", "float",
+       ["rkd distance weight", "distance wise loss weight", "distance loss weight", "rkd distance loss", "distance term"],
+       "weight of RKD's distance-wise term (25)", off_value=0.0, requires="distill.methods~rkd"),
+    knob("rkd.angle_weight", "distill.rkd.angle_weight", "float",
+       ["rkd angle weight", "angle wise loss weight", "angle loss weight", "rkd angle loss", "angle term"],
+       "weight of RKD's angle-wise term (50)", off_value=0.0, requires="distill.methods~rkd"),
+)
+
+register(MethodSpec(
+    name="rkd", role="distiller", config=RKDConfig, build=RKD, knobs=KNOBS,
+    summary="Park et al., CVPR 2019: distance- and angle-wise relations of the pooled features",
+    phrases=('rkd', 'relational knowledge distillation', 'relational kd', 'relation distillation'),
+    list_aliases=('rkd', 'relational knowledge distillation', 'rkd loss'),
+))

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from kdlab.config import SPConfig
+from kdlab.config import Strict
 from kdlab.distillers._common import full_precision
-from kdlab.distillers.base import DistillContext, DistillLoss, StepContext, register_distiller
+from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
+from kdlab.registry import MethodSpec, knob, register
+
+
+class SPConfig(Strict):
+    weight: float = Field(3000.0, ge=0)
 
 
 def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
@@ -21,7 +27,6 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
         return (g_t - g_s).pow(2).sum() / (b * b)
 
 
-@register_distiller("sp")
 class SP(DistillLoss):
     """Config: ``distill.sp.weight`` (3000). Uses ``stages[-1]`` (RepDistiller's ``feat[-2]``)."""
 
@@ -31,3 +36,16 @@ class SP(DistillLoss):
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
         return {"sp": self.weight * sp_loss(s.stages[-1], t.stages[-1].detach())}
+
+
+KNOBS = (
+    knob("sp.weight", "distill.sp.weight", "float", ["sp weight", "similarity preserving weight"], "weight of SP", off_value=0.0,
+       requires="distill.methods~sp"),
+)
+
+register(MethodSpec(
+    name="sp", role="distiller", config=SPConfig, build=SP, knobs=KNOBS,
+    summary="Tung & Mori, ICCV 2019: batch similarity (Gram) structure of the last stage",
+    phrases=('sp', 'similarity preserving', 'similarity preserving distillation'),
+    list_aliases=('similarity preserving',),
+))

@@ -7,6 +7,7 @@ corrupted (a disk error, a crash mid-rename on an unusual filesystem) falls back
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
+from kdlab.config import ConfigError
 from kdlab.models.checkpoint import CheckpointError, safe_torch_load
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -96,3 +97,18 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):  # NumPy scalars
         return o.item()
     return str(o)
+
+
+def read_card(path: Path) -> tuple[dict, Path]:
+    """A kdlab export card (``kdlab export``)'s contents and the verified weight file it names (sha256 checked)."""
+    card = json.loads(Path(path).read_text())
+    if card.get("format") != "kdlab-card/1":
+        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format')!r})")
+    entry = card["files"]["pt"]
+    weights = Path(path).parent / entry["file"]
+    if not weights.exists():
+        raise ConfigError(f"card {path} names {weights}, which does not exist")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise ConfigError(f"{weights} does not match the sha256 in {path}: the file changed or is corrupted")
+    return card, weights

@@ -25,9 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config import ConfigError, HeadConfig
-from kdlab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, load_checkpoint
-from kdlab.report.geometry import feature_geometry, soft_label_stats
+from kdlab.analysis.geometry import feature_geometry, soft_label_stats
+from kdlab.config import ConfigError
+from kdlab.engine.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+)
+from kdlab.objectives import HeadConfig
 
 #: Feature spaces measured, in table order: penultimate feature, the same L2-normalised, the embedding.
 SPACES = ("pooled", "pooled_l2", "embedding")

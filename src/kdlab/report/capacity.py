@@ -13,10 +13,10 @@ import io
 import math
 from pathlib import Path
 
-from kdlab.ablation.store import Store, read_json
+from kdlab.analysis.curves import markdown_table
 from kdlab.config import ConfigError
 from kdlab.engine.checkpoint import atomic_write_bytes, atomic_write_text
-from kdlab.report.curves import markdown_table
+from kdlab.sweep.store import Store, read_json
 
 ARCH_PATH = "student.arch"
 

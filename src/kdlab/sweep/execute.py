@@ -2,7 +2,7 @@
 
 Every distinct config of the grid (the base, shared by all ablations, and each variant) runs once per seed.
 A run is the pipeline's student stage; the teacher it needs is a separate task keyed by the teacher-relevant
-config parts (:func:`~kdlab.ablation.store.teacher_key`), trained once and reused by every student that
+config parts (:func:`~kdlab.sweep.store.teacher_key`), trained once and reused by every student that
 needs it. A student task starts when its teacher's record says done; a failed teacher fails its students
 (recorded, with the teacher's error) without stopping anything else.
 
@@ -16,7 +16,7 @@ Executors run one task per process:
   ``slurm_partition``, ``gpus_per_node``, ``cpus_per_task``, ``timeout_min`` the same way).
 
 The orchestrator claims a run folder before it launches its worker, and the worker joins that claim (see
-:mod:`kdlab.ablation.store`), so a second ``kdlab ablate`` on the same folder waits for runs another process
+:mod:`kdlab.sweep.store`), so a second ``kdlab ablate`` on the same folder waits for runs another process
 holds instead of running them twice.
 """
 
@@ -37,14 +37,14 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
-from kdlab.ablation.plan import AblationError
-from kdlab.ablation.resolve import Grid
-from kdlab.ablation.store import Store, run_key, teacher_config, teacher_key
-from kdlab.config import ExperimentConfig
+from kdlab.experiment.identity import run_identity
+from kdlab.experiment.schema import ExperimentConfig
+from kdlab.sweep.grid import SweepError, SweepGrid
+from kdlab.sweep.store import Store, run_key, teacher_config, teacher_key
 
 __all__ = ["Task", "RunSpec", "expand", "run_task", "execute", "ExecutionSummary", "default_jobs", "make_executor"]
 
-STAGES_MODULE = "kdlab.engine.stages"
+STAGES_MODULE = "kdlab.experiment.stages"
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _needs_teacher(cfg: ExperimentConfig) -> bool:
     return bool(cfg.distill.methods) and not cfg.teacher.checkpoint
 
 
-def expand(grid: Grid) -> tuple[dict[str, dict[int, RunSpec]], dict[str, ExperimentConfig]]:
+def expand(grid: SweepGrid) -> tuple[dict[str, dict[int, RunSpec]], dict[str, ExperimentConfig]]:
     """Runs per distinct config (by the config's seedless identity) and teacher configs by teacher key.
 
     Returns ``(runs, teachers)``: ``runs[config_id][seed] -> RunSpec``; ``config_id`` is the run key of the
@@ -100,7 +100,7 @@ def expand(grid: Grid) -> tuple[dict[str, dict[int, RunSpec]], dict[str, Experim
 
 
 def config_id(cfg: ExperimentConfig) -> str:
-    return run_key(cfg.model_copy(update={"seed": 0, "name": "ablation-run"}))
+    return run_identity(cfg, "variant")
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -383,7 +383,7 @@ class SubmititExecutor:
         try:
             import submitit
         except ImportError:
-            raise AblationError("--executor submitit needs the submitit package: pip install submitit") from None
+            raise SweepError("--executor submitit needs the submitit package: pip install submitit") from None
         opts = dict(options or {})
         cluster = opts.pop("cluster", None)
         self.poll_s = float(opts.pop("poll_s", 1.0))
@@ -450,11 +450,11 @@ def _export_pythonpath() -> None:
 def make_executor(kind: str, out: Path, jobs: int, options: dict | None):
     if kind == "local":
         if options:
-            raise AblationError(f"executor options {sorted(options)} only apply to --executor submitit")
+            raise SweepError(f"executor options {sorted(options)} only apply to --executor submitit")
         return LocalExecutor(jobs)
     if kind == "submitit":
         return SubmititExecutor(out / "submitit", jobs, options)
-    raise AblationError(f"unknown executor {kind!r}: use local or submitit")
+    raise SweepError(f"unknown executor {kind!r}: use local or submitit")
 
 
 # ---------------------------------------------------------------------------------------- orchestration
@@ -469,7 +469,7 @@ class ExecutionSummary:
 
 
 def execute(
-    grid: Grid,
+    grid: SweepGrid,
     store: Store,
     *,
     executor: str = "local",
@@ -488,7 +488,7 @@ def execute(
         executor == "submitit" and opts.get("cluster") is None and not _slurm_available())
     jobs = jobs or (default_jobs("local") if on_this_machine else default_jobs(executor))
     if jobs < 1:
-        raise AblationError(f"--jobs must be >= 1, got {jobs}")
+        raise SweepError(f"--jobs must be >= 1, got {jobs}")
     # runs on this machine share its cores; SLURM jobs get cpus_per_task each
     threads = max(1, cores // jobs) if on_this_machine else opts.get("cpus_per_task")
 
@@ -496,10 +496,10 @@ def execute(
     for a in grid.ablations:
         for v in a.variants:
             cid = config_id(v.config)
-            labels.setdefault(cid, f"{a.knob.name}={v.label}")
+            labels.setdefault(cid, f"{a.knob}={v.label}")
     for a in grid.ablations:
         if a.base is not None:
-            labels[config_id(a.base)] = f"{a.ablation.name}: base"
+            labels[config_id(a.base)] = f"{a.name}: base"
     base_cid = config_id(grid.base)
     labels[base_cid] = "base"
 

@@ -15,7 +15,7 @@ checkpoint resumes from it. That is what makes a killed run or a killed sweep ch
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
 import os
 import platform
@@ -25,25 +25,62 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import kdlab
-from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, identity_tree, to_yaml
-from kdlab.data import ArrayDataset, DeviceLoader, augment_for, build_augment, load_dataset
-from kdlab.engine.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_checkpoint
+from kdlab.analysis.geometry import feature_geometry, soft_label_stats
+from kdlab.config import ConfigError, StageConfig
+from kdlab.data import (
+    ArrayDataset,
+    DeviceLoader,
+    augment_for,
+    build_augment,
+    load_dataset,
+)
+from kdlab.distillers import Distillation, DistillContext
+from kdlab.engine.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    read_card,
+)
+from kdlab.engine.metrics import summarize
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
 from kdlab.engine.trainer import DivergedError, Interrupted, StageInfo, Trainer
+from kdlab.experiment.identity import (
+    IDENTITY_VERSION,
+    identity_tree,
+    legacy_stage_hash,
+    run_identity,
+)
+from kdlab.experiment.schema import ExperimentConfig, ObjectiveConfig, to_yaml
 from kdlab.models import build_model, probe
 from kdlab.models.checkpoint import load_weights
+from kdlab.objectives import TeacherObjective
 
 SUMMARY = "summary.json"
-DISPLAY_ONLY = ("progress", "threads", "tensorboard")  # runtime keys that do not change results
 
 
-def config_hash(cfg: ExperimentConfig) -> str:
-    """Stable hash of the config, blind to display-only settings."""
-    tree = identity_tree(cfg.model_dump(mode="json"), runtime_ignore=DISPLAY_ONLY)
-    tree.pop("out", None)
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+def same_run(summary: dict, cfg: ExperimentConfig, stage: str) -> bool:
+    """Whether a stage folder's summary is a run of ``cfg`` at ``stage`` (identities of either version)."""
+    if summary.get("stage") != stage:
+        return False
+    if "identity" in summary:
+        return summary["identity"] == run_identity(cfg, stage)
+    return summary.get("config_hash") == legacy_stage_hash(cfg)
+
+
+def default_run_dir(cfg: ExperimentConfig, stage: str, suffix: str = "") -> Path:
+    """``out/<name>-<identity[:8]><suffix>``, or the folder an earlier version named for the same config."""
+    new = Path(cfg.out) / f"{cfg.name}-{run_identity(cfg, stage)[:8]}{suffix}"
+    old = Path(cfg.out) / f"{cfg.name}-{legacy_stage_hash(cfg)[:8]}{suffix}"
+    return old if old.exists() and not new.exists() else new
+
+
+def _identity_fields(cfg: ExperimentConfig, stage: str) -> dict:
+    return {"identity": run_identity(cfg, stage), "identity_version": IDENTITY_VERSION,
+            "config": identity_tree(cfg, stage)}
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -149,11 +186,14 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
                teacher_checkpoint: Path | None) -> dict:
     done = read_summary(run_dir)
     if done is not None and done.get("status") == "done":
-        if done.get("stage") != stage or done.get("config_hash") != config_hash(cfg):
+        if not same_run(done, cfg, stage):
             raise ConfigError(
                 f"{run_dir} already holds a finished {done.get('stage')} run of a different config; pass a new "
                 "out=... or name=... (or --run-dir), or delete the folder to start over"
             )
+        if "identity" not in done:  # written by an earlier version: record the identity it now has
+            done.update(_identity_fields(cfg, stage))
+            atomic_write_json(run_dir / SUMMARY, done)
         return done
     started = time.time()
     rt = resolve_runtime(cfg.runtime)
@@ -179,7 +219,7 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     warning = trainer.resume()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    summary = {"status": "running", "error": None, "stage": stage, "config_hash": config_hash(cfg),
+    summary = {"status": "running", "error": None, "stage": stage, **_identity_fields(cfg, stage),
                "arch": spec.arch, "run_dir": str(run_dir),
                "checkpoint": str(run_dir / "checkpoints" / "last.pt"), "teacher_checkpoint":
                str(teacher_checkpoint) if teacher_checkpoint else None}
@@ -209,8 +249,6 @@ def final_geometry(model: torch.nn.Module, loader, num_classes: int, T: float, r
     ``intra_inter_ratio``: mean same-class over mean different-class pairwise distance of the pooled
     feature; ``soft_label_entropy`` and ``off_true_mass``: of softmax(z/T) at the KD temperature.
     """
-    from kdlab.report.geometry import feature_geometry, soft_label_stats
-
     model.eval()
     feats, logits, labels, seen = [], [], [], 0
     for batch in loader:
@@ -230,27 +268,20 @@ def final_geometry(model: torch.nn.Module, loader, num_classes: int, T: float, r
 
 
 def _partial(trainer: Trainer) -> dict:
-    from kdlab.engine.metrics import summarize
-
     return summarize(trainer.history) if trainer.history else {}
 
 
 def _teacher_method(obj: ObjectiveConfig, cfg: ExperimentConfig, net, train: ArrayDataset):
-    from kdlab.objectives.teacher import TeacherObjective
-
     views = cfg.teacher_views()
     p = probe(net, train.image_shape)
     return TeacherObjective(net, obj, views=views, num_classes=train.num_classes, feature_dim=p.pooled_dim,
-                            num_train=len(train)), views
+                            num_train=len(train), epochs=cfg.teacher.epochs), views
 
 
 def _student_method(cfg: ExperimentConfig, net, train: ArrayDataset, teacher_checkpoint: Path | None, rt: Runtime):
     if not cfg.distill.methods:  # the student alone: plain cross-entropy, no teacher
         return _teacher_method(ObjectiveConfig(kind="ce"), cfg.model_copy(update={"objective": ObjectiveConfig()}),
                                net, train)
-    from kdlab.distillers import Distillation
-    from kdlab.distillers.base import DistillContext
-
     path = teacher_checkpoint or (Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None)
     if path is None:
         raise ConfigError(
@@ -272,8 +303,6 @@ def _weights_of(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"checkpoint {path} does not exist")
     if path.suffix == ".json":
-        from kdlab.runs import read_card
-
         meta, weights = read_card(path)
         return {"model": load_checkpoint(weights), "arch": meta["arch"], "num_classes": meta["num_classes"]}
     return load_checkpoint(path)
@@ -308,24 +337,15 @@ def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, stage: str) -> None:
     if not os.access(run_dir, os.W_OK):
         raise ConfigError(f"run folder {run_dir} is not writable; choose another with out=PATH")
     cfg_path = run_dir / "config.yaml"
-    text = to_yaml(cfg)
     if cfg_path.exists() and (run_dir / "checkpoints").exists():
-        previous = cfg_path.read_text()
-        if _strip_display(previous) != _strip_display(text):
+        previous = yaml.safe_load(cfg_path.read_text())
+        if not isinstance(previous, dict) or identity_tree(previous, stage) != identity_tree(cfg, stage):
             raise ConfigError(
                 f"{run_dir} already holds a {stage} run of a different config; pass a new out=... or name=..., "
                 "or delete the folder to start over"
             )
-    atomic_write_text(cfg_path, text)
+    atomic_write_text(cfg_path, to_yaml(cfg))
     atomic_write_json(run_dir / "env.json", environment())
-
-
-def _strip_display(yaml_text: str) -> str:
-    import yaml
-
-    tree = identity_tree(yaml.safe_load(yaml_text), runtime_ignore=DISPLAY_ONLY)
-    tree.pop("out", None)
-    return json.dumps(tree, sort_keys=True)
 
 
 def environment() -> dict:
@@ -359,8 +379,6 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     keys: list[str] = []
     for r in history:
         keys += [k for k in r if k not in keys]
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
@@ -368,5 +386,5 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "config_hash",
+__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "same_run", "default_run_dir",
            "load_teacher", "CheckpointError"]

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab.ablation.plan import AblationError
-from kdlab.ablation.resolve import format_value
-from kdlab.ablation.store import Store, read_json
 from kdlab.engine.checkpoint import atomic_write_json
+from kdlab.sweep.grid import SweepError, format_value
+from kdlab.sweep.store import Store, read_json
 
 __all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "render_table"]
 
@@ -183,7 +182,8 @@ def _tables(grid: dict, store: Store) -> list[Table]:
                 b, x = base.cells[c].mean, r.cells[c].mean
                 r.delta[c] = None if r.is_base or b is None or x is None else x - b
         unrecorded = [h for c, h in cols if all(r.cells[c].mean is None for r in rows) and any(r.n_ok for r in rows)]
-        tables.append(Table(i, ab["name"], ab["part"], ab["action"], ab["knob"]["name"], ab["knob"]["path"], ab["how"],
+        tables.append(Table(i, ab["name"], ab.get("part", ""), ab.get("action", "REPLACE"), ab["knob"]["name"],
+                            ab["knob"]["path"], ab.get("how", "grid file"),
                             bool(ab.get("numeric")), ab.get("base_value"), cols, rows, not_measured, unrecorded,
                             ab.get("base_note", "")))
     return tables
@@ -374,15 +374,16 @@ def build_report(out: str | Path) -> ReportResult:
     store = Store(out)
     grid = store.read_grid()
     if grid is None:
-        raise AblationError(f"{out} holds no grid.json: not a `kdlab ablate` output folder (or nothing ran there yet)")
+        raise SweepError(f"{out} holds no grid.json: not a `kdlab ablate` output folder (or nothing ran there yet)")
     tables = _tables(grid, store)
-    plan = grid["plan"]
+    plan = grid.get("plan")  # absent for a grid file run with `kdlab sweep`
     base = grid["base"]
     md = [
-        f"# Ablation report: {plan['title']}",
+        f"# Ablation report: {plan['title'] if plan else grid.get('name', out.name)}",
         "",
-        f"Plan `{plan['source']}` ({plan['format']}), method **{grid['scope']}** ({grid['scope_reason']}).",
-        f"Base `{grid['base_name']}`" + (f" with overrides `{' '.join(grid['overrides'])}`" if grid.get("overrides") else "")
+        f"Plan `{plan['source']}` ({plan['format']}), method **{grid['scope']}** ({grid['scope_reason']})."
+        if plan else f"Grid `{grid.get('base_name', '')}`.",
+        f"Base `{grid.get('base_name', 'grid base')}`" + (f" with overrides `{' '.join(grid['overrides'])}`" if grid.get("overrides") else "")
         + f": teacher {base['teacher']['arch']} ({base['teacher']['epochs']} epochs, objective {base['objective']['kind']}) -> "
         f"student {base['student']['arch']} ({base['student']['epochs']} epochs, {'+'.join(base['distill']['methods']) or 'CE only'}) "
         f"on {base['data']['name']}; seeds {', '.join(map(str, grid['seeds']))}.",
@@ -398,7 +399,8 @@ def build_report(out: str | Path) -> ReportResult:
     for t, ab in zip(tables, grid["ablations"]):
         md.append(f"## {t.index}. {t.name}")
         md.append("")
-        md.append(f"- Ablated part: {t.part}")
+        if t.part:
+            md.append(f"- Ablated part: {t.part}")
         md.append(f"- Action: {t.action} -> knob `{t.knob}` = `{t.path}` ({t.how}); base value `{format_value(t.base_value)}`")
         if t.base_note:
             md.append(f"- Base row: {t.base_note}")

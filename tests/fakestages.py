@@ -1,6 +1,6 @@
-"""A stand-in for ``kdlab.engine.stages`` with the same two functions, for fast tests of the executor.
+"""A stand-in for ``kdlab.experiment.stages`` with the same two functions, for fast tests of the executor.
 
-``run_plan(..., stages="kdlab.ablation.fakestages")`` runs the whole machinery (processes, claims, records,
+``run_plan(..., stages="fakestages")`` (with tests/ on sys.path) runs the whole machinery (processes, claims, records,
 reports) with "training" that takes milliseconds: metrics are a deterministic function of the config, the
 per-epoch history is written to ``metrics.jsonl`` like the real trainer does. Knobs for tests:
 
@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from kdlab.config import ExperimentConfig, to_yaml
+from kdlab.experiment.schema import ExperimentConfig, to_yaml
 
 __all__ = ["run_teacher", "run_student"]
 

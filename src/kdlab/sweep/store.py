@@ -10,8 +10,10 @@ Layout of an output folder::
     OUT/runs/<key>/               a student run (the pipeline's second stage), same files
     OUT/report.md OUT/plots/ OUT/results.csv OUT/tables.json
 
-``key`` hashes the resolved config (seed included, display-only runtime settings excluded); ``tkey`` hashes
-what changes a teacher: data, teacher, objective, seed, runtime.deterministic and runtime.amp.
+``key`` is the run identity of the resolved student config and ``tkey`` that of its teacher stage
+(``kdlab.experiment.identity``: one rule for what counts). ``OUT/store.json`` records the identity version;
+a folder written before it (version 1 keys) is renamed to the current keys when a run opens it
+(:meth:`Store.upgrade`), and a folder whose records cannot be read that way is refused with the reason.
 
 Claims: before it launches a run, the orchestrator creates ``claim.json`` with ``O_CREAT | O_EXCL`` while
 holding an ``fcntl`` lock on ``OUT/.lock``; the worker process then joins the claim (same token) and removes
@@ -25,7 +27,6 @@ on one folder never run one run twice, and a killed process leaves nothing that 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -34,8 +35,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdlab.config import ExperimentConfig, identity_tree
+import yaml
+
 from kdlab.engine.checkpoint import atomic_write_json
+from kdlab.experiment.identity import IDENTITY_VERSION, run_identity
+from kdlab.experiment.schema import ExperimentConfig
 
 __all__ = [
     "RECORD",
@@ -45,6 +49,7 @@ __all__ = [
     "teacher_key",
     "teacher_config",
     "Store",
+    "StoreError",
     "Claim",
 ]
 
@@ -52,34 +57,18 @@ RECORD = "record.json"
 CLAIM = "claim.json"
 STALE_AFTER_S = 600.0
 HEARTBEAT_S = 60.0
-_RUNTIME_DISPLAY = ("device", "threads", "progress")
+STORE = "store.json"
 
 
 # -------------------------------------------------------------------------------------------- keys
-def _canon(tree: Any) -> str:
-    return json.dumps(tree, sort_keys=True, separators=(",", ":"))
-
-
-def _dump(cfg: ExperimentConfig | dict) -> dict:
-    return cfg.model_dump(mode="json") if isinstance(cfg, ExperimentConfig) else json.loads(json.dumps(cfg))
-
-
 def run_key(cfg: ExperimentConfig | dict) -> str:
-    """Identity of a (student) run: the whole resolved config with its seed, minus display-only settings."""
-    t = identity_tree(_dump(cfg), runtime_ignore=_RUNTIME_DISPLAY)
-    t.pop("name", None)
-    t.pop("out", None)
-    return hashlib.sha256(_canon(t).encode()).hexdigest()[:20]
+    """Folder name of a student run: its run identity (``kdlab.experiment.identity``)."""
+    return run_identity(cfg, "student")
 
 
 def teacher_key(cfg: ExperimentConfig | dict) -> str:
-    """Identity of a teacher: data, teacher, objective, seed, runtime.deterministic (and amp)."""
-    t = identity_tree(_dump(cfg))
-    rt = t.get("runtime", {})
-    ident = {"data": t["data"], "teacher": t["teacher"], "objective": t["objective"], "seed": t["seed"],
-             "deterministic": rt.get("deterministic"), "amp": rt.get("amp"),
-             **({"sync_bn": True} if rt.get("sync_bn") else {})}
-    return hashlib.sha256(_canon(ident).encode()).hexdigest()[:20]
+    """Folder name of a teacher run: the identity of its teacher stage."""
+    return run_identity(cfg, "teacher")
 
 
 def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -180,11 +169,80 @@ class Claim:
         self.release()
 
 
+class StoreError(ValueError):
+    """A results folder kdlab cannot use, with a one-line reason."""
+
+
 class Store:
     """The output folder of one ablation (see module doc)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    # -- identity version
+    def version(self) -> int | None:
+        """The identity version of the folder's keys: 2 and up from store.json, 1 for a folder with runs but
+        no store.json, None for a new folder."""
+        meta = read_json(self.root / STORE)
+        if isinstance(meta, dict):
+            return int(meta.get("identity_version", 1))
+        has_runs = any((self.root / sub).glob("*/") for sub in ("runs", "teachers"))
+        return 1 if has_runs else None
+
+    def upgrade(self) -> list[tuple[str, str]]:
+        """Bring the folder to the current identity version: rename every run folder to its current key
+        (read from its record, or its config.yaml when it has none) and rewrite the keys and paths inside
+        its record. Returns the ``(old, new)`` folder names. Raises :class:`StoreError` if a folder's config
+        cannot be read or a newer kdlab wrote the folder."""
+        version = self.version()
+        if version is not None and version > IDENTITY_VERSION:
+            raise StoreError(f"{self.root} was written by a newer kdlab (identity version {version}); "
+                             "update kdlab or use another --out")
+        renamed: list[tuple[str, str]] = []
+        if version == 1:
+            moves = {}  # old path -> new path, teachers first (student records name them)
+            for sub, stage in (("teachers", "teacher"), ("runs", "student")):
+                for folder in sorted(p for p in (self.root / sub).glob("*") if p.is_dir()):
+                    cfg = self._folder_config(folder)
+                    new = folder.parent / run_identity(cfg, stage)
+                    if new != folder:
+                        if new.exists():
+                            raise StoreError(f"cannot upgrade {folder}: {new.name} exists already; remove one of "
+                                             "the two folders or use another --out")
+                        moves[folder] = new
+            for old, new in moves.items():
+                old.rename(new)
+                renamed.append((f"{old.parent.name}/{old.name}", f"{new.parent.name}/{new.name}"))
+            for folder in [*moves.values(), *(self.root / "runs").glob("*"), *(self.root / "teachers").glob("*")]:
+                self._rewrite_record(folder, moves)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if version != IDENTITY_VERSION:
+            atomic_write_json(self.root / STORE, {"identity_version": IDENTITY_VERSION})
+        return renamed
+
+    @staticmethod
+    def _folder_config(folder: Path) -> dict:
+        rec = read_json(folder / RECORD)
+        if isinstance(rec, dict) and isinstance(rec.get("config"), dict):
+            return rec["config"]
+        try:
+            cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            cfg = None
+        if not isinstance(cfg, dict):
+            raise StoreError(f"cannot upgrade {folder}: it has neither a readable record.json nor config.yaml; "
+                             "remove the folder or use another --out")
+        return cfg
+
+    def _rewrite_record(self, folder: Path, moves: dict[Path, Path]) -> None:
+        rec = read_json(folder / RECORD)
+        if not isinstance(rec, dict):
+            return
+        text = json.dumps(rec)
+        for old, new in moves.items():
+            text = text.replace(str(old), str(new)).replace(f'"{old.name}"', f'"{new.name}"')
+        if text != json.dumps(rec):
+            atomic_write_json(folder / RECORD, json.loads(text))
 
     # -- paths
     def run_dir(self, key: str) -> Path:

@@ -1,0 +1,124 @@
+"""Run identity: which resolved configs are the same run.
+
+One function, :func:`run_identity`, says it for every kind of run: a teacher (what changes a teacher: its
+data, architecture, schedule, objective, seed and the runtime settings that change results), a student (the
+whole config) and an ablation variant (a student without its seed). Everything that finds, reuses or resumes
+a run (stage folders, the sweep store, the plan reader's duplicate check) uses it. What does not count is one
+list, :data:`NOT_IDENTITY`, plus keys added to the schema after runs were recorded while they hold their
+default (:data:`ADDED_LATER`), so that the folders and records of earlier runs are still found.
+
+Identities written before this module (version 1: each caller hashed with its own ignore list) are
+recognised by :func:`legacy_stage_hash` and :func:`legacy_run_key`, so run folders and stores of earlier
+versions are reused or refused with a reason, never retrained over silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Iterable, Literal
+
+from kdlab.experiment.schema import ExperimentConfig
+
+__all__ = ["IDENTITY_VERSION", "NOT_IDENTITY", "ADDED_LATER", "identity_tree", "run_identity", "Stage"]
+
+IDENTITY_VERSION = 2
+Stage = Literal["teacher", "student", "variant"]
+
+#: what does not make a run different: its display name and output folder, where it runs and how it logs
+#: (device, threads, progress, TensorBoard) and execution-only settings (channels_last, torch.compile)
+NOT_IDENTITY: tuple[str, ...] = (
+    "name", "out",
+    "runtime.device", "runtime.threads", "runtime.progress", "runtime.tensorboard",
+    "runtime.channels_last", "runtime.compile",
+)
+
+#: keys added after runs were recorded, with their default: left out while they hold it
+ADDED_LATER: dict[str, Any] = {
+    "runtime.sync_bn": False,
+    "teacher.optim.optimizer": "sgd",
+    "student.optim.optimizer": "sgd",
+    "objective.intra.lambda_schedule": "constant",
+    "objective.intra.warmup_epochs": 5.0,
+    "objective.intra.eta": 0.1,
+    "objective.intra.target_ratio": 0.7,
+    "objective.intra.ratio_gain": 2.0,
+}
+
+#: the sections a teacher run depends on (the student parts of its config never change it)
+TEACHER_SECTIONS = ("seed", "data", "teacher", "objective", "runtime")
+
+
+def _tree(cfg: ExperimentConfig | dict) -> dict:
+    return cfg.model_dump(mode="json") if isinstance(cfg, ExperimentConfig) else copy.deepcopy(cfg)
+
+
+def _drop(tree: dict, dotted: str, only_if: Any = ...) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and (only_if is ... or node[leaf] == only_if):
+        del node[leaf]
+
+
+def identity_tree(cfg: ExperimentConfig | dict, stage: Stage = "student") -> dict:
+    """The part of a resolved config that identifies a run of ``stage``: the config tree without
+    :data:`NOT_IDENTITY`, without :data:`ADDED_LATER` keys at their default, for a teacher only its
+    sections, for a variant without the seed."""
+    tree = _tree(cfg)
+    for dotted in NOT_IDENTITY:
+        _drop(tree, dotted)
+    for dotted, default in ADDED_LATER.items():
+        _drop(tree, dotted, default)
+    if stage == "teacher":
+        tree = {k: v for k, v in tree.items() if k in TEACHER_SECTIONS}
+    elif stage == "variant":
+        tree.pop("seed", None)
+    return tree
+
+
+def _digest(tree: Any, n: int | None = 20) -> str:
+    h = hashlib.sha256(json.dumps(tree, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return h[:n] if n else h
+
+
+def run_identity(cfg: ExperimentConfig | dict, stage: Stage = "student") -> str:
+    """A short hash of :func:`identity_tree` (20 hex digits)."""
+    return _digest(identity_tree(cfg, stage))
+
+
+# ------------------------------------------------------------------------------- version 1 (reading)
+def _legacy_tree(cfg: ExperimentConfig | dict, runtime_ignore: Iterable[str]) -> dict:
+    tree = _tree(cfg)
+    for dotted, default in ADDED_LATER.items():
+        _drop(tree, dotted, default)
+    if isinstance(tree.get("runtime"), dict):
+        tree["runtime"] = {k: v for k, v in tree["runtime"].items() if k not in runtime_ignore}
+    return tree
+
+
+def legacy_stage_hash(cfg: ExperimentConfig | dict) -> str:
+    """The ``config_hash`` that version 1 wrote into a stage folder's summary.json."""
+    tree = _legacy_tree(cfg, ("progress", "threads", "tensorboard"))
+    tree.pop("out", None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def legacy_run_key(cfg: ExperimentConfig | dict) -> str:
+    """The folder name version 1 gave a student run of an ablation store."""
+    t = _legacy_tree(cfg, ("device", "threads", "progress"))
+    t.pop("name", None)
+    t.pop("out", None)
+    return _digest(t)
+
+
+def legacy_teacher_key(cfg: ExperimentConfig | dict) -> str:
+    """The folder name version 1 gave a teacher run of an ablation store."""
+    t = _legacy_tree(cfg, ())
+    rt = t.get("runtime", {})
+    ident = {"data": t["data"], "teacher": t["teacher"], "objective": t["objective"], "seed": t["seed"],
+             "deterministic": rt.get("deterministic"), "amp": rt.get("amp"),
+             **({"sync_bn": True} if rt.get("sync_bn") else {})}
+    return _digest(ident)

@@ -1,0 +1,196 @@
+"""The method registry: every student-side distiller and teacher objective is a plugin registered here.
+
+A plugin is one module in ``kdlab/distillers/`` or ``kdlab/objectives/`` that defines its config model, its
+loss, its ablation knobs and a :class:`MethodSpec` passed to :func:`register`. Everything that lists or
+dispatches on methods reads this registry: the config schema (``kdlab.experiment.schema``: the
+``distill.<name>`` and ``objective.<name>`` blocks, ``distill.methods`` and ``objective.kind``), the knob
+registry of the plan reader, the method names a plan may use, and the docs tables. No code outside a
+plugin tests a method's name.
+
+This module holds data types only and imports no plugin; :func:`load_plugins` imports the two plugin
+packages (each imports every module in its folder), which is what registers them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+from pydantic import BaseModel
+
+__all__ = [
+    "NOTHING",
+    "Knob",
+    "knob",
+    "MethodSpec",
+    "register",
+    "load_plugins",
+    "spec",
+    "distillers",
+    "objectives",
+    "all_specs",
+]
+
+Role = Literal["distiller", "objective"]
+#: which paper's plans a knob belongs to: the intra-class teacher paper, CoCoRD's, or any
+Scope = Literal["intra", "cocord", "common"]
+
+
+class _Nothing:
+    def __repr__(self) -> str:
+        return "NOTHING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NOTHING: Any = _Nothing()  # "no off/on value": REMOVE/ADD is not meaningful for the knob
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One named thing an ablation plan can change.
+
+    ``path``: a dotted config path; ``kind``: ``float | int | bool | choice | augment | methods | arch | pair``
+    (``augment`` and ``methods`` are lists that ADD appends to and REMOVE takes from; ``pair`` sets
+    teacher.arch and student.arch). ``aliases``/``description``: how a plan talks about it.
+    ``choices``: for ``choice`` knobs, value -> phrases a plan may use for it.
+    ``off_value``/``off_path``: what REMOVE sets (default path: ``path``). ``on_value``/``on_path``: ADD.
+    ``also``: further paths that receive the same value (``lr`` sets both stages).
+    ``requires``: ``"path=value"`` or ``"path~item"`` (list contains): the knob only acts when this holds.
+    ``parse``: ``(text, generic) -> value`` reads a plan's value text for this knob, usually by rewriting the
+    text and calling ``generic`` (the parser of the knob's kind); raises ValueError.
+    ``companions``: ``(overrides, base) -> extra overrides`` that must accompany a value of this knob for the
+    variant to be valid (e.g. one view needs the memory positive); the knob's plugin owns this rule.
+    """
+
+    name: str
+    path: str
+    kind: str
+    aliases: tuple[str, ...]
+    description: str
+    scope: Scope = "common"
+    off_value: Any = NOTHING
+    off_path: str | None = None
+    on_value: Any = NOTHING
+    on_path: str | None = None
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    also: tuple[str, ...] = ()
+    requires: str | None = None
+    parse: Callable[[str, Callable[[str], Any]], Any] | None = None
+    companions: Callable[[dict, Any], dict] | None = None
+    notes: str = ""
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,) + tuple(self.also)
+
+    @property
+    def stage(self) -> str:
+        """Which stage the knob changes: teacher, student or both."""
+        stages = {_stage_of(p) for p in self.paths + ((self.off_path,) if self.off_path else ())}
+        return stages.pop() if len(stages) == 1 else "both"
+
+    def removable(self) -> bool:
+        return self.off_value is not NOTHING or self.kind in ("bool", "augment", "methods")
+
+    def addable(self) -> bool:
+        return self.on_value is not NOTHING or self.kind in ("bool", "augment", "methods")
+
+
+def knob(name: str, path: str, kind: str, aliases, description: str, **kw) -> Knob:
+    """A :class:`Knob`, with ``aliases`` given as any sequence of phrases."""
+    return Knob(name=name, path=path, kind=kind, aliases=tuple(aliases), description=description, **kw)
+
+
+def _stage_of(path: str) -> str:
+    head = path.split(".")[0]
+    if head in ("objective", "teacher"):
+        return "teacher"
+    if head in ("distill", "student"):
+        return "student"
+    return "both"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a plugin declares.
+
+    ``config``: the pydantic model of its block (``distill.<name>`` or ``objective.<name>``); ``None`` for a
+    method without settings (the CE teacher). ``build(block, ctx)``: the loss module (a ``DistillLoss`` for a
+    distiller, an ``ObjectiveTerm`` or ``None`` for an objective). ``phrases``: how a plan names the method.
+    ``knobs``: its ablation knobs (paths inside its own block, or anything it owns). ``scope``: the paper its
+    knobs belong to. Distillers may set ``solo_ce_weight`` (the CE weight when the method is the only one,
+    KD's 0.1) and ``resolve_block(block, methods)`` (defaults that depend on the method list). Objectives set
+    ``views(block)`` (views per image by default) and ``min_views(block)`` with ``views_hint`` (how to fix a
+    config with fewer). ``companions(overrides, base)``: further overrides a plan's variant needs so that it
+    stays valid and means what it says under this method (the plan reader applies every method's rule).
+    """
+
+    name: str
+    role: Role
+    config: type[BaseModel] | None
+    build: Callable[[Any, Any], Any]
+    summary: str
+    phrases: tuple[str, ...] = ()
+    list_aliases: tuple[str, ...] = ()
+    knobs: tuple[Knob, ...] = ()
+    scope: Scope = "common"
+    solo_ce_weight: float | None = None
+    resolve_block: Callable[[Any, list[str]], Any] | None = None
+    views: Callable[[Any], int] = lambda block: 1
+    min_views: Callable[[Any], int] = lambda block: 1
+    views_hint: str = ""
+    companions: Callable[[dict, Any], dict] | None = None
+
+    @property
+    def section(self) -> str:
+        return f"distill.{self.name}" if self.role == "distiller" else f"objective.{self.name}"
+
+    @property
+    def requirement(self) -> str:
+        """The ``requires`` condition under which the method's own knobs act."""
+        return f"distill.methods~{self.name}" if self.role == "distiller" else f"objective.kind={self.name}"
+
+
+_SPECS: dict[str, MethodSpec] = {}
+_PLUGIN_PACKAGES = ("kdlab.distillers", "kdlab.objectives")
+
+
+def register(method: MethodSpec) -> MethodSpec:
+    """Add a plugin's spec (called at import time of the plugin module)."""
+    if method.name in _SPECS:
+        raise ValueError(f"method {method.name!r} registered twice")
+    _SPECS[method.name] = method
+    return method
+
+
+def load_plugins() -> None:
+    """Import the plugin packages (idempotent): every method module registers itself."""
+    for pkg in _PLUGIN_PACKAGES:
+        importlib.import_module(pkg)
+
+
+def all_specs() -> list[MethodSpec]:
+    load_plugins()
+    return list(_SPECS.values())
+
+
+def distillers() -> list[MethodSpec]:
+    """Student-side distillers, in registration order."""
+    return [s for s in all_specs() if s.role == "distiller"]
+
+
+def objectives() -> list[MethodSpec]:
+    """Teacher objectives, in registration order (``ce`` first)."""
+    return [s for s in all_specs() if s.role == "objective"]
+
+
+def spec(name: str, role: Role | None = None) -> MethodSpec:
+    load_plugins()
+    found = _SPECS.get(name)
+    if found is None or (role is not None and found.role != role):
+        names = [s.name for s in all_specs() if role is None or s.role == role]
+        raise KeyError(f"unknown {role or 'method'} {name!r}; available: {', '.join(names)}")
+    return found

@@ -1,0 +1,145 @@
+"""One run identity: what counts, and run folders and stores written under the previous rules (version 1)
+being found and reused, or refused with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlab.ablation import run_plan
+from kdlab.sweep.store import Store, StoreError
+from kdlab.config import ConfigError
+from kdlab.experiment.identity import (
+    identity_tree,
+    legacy_run_key,
+    legacy_stage_hash,
+    legacy_teacher_key,
+    run_identity,
+)
+from kdlab.experiment.schema import load_config
+from kdlab.experiment.stages import run_teacher
+
+PLANS = Path(__file__).parent / "plans"
+FAKE = "fakestages"
+TINY = ("teacher.epochs=1", "student.epochs=1", "data.subset=200", "data.test_subset=100")
+
+
+# --------------------------------------------------------------------------------------------- rules
+@pytest.mark.parametrize("override", ["runtime.device=cpu", "runtime.tensorboard=false", "runtime.threads=2",
+                                      "runtime.progress=false", "name=other", "out=elsewhere",
+                                      "runtime.channels_last=off"])
+def test_display_logging_and_device_settings_do_not_change_any_identity(override):
+    base, other = load_config("demo"), load_config("demo", [override])
+    for stage in ("teacher", "student", "variant"):
+        assert run_identity(base, stage) == run_identity(other, stage)
+
+
+def test_student_settings_do_not_change_the_teacher_identity_but_do_change_the_student():
+    base, other = load_config("demo"), load_config("demo", ["distill.kd.T=2"])
+    assert run_identity(base, "teacher") == run_identity(other, "teacher")
+    assert run_identity(base, "student") != run_identity(other, "student")
+
+
+@pytest.mark.parametrize("override", ["objective.intra.delta=0.3", "teacher.epochs=3", "data.subset=100",
+                                      "runtime.amp=off", "runtime.deterministic=true", "seed=1"])
+def test_what_changes_a_teacher_changes_both_identities(override):
+    base, other = load_config("demo"), load_config("demo", [override])
+    assert run_identity(base, "teacher") != run_identity(other, "teacher")
+    assert run_identity(base, "student") != run_identity(other, "student")
+
+
+def test_keys_added_later_are_listed_with_the_schema_default():
+    from kdlab.experiment.identity import ADDED_LATER
+    from kdlab.experiment.schema import build_config, get_path
+
+    defaults = build_config({})
+    assert {k: get_path(defaults, k) for k in ADDED_LATER} == ADDED_LATER
+
+
+def test_a_variant_is_a_student_without_its_seed():
+    a, b = load_config("demo", ["seed=1"]), load_config("demo", ["seed=2"])
+    assert run_identity(a, "variant") == run_identity(b, "variant")
+    assert run_identity(a, "student") != run_identity(b, "student")
+    assert "seed" not in identity_tree(a, "variant")
+
+
+# ------------------------------------------------------------------------------- stage folders, v1
+def _legacy_summary(run_dir: Path, cfg) -> None:
+    """Rewrite a finished stage's summary.json as version 1 wrote it."""
+    path = run_dir / "summary.json"
+    s = json.loads(path.read_text())
+    for key in ("identity", "identity_version", "config"):
+        s.pop(key)
+    s["config_hash"] = legacy_stage_hash(cfg)
+    path.write_text(json.dumps(s))
+
+
+def test_a_finished_stage_folder_of_version_1_is_reused_and_a_different_config_refused(tmp_path, tiny_overrides):
+    cfg = load_config("demo", tiny_overrides + ["objective.kind=ce", "teacher.epochs=1"])
+    run = tmp_path / "teacher"
+    first = run_teacher(cfg, run)
+    assert first["status"] == "done" and first["identity"] == run_identity(cfg, "teacher")
+    _legacy_summary(run, cfg)
+    checkpoint = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+
+    again = run_teacher(cfg, run)  # found: no training, and the summary now carries its identity
+    assert again["metrics"]["top1"] == first["metrics"]["top1"]
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == checkpoint
+    assert json.loads((run / "summary.json").read_text())["identity"] == run_identity(cfg, "teacher")
+
+    _legacy_summary(run, cfg)
+    with pytest.raises(ConfigError) as err:
+        run_teacher(load_config("demo", tiny_overrides + ["objective.kind=ce", "teacher.epochs=2"]), run)
+    assert "already holds a finished teacher run of a different config" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------- stores, v1
+def _to_version_1(out: Path) -> dict[str, str]:
+    """Rename a store's folders to the keys version 1 gave them, as version 1 left them (no store.json).
+    Returns new name -> old name."""
+    names = {}
+    for sub, key_of in (("teachers", legacy_teacher_key), ("runs", legacy_run_key)):
+        for folder in sorted((out / sub).iterdir()):
+            rec = json.loads((folder / "record.json").read_text())
+            old = key_of(rec["config"])
+            assert old != folder.name
+            text = json.dumps(rec).replace(folder.name, old)
+            (folder / "record.json").write_text(text)
+            folder.rename(folder.parent / old)
+            names[folder.name] = old
+    for sub in ("runs",):  # student records name their teacher by key
+        for folder in (out / sub).iterdir():
+            text = (folder / "record.json").read_text()
+            for new, old in names.items():
+                text = text.replace(new, old)
+            (folder / "record.json").write_text(text)
+    (out / "store.json").unlink()
+    return names
+
+
+def test_a_store_of_version_1_is_upgraded_and_nothing_is_run_again(tmp_path):
+    out = tmp_path / "o"
+    first = run_plan(PLANS / "tiny.jsonl", seeds=1, out=out, stages=FAKE, jobs=1, echo=None, overrides=TINY)
+    assert first.exit_code == 0 and first.executed
+    before = {k: r["metrics"] for k, r in Store(out).records().items()}
+    names = _to_version_1(out)
+    assert Store(out).version() == 1
+
+    lines: list[str] = []
+    again = run_plan(PLANS / "tiny.jsonl", seeds=1, out=out, stages=FAKE, jobs=1, echo=lines.append, overrides=TINY)
+    assert again.exit_code == 0 and again.executed == []
+    assert sum("upgraded" in line for line in lines) == len(names)
+    assert Store(out).version() == 2
+    assert {k: r["metrics"] for k, r in Store(out).records().items()} == before
+    for rec in Store(out).records().values():  # records point at the renamed teacher folders
+        assert rec["teacher_key"] is None or (out / "teachers" / rec["teacher_key"]).is_dir()
+
+
+def test_a_store_folder_without_config_is_refused_with_one_line(tmp_path):
+    (tmp_path / "o" / "runs" / "0123abc").mkdir(parents=True)
+    with pytest.raises(StoreError) as err:
+        Store(tmp_path / "o").upgrade()
+    assert "neither a readable record.json nor config.yaml" in str(err.value) and "\n" not in str(err.value)
