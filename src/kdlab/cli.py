@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--executor", choices=["local", "submitit"], default="local")
     ab.add_argument("--jobs", type=int, default=None, help="parallel runs (default: sized to the machine)")
     ab.add_argument("--dry-run", action="store_true", help="resolve the plan and print the grid; run nothing")
+    ab.add_argument("--explain", action="store_true",
+                    help="per ablation: the knob chosen and the words that chose it, the runners-up with their "
+                         "scores, the values as read, the warnings; run nothing")
+    ab.add_argument("--strict", action="store_true",
+                    help="run nothing unless every ablation resolves (default: run those that do, list the others)")
     ab.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     ab.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
@@ -193,7 +198,8 @@ def cmd_ablate(args) -> int:
         raise ConfigError("--executor-opt takes KEY=VALUE, e.g. --executor-opt slurm_partition=gpu") from None
     result = run_plan(args.plan, base=args.base, seeds=args.seeds, maps=tuple(args.map), out=args.out,
                       executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides),
-                      retry_failed=args.retry_failed, executor_options=options)
+                      retry_failed=args.retry_failed, executor_options=options, strict=args.strict,
+                      explain=args.explain)
     return getattr(result, "exit_code", 0)
 
 
@@ -288,6 +294,18 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _error_text(exc: BaseException) -> str:
+    """One line; a plan that does not resolve lists its problems under it, one per line."""
+    lines = [part.rstrip() for part in str(exc).splitlines() if part.strip()]
+    try:
+        from kdlab.ablation import ResolveError
+
+        listed = isinstance(exc, ResolveError)
+    except ImportError:
+        listed = False
+    return "\n".join(lines) if listed else "; ".join(part.strip() for part in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -305,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, _known_errors()):
-            one_line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-            print(f"error: {one_line}", file=sys.stderr)
+            print(f"error: {_error_text(exc)}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kdlab.ablation.execute import STAGES_MODULE, ExecutionSummary, config_id, execute, expand
+from kdlab.ablation.explain import format_explain
 from kdlab.ablation.plan import Plan, parse_plan
 from kdlab.ablation.report import ReportResult, build_report
 from kdlab.ablation.resolve import Grid, format_grid, resolve_plan
@@ -73,6 +74,8 @@ def run_plan(
     executor_options: dict | None = None,
     stages: str = STAGES_MODULE,
     echo: Callable[[str], None] | None = print,
+    strict: bool = False,
+    explain: bool = False,
 ) -> AblationResult:
     """Parse ``plan_path``, resolve it on the base, run every missing run, write the report.
 
@@ -82,14 +85,23 @@ def run_plan(
     ``executor``: ``local`` or ``submitit`` (``executor_options`` go to submitit, e.g. ``{"cluster": "local"}``
     or ``{"slurm_partition": "gpu", "gpus_per_node": 1}``). ``retry_failed`` re-runs runs recorded as failed.
     ``stages``: the module providing ``run_teacher``/``run_student`` (tests inject a fake).
-    Raises PlanError / ResolveError (both AblationError) before anything runs.
-    ``exit_code``: 0 when every run finished done, 1 when some failed.
+    Ablations that do not resolve are listed (first in the output and in report.md's "Not run" section) and the
+    others run; ``strict`` runs nothing unless every ablation resolves. ``explain`` prints how each ablation
+    was read (:func:`~kdlab.ablation.explain.format_explain`) and runs nothing.
+    Raises PlanError / ResolveError (both AblationError) before anything runs when the plan does not parse or
+    no ablation resolves.
+    ``exit_code``: 0 when every run of the resolved ablations finished done, 1 when some failed.
     """
     say = echo or (lambda s: None)
     plan = parse_plan(plan_path)
-    grid = resolve_plan(plan, base=base, maps=maps, overrides=overrides, seeds=seeds)
-    text = format_grid(grid)
+    grid = resolve_plan(plan, base=base, maps=maps, overrides=overrides, seeds=seeds, strict=strict,
+                        allow_empty=explain)
     out_dir = Path(out) if out is not None else default_out(plan_path, grid)
+    if explain:
+        text = format_explain(grid)
+        say(text)
+        return AblationResult(plan, grid, out_dir, True, text)
+    text = format_grid(grid)
     say(text)
     record = grid_record(grid)
     run_keys = {"base": list(record["base_runs"].values())}
@@ -108,5 +120,9 @@ def run_plan(
     result.report = build_report(out_dir)
     say("")
     say(result.report.text)
+    if grid.unresolved:
+        names = ", ".join(f"#{u.index} {u.ablation.name!r}" for u in grid.unresolved)
+        say(f"NOT RUN: {len(grid.unresolved)} ablation{'s' if len(grid.unresolved) > 1 else ''} of the plan "
+            f"({names}); the reasons are at the top and in {result.report.report_path}")
     result.exit_code = 1 if result.report.n_failed or result.report.n_missing else 0
     return result
