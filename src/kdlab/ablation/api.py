@@ -94,7 +94,7 @@ def run_plan(
     """
     say = echo or (lambda s: None)
     plan = parse_plan(plan_path)
-    grid = resolve_plan(plan, base=base, maps=maps, overrides=overrides, seeds=seeds, strict=strict,
+    grid = resolve_plan(plan, base=base, maps=maps, overrides=overrides, seeds=seeds, strict=strict and not explain,
                         allow_empty=explain)
     out_dir = Path(out) if out is not None else default_out(plan_path, grid)
     if explain:

@@ -1364,8 +1364,7 @@ def format_unresolved(grid: Grid) -> list[str]:
     if not grid.unresolved:
         return []
     n, total = len(grid.unresolved), len(grid.unresolved) + len(grid.ablations)
-    lines = [f"NOT RUN: {n} of {total} ablation{'s' if total > 1 else ''} could not be resolved "
-             f"(the other {total - n} run):"]
+    lines = [f"NOT RUN: {n} of {total} ablation{'s' if total > 1 else ''} could not be resolved and will not run:"]
     lines += [_listed(u.lines()) for u in grid.unresolved]
     return lines + [""]
 
