@@ -360,12 +360,17 @@ def test_optimizer_replacement_takes_adams_learning_rate_unless_the_plan_sets_on
 def test_unknown_part_lists_closest_knobs_and_map_fixes_it():
     plan = parse_plan(PLANS / "unknown_part.md")
     with pytest.raises(ResolveError) as err:
-        resolve_plan(plan)
+        resolve_plan(plan, strict=True)
     msg = str(err.value)
-    assert "nothing was run" in msg
+    assert "--strict" in msg and "nothing was run" in msg
     assert "cannot place the ablated part 'Gradient clipping norm'" in msg
     assert "Closest knobs" in msg
     assert '--map "Clip the gradients=' in msg
+    grid = resolve_plan(plan)  # without --strict the other ablation resolves and runs
+    assert grid_of(grid) == [("intra.delta", "REPLACE", ["0.3"])]
+    [u] = grid.unresolved
+    assert (u.index, u.ablation.name) == (2, "Clip the gradients")
+    assert u.problems[0].fix.startswith('--map "Clip the gradients=')
     grid = resolve_plan(plan, maps=["Clip the gradients=distill.kd.T"])
     assert grid_of(grid)[1] == ("kd.T", "REPLACE", ["1", "5"])
     assert "--map" in grid.ablations[1].how
@@ -402,7 +407,8 @@ def test_knob_without_effect_on_the_base_is_an_error(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text(json.dumps({"name": "q", "ablated_part": "dictionary size N", "action": "REPLACE",
                              "replacement": ["1024"], "metrics": []}) + "\n")
-    with pytest.raises(ResolveError, match=r"has no effect on this base.*distill.methods=\[kd,cocord\]"):
+    fix = r"(?s)has no effect on this base.*fix: add the override distill.methods=\[kd,cocord\]"
+    with pytest.raises(ResolveError, match=fix):
         resolve_plan(parse_plan(p), base="ablation/intra_digits")
 
 
@@ -677,6 +683,9 @@ def _check_tiny_report(r, out: Path):
     recs = _records(out)
     assert len(recs) == 4 and all(x["status"] == "done" for x in recs.values()), recs
     assert all("student.top1" in x["metrics"] and "teacher.top1" in x["metrics"] for x in recs.values())
+    # the trainer's loss terms reach the records (a plan's "KD loss", "contrastive loss" read them)
+    assert all({"student.train_ce", "student.train_kd", "teacher.train_ce", "teacher.train_intra"} <= set(x["metrics"])
+               for x in recs.values())
     t = r.report.tables[0]
     assert [row.label for row in t.rows] == ["base", "removed"]
     assert all(row.n_ok == 2 and row.n_failed == 0 for row in t.rows)
@@ -746,7 +755,7 @@ def test_an_ablation_with_its_own_base_is_compared_with_its_own_base_runs(tmp_pa
     assert dkd.rows[0].cells["student.top1"].mean == pytest.approx(top1(own["0"]))
     assert kd.rows[0].cells["student.top1"].mean == pytest.approx(top1(shared_base["0"]))
     variant = grid["ablations"][0]["variants"][0]["runs"]["0"]
-    assert dkd.rows[1].delta["student.top1"] == pytest.approx(top1(variant) - top1(own["0"]))
+    assert dkd.rows[1].delta["student.top1"].mean == pytest.approx(top1(variant) - top1(own["0"]))
     assert "Base row: own base: the dkd student" in (out / "report.md").read_text()
 
 

@@ -615,6 +615,18 @@ def test_combined_methods_produce_all_terms(methods, keys):
     assert set(losses) == keys
 
 
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_ablation_metrics_know_each_methods_loss_terms(method):
+    """A plan's "KD loss", "contrastive loss", ... find the terms a student really logs (train_<term>)."""
+    from kdlab.experiment.terms import run_terms
+    from kdlab.experiment.schema import build_config
+
+    m = make_distillation([method], t_arch="wrn_16_2")
+    m.train()
+    _, losses = m.forward_train(random_batch(m), 0.0)
+    assert set(losses) == set(run_terms(build_config(overrides=[f"distill.methods=[{method}]"]), "student"))
+
+
 # ------------------------------------------------------------------------ teacher, device, state
 def test_teacher_is_frozen_unregistered_and_moved_with_the_module():
     m = make_distillation(["kd"])

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--dry-run", action="store_true", help="resolve the plan and print the grid; run nothing")
     ab.add_argument("--write-grid", type=Path, default=None, metavar="GRID.yaml",
                     help="save the resolved grid as a file to review, edit and run with `kdlab sweep`")
+    ab.add_argument("--explain", action="store_true",
+                    help="per ablation: the knob chosen and the words that chose it, the runners-up with their "
+                         "scores, the values as read, the warnings; run nothing")
+    ab.add_argument("--strict", action="store_true",
+                    help="run nothing unless every ablation resolves (default: run those that do, list the others)")
     _executor_options(ab)
     ab.set_defaults(func=cmd_ablate)
 
@@ -204,7 +209,7 @@ def cmd_ablate(args) -> int:
     result = run_plan(args.plan, base=args.base, seeds=args.seeds, maps=tuple(args.map), out=args.out,
                       executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides),
                       retry_failed=args.retry_failed, executor_options=_parse_executor_opts(args.executor_opt),
-                      write_grid_to=args.write_grid)
+                      write_grid_to=args.write_grid, strict=args.strict, explain=args.explain)
     return getattr(result, "exit_code", 0)
 
 
@@ -334,6 +339,18 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _error_text(exc: BaseException) -> str:
+    """One line; a plan that does not resolve lists its problems under it, one per line."""
+    lines = [part.rstrip() for part in str(exc).splitlines() if part.strip()]
+    try:
+        from kdlab.ablation import ResolveError
+
+        listed = isinstance(exc, ResolveError)
+    except ImportError:
+        listed = False
+    return "\n".join(lines) if listed else "; ".join(part.strip() for part in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -351,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, _known_errors()):
-            one_line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-            print(f"error: {one_line}", file=sys.stderr)
+            print(f"error: {_error_text(exc)}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

@@ -126,6 +126,8 @@ class MethodSpec:
     ``views(block)`` (views per image by default) and ``min_views(block)`` with ``views_hint`` (how to fix a
     config with fewer). ``companions(overrides, base)``: further overrides a plan's variant needs so that it
     stays valid and means what it says under this method (the plan reader applies every method's rule).
+    ``terms``: the names of the loss terms the module returns, each with its roles (a plan's "contrastive loss"
+    is every term with the role ``contrastive``; the method's own name is a role of all its terms).
     """
 
     name: str
@@ -143,6 +145,13 @@ class MethodSpec:
     min_views: Callable[[Any], int] = lambda block: 1
     views_hint: str = ""
     companions: Callable[[dict, Any], dict] | None = None
+    terms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def loss_terms(self) -> dict[str, tuple[str, ...]]:
+        """The loss terms the method's module returns (logged as ``train_<term>``) with their roles
+        (``contrastive``, ``prediction``, ``kd``, ...); a method that declares none logs one term, its name."""
+        return dict(self.terms) if self.terms else {self.name: (self.name,)}
 
     @property
     def section(self) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from kdlab.ablation.explain import format_explain
 from kdlab.ablation.plan import Plan, parse_plan
 from kdlab.ablation.resolve import Grid, format_grid, resolve_plan
 from kdlab.sweep.execute import STAGES_MODULE, ExecutionSummary
@@ -59,6 +60,8 @@ def run_plan(
     stages: str = STAGES_MODULE,
     echo: Callable[[str], None] | None = print,
     write_grid_to: str | Path | None = None,
+    strict: bool = False,
+    explain: bool = False,
 ) -> AblationResult:
     """Parse ``plan_path``, resolve it on the base, run every missing run, write the report.
 
@@ -69,14 +72,23 @@ def run_plan(
     or ``{"slurm_partition": "gpu", "gpus_per_node": 1}``). ``retry_failed`` re-runs runs recorded as failed.
     ``stages``: the module providing ``run_teacher``/``run_student`` (tests inject a fake).
     ``write_grid_to``: also save the resolved grid as a reviewable grid file (``kdlab sweep`` runs it).
-    Raises PlanError / ResolveError (both AblationError) before anything runs.
-    ``exit_code``: 0 when every run finished done, 1 when some failed.
+    Ablations that do not resolve are listed (first in the output and in report.md's "Not run" section) and the
+    others run; ``strict`` runs nothing unless every ablation resolves. ``explain`` prints how each ablation
+    was read (:func:`~kdlab.ablation.explain.format_explain`) and runs nothing.
+    Raises PlanError / ResolveError (both AblationError) before anything runs when the plan does not parse or
+    no ablation resolves.
+    ``exit_code``: 0 when every run of the resolved ablations finished done, 1 when some failed.
     """
     say = echo or (lambda s: None)
     plan = parse_plan(plan_path)
-    grid = resolve_plan(plan, base=base, maps=maps, overrides=overrides, seeds=seeds)
-    text = format_grid(grid)
+    grid = resolve_plan(plan, base=base, maps=maps, overrides=overrides, seeds=seeds, strict=strict and not explain,
+                        allow_empty=explain)
     out_dir = Path(out) if out is not None else default_out(plan_path, grid)
+    if explain:
+        text = format_explain(grid)
+        say(text)
+        return AblationResult(plan, grid, out_dir, True, text)
+    text = format_grid(grid)
     say(text)
     sweep = grid.to_sweep()
     if write_grid_to is not None:
@@ -90,4 +102,8 @@ def run_plan(
     done = run_sweep(sweep, out_dir, executor=executor, jobs=jobs, retry_failed=retry_failed,
                      executor_options=executor_options, stages=stages, echo=say, record=record)
     result.execution, result.report, result.exit_code = done.execution, done.report, done.exit_code
+    if grid.unresolved:
+        names = ", ".join(f"#{u.index} {u.ablation.name!r}" for u in grid.unresolved)
+        say(f"NOT RUN: {len(grid.unresolved)} ablation{'s' if len(grid.unresolved) > 1 else ''} of the plan "
+            f"({names}); the reasons are at the top and in {result.report.report_path}")
     return result

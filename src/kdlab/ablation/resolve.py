@@ -16,7 +16,9 @@ Rules (docs/ABLATION.md repeats them):
   Every other ablation keeps the plan's base.
 * Values are parsed to the knob's type; REMOVE applies the knob's off value, ADD its on value (or appends a
   named method / augmentation); every variant is validated by building the config.
-* Every error of the plan is collected and reported together: nothing runs unless everything resolves.
+* Every ablation that resolves runs; each one that does not is listed with its problems and the fix (a
+  ``--map`` or an override) where one exists. A plan where nothing resolves (or any problem with ``strict``)
+  is an error listing every problem. Settings meaningless on the base's data are warnings (:mod:`.checks`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from kdlab import registry
+from kdlab.ablation.checks import TRAIN_SIZES, config_warnings, num_classes
 from kdlab.ablation.knobs import (
     AUGMENT_NAMES,
     KNOBS,
@@ -45,6 +48,7 @@ from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
 from kdlab.ablation.text import PhraseIndex, ascii_text, tokens, weighted_tokens
 from kdlab.config import ConfigError, load_yaml, resolve_config_path
 from kdlab.experiment.identity import run_identity
+from kdlab.experiment.terms import TERM_METRICS, run_terms
 from kdlab.experiment.schema import (
     ExperimentConfig,
     build_config,
@@ -74,7 +78,13 @@ __all__ = [
     "METRICS",
     "SHIPPED_BASES",
     "format_grid",
+    "format_unresolved",
     "parse_maps",
+    "Problem",
+    "Unresolved",
+    "fit_metric",
+    "run_terms",
+    "TERM_METRICS",
 ]
 
 SHIPPED_BASES = {"intra": "ablation/intra_digits", "cocord": "ablation/cocord_digits"}
@@ -113,9 +123,64 @@ class MetricSpec:
     name: str  # as the plan says it
     keys: tuple[str, ...]  # kdlab metric keys ("top1", "loss_std", ...); () = not measured
     stage: str | None = None  # "teacher" | "student" | None (the default: student, teacher too if it varies)
+    note: str = ""  # why a key was left out or why nothing is measured ("this base records no cocord_pred term")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "keys": list(self.keys), "stage": self.stage}
+        return {"name": self.name, "keys": list(self.keys), "stage": self.stage, "note": self.note}
+
+    def describe(self) -> str:
+        """``name -> keys`` as the dry run and --explain show it."""
+        where = f" ({self.stage})" if self.stage and self.keys else ""
+        got = "+".join(self.keys) + where if self.keys else "not measured"
+        return f"{self.name} -> {got}" + (f" [{self.note}]" if self.note else "")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one ablation does not resolve: a one-line reason, optional detail lines, and the fix when one exists
+    (the ``--map`` or override that would make it run)."""
+
+    reason: str
+    details: tuple[str, ...] = ()
+    fix: str = ""
+
+    def lines(self, where: str) -> list[str]:
+        """The reason on the first line, the details and the fix indented under it."""
+        details = [d if d.startswith(" ") else f"  {d}" for d in self.details]
+        return [f"{where}: {self.reason}", *details] + ([f"  fix: {self.fix}"] if self.fix else [])
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "details": list(self.details), "fix": self.fix}
+
+
+Candidate = tuple[str, float, str]  # (knob name, score, the alias phrase that scored), best first
+
+
+@dataclass
+class Unresolved:
+    """An ablation of the plan that does not resolve: it is listed, with its problems, and not run."""
+
+    index: int  # 1-based position in the plan
+    ablation: Ablation
+    problems: list[Problem]
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return ablation_where(self.ablation, self.index)
+
+    def lines(self) -> list[str]:
+        return [line for p in self.problems for line in p.lines(self.where)]
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.ablation.name, "part": self.ablation.part,
+                "action": self.ablation.action, "line": self.ablation.line,
+                "problems": [p.to_dict() for p in self.problems],
+                "candidates": [[k, round(s, 3), ph] for k, s, ph in self.candidates]}
+
+
+def ablation_where(ab: Ablation, index: int) -> str:
+    return f"ablation #{index} {ab.name!r}" + (f" (line {ab.line})" if ab.line else "")
 
 
 @dataclass
@@ -129,6 +194,10 @@ class ResolvedAblation:
     base_value: Any = None
     base: ExperimentConfig | None = None  # this ablation's own reference config; None: the plan's base
     base_note: str = ""  # why it has its own base ("the dkd student: DKD's hyper-parameters are varied")
+    index: int = 0  # 1-based position in the plan (ablations that do not resolve leave gaps)
+    phrase: str = ""  # the knob alias that scored best ("" with --map)
+    candidates: list[Candidate] = field(default_factory=list)  # the best knobs with their scores
+    warnings: list[str] = field(default_factory=list)  # "label: setting meaningless on the base's data"
 
     @property
     def numeric(self) -> bool:
@@ -152,6 +221,8 @@ class ResolvedAblation:
             "score": round(self.score, 3),
             "base_value": _jsonable(self.base_value),
             "base_note": self.base_note,
+            "index": self.index,
+            "warnings": self.warnings,
             "numeric": self.numeric,
             "teacher_varies": self.teacher_varies,
             "metrics": [m.to_dict() for m in self.metrics],
@@ -170,6 +241,8 @@ class Grid:
     ablations: list[ResolvedAblation]
     overrides: list[str] = field(default_factory=list)
     maps: dict[str, str] = field(default_factory=dict)
+    unresolved: list[Unresolved] = field(default_factory=list)  # ablations that are listed, not run
+    warnings: list[str] = field(default_factory=list)  # settings of the base meaningless on its data
 
     def configs(self) -> list[ExperimentConfig]:
         """The distinct configs of the grid (base first), without seeds."""
@@ -210,6 +283,8 @@ class Grid:
             "overrides": self.overrides,
             "maps": self.maps,
             "ablations": [a.to_dict() for a in self.ablations],
+            "unresolved": [u.to_dict() for u in self.unresolved],
+            "warnings": self.warnings,
         }
 
 
@@ -277,7 +352,8 @@ METRICS: dict[str, tuple[str, ...]] = {
                           "time to converge", "convergence epoch", "epochs to convergence", "training speed"),
     "stability": ("training stability", "stability", "loss variance", "loss oscillation", "loss fluctuation",
                   "training instability", "loss spikes", "stability of training", "loss curve smoothness"),
-    "loss": ("loss", "training loss", "train loss", "final loss", "final training loss", "objective value"),
+    "loss": ("loss", "training loss", "train loss", "final loss", "final training loss", "objective value",
+             "total loss", "overall loss", "total training loss", "loss curve", "training loss curve"),
     "test_loss": ("test loss", "validation loss", "val loss", "evaluation loss", "generalization loss", "nll",
                   "negative log likelihood", "test nll", "test cross entropy"),
     "peak_mem_mb": ("gpu memory", "memory utilization", "memory usage", "memory", "peak memory", "memory consumption",
@@ -299,7 +375,31 @@ METRICS: dict[str, tuple[str, ...]] = {
     "off_true_mass": ("non target probability mass", "off target mass", "probability mass on non target classes",
                       "dark knowledge", "non target mass"),
 }
-_METRIC_KEYS = {"stability": ("loss_std", "loss_spikes")}
+#: a loss term of the training objective -> the plan's names for it (the term's own metric key, per stage)
+TERM_PHRASES: dict[str, tuple[str, ...]] = {
+    "ce_loss": ("ce loss", "cross entropy loss", "classification loss", "lce", "lcls", "hard label loss", "cls loss",
+                "supervised loss", "ce term"),
+    "kd_loss": ("kd loss", "kl divergence loss", "kl loss", "soft label loss", "lkd", "kd term", "kl divergence"),
+    "contrastive_loss": ("contrastive loss", "infonce loss", "lctr", "ctr loss", "contrastive term", "nce loss",
+                         "contrastive objective value"),
+    "prediction_loss": ("prediction loss", "lpred", "consistency loss", "pred loss", "prediction term"),
+    "intra_loss": ("intra class loss", "lintra", "intra class contrastive loss", "intra loss"),
+    "supcon_loss": ("supcon loss", "supervised contrastive loss"),
+    "simclr_loss": ("simclr loss", "self supervised contrastive loss", "ntxent loss"),
+    "rkd_loss": ("rkd loss", "relational knowledge distillation loss", "relational loss"),
+    "crd_loss": ("crd loss", "contrastive representation distillation loss"),
+    "dkd_loss": ("dkd loss", "decoupled knowledge distillation loss"),
+    "fitnet_loss": ("fitnet loss", "hint loss"),
+    "at_loss": ("attention transfer loss",),
+    "sp_loss": ("sp loss", "similarity preserving loss"),
+    "pkt_loss": ("pkt loss", "probabilistic knowledge transfer loss"),
+}
+#: loss terms a plugin declares that have no phrases above: "<method> loss" for each name a plan uses for it
+for _spec in registry.all_specs():
+    TERM_PHRASES.setdefault(f"{_spec.name}_loss", tuple(f"{p} loss" for p in _spec.phrases[:3]))
+METRICS.update(TERM_PHRASES)
+_METRIC_KEYS = {"stability": ("loss_std", "loss_spikes"), "topk": ("top1", "top5")}
+METRICS["topk"] = ("top k accuracy", "top k", "top1 top5 accuracy", "top1 and top5")
 
 
 @lru_cache(maxsize=1)
@@ -317,9 +417,34 @@ def map_metric(name: str) -> MetricSpec:
     idx = _metric_index()
     ranked = sorted(((k, idx.score(k, q)[0]) for k in METRICS), key=lambda x: -x[1])
     best, score = ranked[0]
-    if score < 0.9:
-        return MetricSpec(name, (), stage)
+    # "feature alignment loss" names a term kdlab does not log: never the total loss
+    if score < 0.9 or (best == "loss" and not set(q) <= idx.vocab["loss"] | {"teacher", "student"}):
+        note = "names a loss term kdlab does not record (the total training loss is 'loss')" if "loss" in q else ""
+        return MetricSpec(name, (), stage, note)
     return MetricSpec(name, _METRIC_KEYS.get(best, (best,)), stage)
+
+
+def fit_metric(spec: MetricSpec, configs: Sequence[ExperimentConfig]) -> MetricSpec:
+    """``spec`` for the runs of one ablation (its base first): a loss term goes to the stage whose runs log it,
+    or is not measured when none does; top-5 is left out on a data set of 10 classes or fewer unless named."""
+    if len(spec.keys) == 1 and spec.keys[0] in TERM_METRICS:
+        key = spec.keys[0]
+        terms = set(TERM_METRICS[key])
+        stages = [s for s in ("student", "teacher") if any(terms & set(run_terms(c, s)) for c in configs)]
+        if (spec.stage is not None and spec.stage not in stages) or not stages:
+            shown = (spec.stage,) if spec.stage else ("student", "teacher")
+            logged = "; ".join(f"{s} terms: {', '.join(dict.fromkeys(t for c in configs for t in run_terms(c, s)))}"
+                               for s in shown)
+            return replace(spec, keys=(),
+                           note=f"not recorded: these runs log no {' / '.join(sorted(terms))} term ({logged})")
+        return spec if spec.stage is not None else replace(spec, stage=stages[0] if len(stages) == 1 else None)
+    classes = num_classes(configs[0])
+    if "top5" in spec.keys and classes is not None and classes <= 10:
+        data = f"{configs[0].data.name} has {classes} classes, so top-5 accuracy says little"
+        if re.search(r"top\s*-?\s*5", ascii_text(spec.name)):
+            return replace(spec, note=f"top5 kept because the plan names it, though {data}")
+        return replace(spec, keys=tuple(k for k in spec.keys if k != "top5"), note=f"top5 left out: {data}")
+    return spec
 
 
 # ------------------------------------------------------------------------------------------ knob index
@@ -474,7 +599,6 @@ _FILLER = {"default", "baseline", "original", "paper", "epoch", "epochs", "sampl
            "frozen", "freeze", "no", "momentum", "update", "updates", "standard", "typical", "higher", "lower", "larger",
            "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy"}
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
-_TRAIN_SIZES = {"digits": 1437, "cifar10": 50000, "cifar100": 50000, "tiny-imagenet": 100000}  # for "50%" subsets
 
 
 def _is_off_word(raw: str) -> bool:
@@ -528,7 +652,7 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     info = _info(knob)
     if suffix == "%":
         if knob.name == "subset" and base is not None:
-            ref = base.data.subset or _TRAIN_SIZES.get(base.data.name)
+            ref = base.data.subset or TRAIN_SIZES.get(base.data.name)
             if ref is None:
                 raise ValueError(f"a percentage of the training set needs data.subset in the base ({base.data.name} size unknown)")
             v = round(ref * v / 100.0)
@@ -996,7 +1120,7 @@ def effective_base_value(knob: Knob, base: ExperimentConfig) -> Any:
     if knob.path == "objective.views":
         return base.teacher_views()
     if knob.path == "data.subset":
-        return _TRAIN_SIZES.get(base.data.name)
+        return TRAIN_SIZES.get(base.data.name)
     if knob.kind == "augment":
         return _effective_augment(base, knob.path)
     return None
@@ -1020,26 +1144,29 @@ def _enabling_override(knob: Knob, base: ExperimentConfig) -> str:
     return knob.requires
 
 
-def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> tuple[ResolvedAblation | None, list[str]]:
-    where = f"ablation #{index} {ab.name!r}" + (f" (line {ab.line})" if ab.line else "")
+def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig,
+                     maps: dict[str, str]) -> ResolvedAblation | Unresolved:
+    """One ablation on ``base``: resolved, or the problems that keep it from running (with their fixes)."""
     mapped = _mapped(ab, index, maps)
+    ranked = rank_knobs(ab, scope, base)
+    candidates = [(k.name, s, ph) for k, s, ph in ranked[:4]]
+
+    def unresolved(*problems: Problem) -> Unresolved:
+        return Unresolved(index, ab, list(problems), candidates)
+
+    phrase = ""
     if mapped:
-        try:
-            knob = _knob_for_target(mapped[1])
-        except ResolveError as exc:
-            return None, [f"{where}: {exc}"]
+        knob = _knob_for_target(mapped[1])  # resolve_plan checked every --map target
         how, score = f"--map {mapped[0]}={mapped[1]}", float("inf")
     else:
-        ranked = rank_knobs(ab, scope, base)
         if not ranked or ranked[0][1] < MIN_SCORE:
             why = _unsupported(ab)
             why = f": {why}" if why else ""
-            close = "\n".join(_describe(k, s) for k, s, _ in ranked[:5] if s >= 0.05) or "  (nothing close)"
+            close = tuple(_describe(k, s) for k, s, _ in ranked[:5] if s >= 0.05) or ("  (nothing close)",)
             eg = ranked[0][0].path if ranked and ranked[0][1] >= 0.3 * MIN_SCORE else "some.config.path"
-            return None, [
-                f"{where}: cannot place the ablated part {ab.part!r} on a knob{why}. Closest knobs:\n{close}\n"
-                f"  fix: --map \"{ab.name}={eg}\" (a knob name or any config path)"
-            ]
+            return unresolved(Problem(f"cannot place the ablated part {ab.part!r} on a knob{why}",
+                                      ("Closest knobs:",) + close,
+                                      f"--map \"{ab.name}={eg}\" (a knob name or any config path)"))
         knob, score, phrase = ranked[0]
         how = f"matched {phrase!r} (score {score:.2f})"
         # ambiguity: a close runner-up that would do something else
@@ -1050,28 +1177,31 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
             v2, e2 = make_variants(ab, k2, base)
             same = not e2 and [v.overrides for v in v1] == [v.overrides for v in v2]
             if not same and not (set(k2.paths) & set(knob.paths)) and not _nested(ab, knob, v1, k2, v2):
-                close = "\n".join(_describe(k, s) for k, s, _ in ranked[:4])
-                return None, [
-                    f"{where}: the ablated part {ab.part!r} is ambiguous between {knob.name} and {k2.name}:\n{close}\n"
-                    f"  fix: --map \"{ab.name}={knob.path}\" (or the one you mean)"
-                ]
-    errors: list[str] = []
+                close = tuple(_describe(k, s) for k, s, _ in ranked[:4])
+                return unresolved(Problem(
+                    f"the ablated part {ab.part!r} is ambiguous between {knob.name} and {k2.name}",
+                    close, f"--map \"{ab.name}={knob.path}\" (or the one you mean)"))
+    problems: list[Problem] = []
     ok, need = _requires_ok(knob, base)
     if not ok and not mapped:
-        errors.append(
-            f"{where}: {knob.name} ({knob.path}) has no effect on this base: it needs {need}; "
-            f"pass another --base, or add the override {_enabling_override(knob, base)} after the plan "
-            f"(kdlab ablate PLAN {_enabling_override(knob, base)}), or --map \"{ab.name}=<knob>\""
-        )
+        enable = _enabling_override(knob, base)
+        problems.append(Problem(
+            f"{knob.name} ({knob.path}) has no effect on this base: it needs {need}",
+            fix=f"add the override {enable} after the plan (kdlab ablate PLAN {enable}), pass another --base, "
+                f"or --map \"{ab.name}=<knob>\""))
     variants, verr = make_variants(ab, knob, base)
-    errors += [f"{where}: {e}" for e in verr]
+    other = "" if mapped else f"; or --map \"{ab.name}=<knob>\" if {knob.name} is not the part you mean"
+    problems += [Problem(e, fix=f"correct the value in the plan{other}") for e in verr]
     if not variants and not verr:
-        errors.append(f"{where}: no variant to run")
-    metrics = [map_metric(m) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
-    base_value = effective_base_value(knob, base)
-    if errors:
-        return None, errors
-    return ResolvedAblation(ab, knob, how, score, variants, metrics, _jsonable(base_value)), []
+        problems.append(Problem("no variant to run"))
+    if problems:
+        return unresolved(*problems)
+    configs = [base] + [v.config for v in variants]
+    metrics = [fit_metric(map_metric(m), configs) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
+    base_warnings = config_warnings(base)
+    warnings = [f"{v.label}: {w}" for v in variants for w in config_warnings(v.config) if w not in base_warnings]
+    return ResolvedAblation(ab, knob, how, score, variants, metrics, _jsonable(effective_base_value(knob, base)),
+                            index=index, phrase=phrase, candidates=candidates, warnings=warnings)
 
 
 def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> dict[int, str]:
@@ -1117,9 +1247,17 @@ def resolve_plan(
     maps: Iterable[str] | dict[str, str] = (),
     overrides: Sequence[str] = (),
     seeds: int | Sequence[int] = 3,
+    strict: bool = False,
+    allow_empty: bool = False,
 ) -> Grid:
-    """Resolve every ablation of ``plan`` against a base config; raise ResolveError listing every problem."""
+    """Resolve every ablation of ``plan`` against a base config.
+
+    Ablations that do not resolve are kept in ``grid.unresolved`` with their problems, and the others run. A
+    ResolveError listing every problem is raised when none resolves (unless ``allow_empty``: --explain shows
+    why), with ``strict`` when any does not, and for a ``--map`` that names no ablation."""
     maps_d = parse_maps(maps)
+    for target in maps_d.values():
+        _knob_for_target(target)  # a --map the user typed wrong stops the plan: one clear error line
     if base is None:
         scope, reason = detect_scope(plan)
     else:
@@ -1144,35 +1282,56 @@ def resolve_plan(
     user_methods = any(o.split("=", 1)[0].strip() == "distill.methods" for o in overrides)
     needed = {} if user_methods else needed_distillers(plan, scope, base_cfg, maps_d)
     resolved: list[ResolvedAblation] = []
-    errors: list[str] = []
+    unresolved: list[Unresolved] = []
+    plan_warnings = config_warnings(base_cfg)
     for i, ab in enumerate(plan.ablations, 1):
         own = None
         if i in needed:
             try:
                 own = method_base(base_cfg, needed[i])
             except ConfigError as exc:
-                errors.append(f"ablation #{i} {ab.name!r}: a {needed[i]} student on this base is not valid: {exc}")
+                problem = Problem(f"a {needed[i]} student on this base is not valid: {exc}")
+                unresolved.append(Unresolved(i, ab, [problem]))
                 continue
-        r, errs = resolve_ablation(ab, i, scope, own or base_cfg, maps_d)
-        errors += errs
-        if r is not None:
-            if own is not None:
-                r.base = own
-                r.base_note = (f"own base: the {needed[i]} student (distill.methods=[{needed[i]}]), "
-                               f"since the plan's base student does not use {needed[i]}")
-            resolved.append(r)
+        r = resolve_ablation(ab, i, scope, own or base_cfg, maps_d)
+        if isinstance(r, Unresolved):
+            unresolved.append(r)
+            continue
+        if own is not None:
+            r.base = own
+            r.base_note = (f"own base: the {needed[i]} student (distill.methods=[{needed[i]}]), "
+                           f"since the plan's base student does not use {needed[i]}")
+            r.warnings[:0] = [f"base: {w}" for w in config_warnings(own) if w not in plan_warnings]
+        resolved.append(r)
     unused = [k for k in maps_d if not any(_mapped(ab, i, {k: maps_d[k]}) for i, ab in enumerate(plan.ablations, 1))]
     if unused:
         names = ", ".join(repr(a.name) for a in plan.ablations)
-        errors.append(f"--map {', '.join(map(repr, unused))} matches no ablation of the plan (names: {names})")
-    if errors:
-        head = f"{plan.source}: the plan does not resolve ({len(errors)} problem{'s' if len(errors) > 1 else ''}); nothing was run"
-        raise ResolveError(head + "\n" + "\n".join(f"- {e}" for e in errors))
-    return Grid(plan, scope, reason, name, base_cfg, seed_list, resolved, overrides, maps_d)
+        raise ResolveError(f"--map {', '.join(map(repr, unused))} matches no ablation of the plan (names: {names})")
+    if unresolved and (strict or not (resolved or allow_empty)):
+        n = sum(len(u.problems) for u in unresolved)
+        why = "--strict: nothing runs unless every ablation resolves" if resolved else "no ablation resolves"
+        head = f"{plan.source}: {why} ({n} problem{'s' if n > 1 else ''}); nothing was run"
+        raise ResolveError(head + "\n" + "\n".join(_listed(u.lines()) for u in unresolved))
+    return Grid(plan, scope, reason, name, base_cfg, seed_list, resolved, overrides, maps_d, unresolved, plan_warnings)
 
 
-def format_grid(grid: Grid) -> str:
-    """Human-readable resolved grid (what ``--dry-run`` prints)."""
+def _listed(lines: list[str]) -> str:
+    """Problem lines as a list: each problem's first line bulleted, its details and fix indented under it."""
+    return "\n".join(line if line.startswith(" ") else f"- {line}" for line in lines)
+
+
+def format_unresolved(grid: Grid) -> list[str]:
+    """The "not run" block the dry run, the run and --explain print first (empty when everything resolved)."""
+    if not grid.unresolved:
+        return []
+    n, total = len(grid.unresolved), len(grid.unresolved) + len(grid.ablations)
+    lines = [f"NOT RUN: {n} of {total} ablation{'s' if total > 1 else ''} could not be resolved and will not run:"]
+    lines += [_listed(u.lines()) for u in grid.unresolved]
+    return lines + [""]
+
+
+def grid_header(grid: Grid) -> list[str]:
+    """The plan, method, base, seeds and the base's own warnings: the first lines of the dry run and --explain."""
     lines = [
         f"Plan: {grid.plan.title}  [{grid.plan.source}]",
         f"Method: {grid.scope} ({grid.scope_reason}); base: {grid.base_name}"
@@ -1182,21 +1341,31 @@ def format_grid(grid: Grid) -> str:
         f"on {grid.base.data.name}",
         f"Seeds: {', '.join(map(str, grid.seeds))}",
     ]
-    for i, a in enumerate(grid.ablations, 1):
+    return lines + [f"  warning: base: {w}" for w in grid.warnings]
+
+
+def variant_line(v: Variant) -> str:
+    """``label  path=value, ...  [= base]  <- 'the plan's words'``."""
+    ov = ", ".join(f"{k}={format_value(x)}" for k, x in v.overrides.items())
+    note = "  [= base]" if v.same_as_base else ""
+    raw = f"  <- {v.raw!r}" if v.raw and v.raw != v.label else ""
+    return f"{v.label:<22} {ov}{note}{raw}"
+
+
+def format_grid(grid: Grid) -> str:
+    """Human-readable resolved grid (what ``--dry-run`` prints): what is not run first, then every ablation."""
+    lines = format_unresolved(grid) + grid_header(grid)
+    for a in grid.ablations:
         lines.append("")
-        lines.append(f"[{i}] {a.ablation.name}: {a.ablation.action} {a.ablation.part!r}")
+        lines.append(f"[{a.index}] {a.ablation.name}: {a.ablation.action} {a.ablation.part!r}")
         lines.append(f"    -> knob {a.knob.name} = {' + '.join(a.knob.paths)}  ({a.how}); base value {format_value(a.base_value)}")
         if a.base is None:
             lines.append(f"    {'base':<22} (shared base run)")
         else:
             lines.append(f"    {'base':<22} {a.base_note}")
-        for v in a.variants:
-            ov = ", ".join(f"{k}={format_value(x)}" for k, x in v.overrides.items())
-            note = "  [= base]" if v.same_as_base else ""
-            raw = f"  <- {v.raw!r}" if v.raw and v.raw != v.label else ""
-            lines.append(f"    {v.label:<22} {ov}{note}{raw}")
-        mets = ", ".join(f"{m.name} -> {'+'.join(m.keys) if m.keys else 'not measured'}" for m in a.metrics)
-        lines.append(f"    metrics: {mets}")
+        lines += [f"    {variant_line(v)}" for v in a.variants]
+        lines += [f"    warning: {w}" for w in a.warnings]
+        lines.append(f"    metrics: {', '.join(m.describe() for m in a.metrics)}")
     n_cfg = len(grid.configs())
     teachers = {run_identity(c, "teacher") for c in grid.configs()}
     lines.append("")
@@ -1204,4 +1373,7 @@ def format_grid(grid: Grid) -> str:
         f"Runs: {n_cfg} configs x {len(grid.seeds)} seeds = {n_cfg * len(grid.seeds)} student runs; "
         f"{len(teachers) * len(grid.seeds)} teacher trainings"
     )
+    if grid.unresolved:
+        lines.append(f"Not run: {len(grid.unresolved)} ablation{'s' if len(grid.unresolved) > 1 else ''} "
+                     "(listed at the top, with the reason)")
     return "\n".join(lines)

@@ -294,5 +294,6 @@ register(MethodSpec(
     name="cocord", role="distiller", config=CoCoRDConfig, build=CoCoRD, knobs=KNOBS, scope="cocord",
     summary="Fu et al., BMVC 2023: contrastive + consistency distillation with a slow-moving student",
     phrases=('cocord', 'contrastive consistent representation distillation', 'consistent representation distillation'),
+    terms={"cocord_ctr": ("cocord", "contrastive"), "cocord_pred": ("cocord", "prediction")},
     list_aliases=('cocord',),
 ))

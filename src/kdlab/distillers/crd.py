@@ -143,5 +143,6 @@ register(MethodSpec(
     name="crd", role="distiller", config=CRDConfig, build=CRD, knobs=KNOBS,
     summary="Tian et al., ICLR 2020: NCE contrastive distillation with two memory banks",
     phrases=('crd', 'contrastive representation distillation'),
+    terms={"crd": ("crd", "contrastive")},
     list_aliases=('crd', 'contrastive representation distillation', 'crd loss'),
 ))

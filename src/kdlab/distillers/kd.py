@@ -64,5 +64,6 @@ register(MethodSpec(
     solo_ce_weight=0.1, resolve_block=_resolve,  # RepDistiller's -r 0.1 -a 0.9 for KD alone
     summary="Hinton et al., 2015: T²·KL between softened teacher and student distributions",
     phrases=('kd', 'vanilla kd', 'hinton kd', 'knowledge distillation loss', 'logit distillation', 'kl divergence loss', 'soft label distillation'),
+    terms={"kd": ("kd",)},
     list_aliases=('knowledge distillation',),
 ))

@@ -79,5 +79,6 @@ register(MethodSpec(
     name="rkd", role="distiller", config=RKDConfig, build=RKD, knobs=KNOBS,
     summary="Park et al., CVPR 2019: distance- and angle-wise relations of the pooled features",
     phrases=('rkd', 'relational knowledge distillation', 'relational kd', 'relation distillation'),
+    terms={"rkd_dist": ("rkd",), "rkd_angle": ("rkd",)},
     list_aliases=('rkd', 'relational knowledge distillation', 'rkd loss'),
 ))

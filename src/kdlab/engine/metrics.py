@@ -8,6 +8,8 @@ Definitions (docs/METHOD.md repeats them):
 * ``ece``: expected calibration error of the last epoch's test predictions, in percent: the test images are
   binned by confidence (the top softmax probability) into 15 equal-width bins ``(b/15, (b+1)/15]``, and
   ECE = sum_b n_b / N * |accuracy_b - mean confidence_b| (Guo et al., 2017).
+* ``train_<term>`` (``train_ce``, ``train_kd``, ``train_intra``, ``train_cocord_ctr``, ...): the last epoch's mean
+  of that term of the training loss, weighted as it enters the total (the per-epoch values are in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ def summarize(history: list[dict], *, extra_state_bytes: int = 0) -> dict:
         "extra_state_bytes": extra_state_bytes,
         "epochs": last["epoch"],
     }
+    # the last epoch's mean of every weighted loss term (train_ce, train_kd, train_intra, train_cocord_ctr, ...)
+    summary.update({k: v for k, v in last.items() if k.startswith("train_") and k not in ("train_loss", "train_top1")})
     if "test_ece" in last:
         summary["ece"] = last["test_ece"]
     for key in ("margin_pass_frac", "cache_fill", "negatives_per_anchor"):

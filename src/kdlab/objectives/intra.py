@@ -233,9 +233,8 @@ def _one_view_takes_memory(overrides: dict, base) -> dict:
 KNOBS = (
     knob("intra.lambda_schedule", "objective.intra.lambda_schedule", "choice",
          ["lambda schedule", "schedule of lambda", "weight schedule", "adaptive lambda", "adaptive weight",
-          "adaptive weighting", "adaptive weighting of the intra class loss", "adaptive loss weighting",
-          "dynamic weighting", "dynamic lambda", "loss weight schedule", "automatic weighting", "lambda adaptation",
-          "weighting strategy of the intra class loss"],
+          "adaptive weighting", "adaptive loss weighting", "dynamic weighting", "dynamic lambda",
+          "loss weight schedule", "automatic weighting", "lambda adaptation", "adaptive lambda schedule"],
          "how lambda is set: constant, warmup (linear from 0), gradnorm (intra gradient = eta x CE gradient on the "
          "features, each step), ratio (per epoch, toward a target intra/inter distance ratio); ADD: gradnorm",
          scope="intra", off_value="constant", on_value="gradnorm", requires="objective.kind=intra",
@@ -246,7 +245,7 @@ KNOBS = (
                   "ratio": ("ratio", "feedback", "distance ratio", "target ratio", "ratio feedback",
                             "intra inter ratio")}),
     knob("intra.eta", "objective.intra.eta", "float",
-         ["eta", "gradient ratio", "gradient norm ratio", "target gradient fraction", "gradnorm fraction"],
+         ["eta", "gradnorm eta", "gradnorm fraction", "gradnorm target", "eta of the gradnorm schedule"],
          "gradnorm schedule: fraction eta of the CE gradient norm that lambda*L_Intra gets on the features",
          scope="intra", requires="objective.intra.lambda_schedule=gradnorm"),
     knob("intra.target_ratio", "objective.intra.target_ratio", "float",
@@ -326,6 +325,7 @@ register(MethodSpec(
     summary="intra-class contrastive teacher (arXiv 2509.22053): same-class negatives, margin filter, class cache",
     phrases=("intra", "intra class", "intra class contrastive", "intra class contrastive learning", "ours", "proposed",
              "same class negatives", "tuplet"),
+    terms={"intra": ("intra", "contrastive")},
     views=lambda block: 1 if block.positive == "memory" else 2,
     min_views=lambda block: 1 if block.positive == "memory" else 2,
     views_hint="objective.views=2 or objective.intra.positive=memory",

@@ -38,5 +38,6 @@ register(MethodSpec(
     name="simclr", role="objective", config=SimCLRConfig, build=SimCLRTerm, knobs=KNOBS, scope="intra",
     summary="SimCLR / NT-Xent (Chen et al., ICML 2020): the other views of an image are its only positives",
     phrases=('simclr', 'self supervised', 'self supervised contrastive', 'self supervised contrastive learning', 'instance discrimination', 'instance level contrastive', 'unsupervised contrastive', 'ntxent', 'nt xent'),
+    terms={"simclr": ("simclr", "contrastive")},
     views=lambda block: 2, min_views=lambda block: 2, views_hint="objective.views=2",
 ))

@@ -39,5 +39,6 @@ register(MethodSpec(
     name="supcon", role="objective", config=SupConConfig, build=SupConTerm, knobs=KNOBS, scope="intra",
     summary="SupCon (Khosla et al., NeurIPS 2020): same-class rows are positives, every other row a negative",
     phrases=('supcon', 'inter class', 'inter class contrastive', 'inter class contrastive learning', 'supervised contrastive', 'supervised contrastive learning', 'supcon style', 'class level contrastive', 'label aware contrastive'),
+    terms={"supcon": ("supcon", "contrastive")},
     views=lambda block: 2, min_views=lambda block: 2, views_hint="objective.views=2",
 ))

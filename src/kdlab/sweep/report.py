@@ -3,12 +3,15 @@
 ``build_report(OUT)`` reads ``OUT/grid.json`` (the resolved plan, with the run keys of every variant and
 seed) and the run records, and writes:
 
-* ``OUT/report.md``: per ablation, what was changed (knob, config path, values), a table with each
-  requested metric as mean ± std over the seeds that finished, Δ vs the base, and n ok/failed, the failed
-  runs with their errors, metrics the plan asked for that kdlab does not measure, and the plots;
+* ``OUT/report.md``: the ablations of the plan that were not run (and why), then per ablation what was
+  changed (knob, config path, values), a table with each requested metric as mean ± sample std over the
+  seeds that finished (the value alone for one seed), Δ vs the base over paired seeds with its 95 % CI
+  (:mod:`kdlab.ablation.stats`), n ok/failed and the pairs, a legend, the metrics kdlab does not measure,
+  the warnings, the failed runs with their errors, and the plots;
 * ``OUT/plots/*.png``: metric vs value with error bars for numeric sweeps (bars for categorical ones), and
   training curves (test top-1 and train loss per epoch, mean over seeds) from each run's ``metrics.jsonl``;
-* ``OUT/results.csv`` (one row per run) and ``OUT/tables.json`` (the tables, machine-readable).
+* ``OUT/results.csv`` (one row per run) and ``OUT/tables.json`` (the tables with per-seed values and the
+  paired intervals, machine-readable). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab.engine.checkpoint import atomic_write_json
+from kdlab.engine.checkpoint import atomic_write_json, atomic_write_text
+from kdlab.experiment.terms import term_value
 from kdlab.sweep.grid import SweepError, format_value
+from kdlab.sweep.stats import PairedDelta, finite, paired_delta, summarize_values
 from kdlab.sweep.store import Store, read_json
 
 __all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "render_table"]
@@ -31,14 +36,19 @@ __all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "re
 
 @dataclass
 class Cell:
+    """One metric of one row: the finished seeds' values (seed -> value) and their mean ± sample std."""
+
     mean: float | None
-    std: float | None
+    std: float | None  # None for fewer than two values: a sample std of one value is undefined
     n: int
+    per_seed: dict[int, float] = field(default_factory=dict)
 
     def text(self) -> str:
         if self.mean is None:
             return "n/a"
-        return f"{_num(self.mean)} ± {_num(self.std or 0.0, like=self.mean)}"
+        if self.std is None:
+            return _num(self.mean)
+        return f"{_num(self.mean)} ± {_num(self.std, like=self.mean)}"
 
 
 @dataclass
@@ -51,9 +61,21 @@ class Row:
     n_failed: int
     n_missing: int
     cells: dict[str, Cell]
-    delta: dict[str, float | None]
+    delta: dict[str, PairedDelta]  # per column: Δ vs the base row over paired seeds (empty for the base row)
     errors: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    seeds_ok: list[int] = field(default_factory=list)  # the seeds whose run finished done
+    pairs: int = 0  # seeds where this row and the base row both finished
+
+    def delta_text(self, column: str, like: float | None) -> str:
+        """``+0.42 [0.12, 0.72]*`` (``*``: the 95 % CI excludes 0); one pair: the difference alone."""
+        d = self.delta.get(column)
+        if d is None or d.mean is None:
+            return "n/a"
+        text = _signed(d.mean, like)
+        if d.lo is not None:
+            text += f" [{_signed(d.lo, like)}, {_signed(d.hi, like)}]" + (MARK if d.excludes_zero else "")
+        return text + (f" ({d.pairs} pairs)" if d.pairs != self.pairs else "")
 
 
 @dataclass
@@ -72,18 +94,23 @@ class Table:
     not_measured: list[str]
     unrecorded: list[str]
     base_note: str = ""  # set when the ablation has a base of its own
+    notes: list[str] = field(default_factory=list)  # metrics left out or not recorded, and why
+    warnings: list[str] = field(default_factory=list)  # settings meaningless on the base's data
 
     def to_dict(self) -> dict:
         return {
             "index": self.index, "name": self.name, "part": self.part, "action": self.action, "knob": self.knob,
             "path": self.path, "numeric": self.numeric, "base_value": self.base_value,
             "columns": [c for c, _ in self.columns], "not_measured": self.not_measured, "unrecorded": self.unrecorded,
-            "base_note": self.base_note,
+            "base_note": self.base_note, "notes": self.notes, "warnings": self.warnings,
             "rows": [
                 {"label": r.label, "value": r.value, "is_base": r.is_base, "same_as_base": r.same_as_base,
                  "n_ok": r.n_ok, "n_failed": r.n_failed, "n_missing": r.n_missing, "runs": r.keys,
-                 "metrics": {c: {"mean": x.mean, "std": x.std, "n": x.n} for c, x in r.cells.items()},
-                 "delta": r.delta, "errors": r.errors}
+                 "seeds_ok": r.seeds_ok, "pairs": r.pairs,
+                 "metrics": {c: {"mean": x.mean, "std": x.std, "n": x.n,
+                                 "per_seed": {str(s): v for s, v in x.per_seed.items()}} for c, x in r.cells.items()},
+                 "delta": {c: d.mean for c, d in r.delta.items()},
+                 "delta_ci95": {c: d.to_dict() for c, d in r.delta.items()}, "errors": r.errors}
                 for r in self.rows
             ],
         }
@@ -120,24 +147,22 @@ def _num(x: float, like: float | None = None) -> str:
     return f"{x:.2e}"
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _stats(values: list[float]) -> Cell:
-    vals = [float(v) for v in values if _finite(v)]
-    if not vals:
-        return Cell(None, None, 0)
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return Cell(m, sd, len(vals))
+def _signed(x: float, like: float | None) -> str:
+    return f"+{_num(x, like)}" if x >= 0 else _num(x, like)
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _columns(ab: dict) -> tuple[list[tuple[str, str]], list[str]]:
+MARK = "*"
+
+
+def _columns(ab: dict) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """The table's columns (``stage.key``, header), the plan metrics not measured, and the notes on metrics."""
     cols: list[tuple[str, str]] = []
     not_measured: list[str] = []
+    notes: list[str] = []
     for m in ab["metrics"]:
+        if m.get("note"):
+            notes.append(f"{m['name']}: {m['note']}")
         if not m["keys"]:
             not_measured.append(m["name"])
             continue
@@ -149,65 +174,85 @@ def _columns(ab: dict) -> tuple[list[tuple[str, str]], list[str]]:
                     cols.append((col, f"{key} ({stage})"))
     if not cols:
         cols.append(("student.top1", "top1 (student)"))
-    return cols, not_measured
+    return cols, not_measured, notes
 
 
-def _row(label, value, is_base, same, keys: list[str], store: Store, cols) -> Row:
-    recs = [store.record(store.run_dir(k)) for k in keys]
-    ok = [r for r in recs if r is not None and r["status"] == "done"]
-    failed = [r for r in recs if r is not None and r["status"] == "failed"]
-    cells = {c: _stats([r.get("metrics", {}).get(c) for r in ok]) for c, _ in cols}
+def _row(label, value, is_base, same, runs: dict[int, str], store: Store, cols) -> Row:
+    """The row of one config from its records (``runs``: seed -> run key)."""
+    recs = {seed: store.record(store.run_dir(k)) for seed, k in runs.items()}
+    ok = {seed: r for seed, r in recs.items() if r is not None and r["status"] == "done"}
+    failed = [r for r in recs.values() if r is not None and r["status"] == "failed"]
+    cells = {}
+    for c, _ in cols:
+        per_seed = {seed: float(v) for seed, r in ok.items() if finite(v := term_value(r.get("metrics", {}), c))}
+        sm = summarize_values(per_seed.values())
+        cells[c] = Cell(sm.mean, sm.std, sm.n, per_seed)
     errors = []
     for r in failed:
         e = f"seed {r.get('seed')}: {r.get('error')}"
         if e not in errors:
             errors.append(e)
-    return Row(label, value, is_base, same, len(ok), len(failed), sum(r is None for r in recs), cells, {}, errors, keys)
+    return Row(label, value, is_base, same, len(ok), len(failed), sum(r is None for r in recs.values()), cells, {},
+               errors, list(runs.values()), seeds_ok=sorted(ok))
+
+
+def _seed_runs(runs: dict[str, str]) -> dict[int, str]:
+    return {int(s): runs[s] for s in sorted(runs, key=int)}
 
 
 def _tables(grid: dict, store: Store) -> list[Table]:
     tables = []
-    base_keys = [grid["base_runs"][s] for s in sorted(grid["base_runs"], key=int)]
     for i, ab in enumerate(grid["ablations"], 1):
-        cols, not_measured = _columns(ab)
+        cols, not_measured, notes = _columns(ab)
         own = ab.get("base_runs")  # an ablation with a base of its own (see resolve.needed_distillers)
-        keys = [own[s] for s in sorted(own, key=int)] if own else base_keys
-        base = _row("base", ab.get("base_value"), True, False, keys, store, cols)
+        base = _row("base", ab.get("base_value"), True, False, _seed_runs(own or grid["base_runs"]), store, cols)
         rows = [base]
         for v in ab["variants"]:
-            keys = [v["runs"][s] for s in sorted(v["runs"], key=int)]
-            rows.append(_row(v["label"], v["value"], False, v.get("same_as_base", False), keys, store, cols))
-        for r in rows:
-            for c, _ in cols:
-                b, x = base.cells[c].mean, r.cells[c].mean
-                r.delta[c] = None if r.is_base or b is None or x is None else x - b
+            rows.append(_row(v["label"], v["value"], False, v.get("same_as_base", False), _seed_runs(v["runs"]),
+                             store, cols))
+        for r in rows[1:]:
+            r.delta = {c: paired_delta(r.cells[c].per_seed, base.cells[c].per_seed) for c, _ in cols}
+            r.pairs = len(set(r.seeds_ok) & set(base.seeds_ok))
         unrecorded = [h for c, h in cols if all(r.cells[c].mean is None for r in rows) and any(r.n_ok for r in rows)]
-        tables.append(Table(i, ab["name"], ab.get("part", ""), ab.get("action", "REPLACE"), ab["knob"]["name"],
-                            ab["knob"]["path"], ab.get("how", "grid file"),
-                            bool(ab.get("numeric")), ab.get("base_value"), cols, rows, not_measured, unrecorded,
-                            ab.get("base_note", "")))
+        tables.append(Table(ab.get("index", i), ab["name"], ab.get("part", ""), ab.get("action", "REPLACE"),
+                            ab["knob"]["name"], ab["knob"]["path"], ab.get("how", "grid file"), bool(ab.get("numeric")),
+                            ab.get("base_value"), cols, rows, not_measured, unrecorded, ab.get("base_note", ""), notes,
+                            list(ab.get("warnings", []))))
     return tables
 
 
 def render_table(t: Table) -> str:
-    """The Markdown table of one ablation (also readable in a terminal)."""
+    """The Markdown table of one ablation (also readable in a terminal), with its legend under it."""
     head = ["variant"]
     for _, h in t.columns:
-        head += [h, "Δ vs base"]
-    head.append("n ok/failed")
+        head += [h, "Δ vs base [95 % CI]"]
+    head += ["n ok/failed", "pairs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in t.rows:
         label = f"base ({format_value(t.base_value)})" if r.is_base else r.label + (" (= base)" if r.same_as_base else "")
         cells = [label]
         for c, _ in t.columns:
-            cells.append(r.cells[c].text())
-            d = r.delta.get(c)
-            like = t.rows[0].cells[c].mean
-            cells.append("" if r.is_base else ("n/a" if d is None else (f"+{_num(d, like)}" if d >= 0 else _num(d, like))))
-        n = f"{r.n_ok}/{r.n_failed}" + (f" ({r.n_missing} missing)" if r.n_missing else "")
-        cells.append(n)
+            cells += [r.cells[c].text(), "" if r.is_base else r.delta_text(c, t.rows[0].cells[c].mean)]
+        cells.append(f"{r.n_ok}/{r.n_failed}" + (f" ({r.n_missing} missing)" if r.n_missing else ""))
+        cells.append("" if r.is_base else str(r.pairs))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", _legend(t)])
+
+
+def _legend(t: Table) -> str:
+    """How to read the table: what the cells, Δ, the interval and the mark are, for the n this table has."""
+    ns = {c.n for r in t.rows for c in r.cells.values() if c.n}
+    pairs = {r.pairs for r in t.rows[1:]}
+    if ns and max(ns) <= 1:
+        return ("n=1: one seed per row, so each cell is a single value (no ± std) and Δ is the single difference "
+                "to the base (no confidence interval); run more seeds (--seeds 3) for intervals.")
+    text = ("Cells: mean ± sample std over the seeds that finished (a single value where only one did). "
+            "Δ: mean of the paired differences variant − base over the seeds both finished (same seed = same "
+            f"initialisation and data order), with its 95 % t-interval (pairs − 1 degrees of freedom); {MARK} marks "
+            "an interval that excludes 0.")
+    if 1 in pairs:
+        text += " A row with one pair has a difference but no interval."
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -235,7 +280,7 @@ def _mean_curve(histories: list[list[dict]], key: str) -> tuple[list[int], list[
     by_epoch: dict[int, list[float]] = {}
     for h in histories:
         for r in h:
-            if _finite(r.get(key)) and "epoch" in r:
+            if finite(r.get(key)) and "epoch" in r:
                 by_epoch.setdefault(int(r["epoch"]), []).append(float(r[key]))
     xs = sorted(by_epoch)
     return xs, [sum(by_epoch[x]) / len(by_epoch[x]) for x in xs]
@@ -257,12 +302,12 @@ def _plots(t: Table, grid_ab: dict, store: Store, out: Path) -> list[Path]:
     ncol = min(3, len(cols))
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    numeric = t.numeric and _finite(t.base_value) if t.base_value is not None else t.numeric
+    numeric = t.numeric and finite(t.base_value) if t.base_value is not None else t.numeric
     for ax, (c, header) in zip(axes.flat, cols):
         rows = [r for r in t.rows if r.cells[c].mean is not None]
         if numeric:
             pts = sorted(((float(t.base_value) if r.is_base else float(r.value), r) for r in rows
-                          if r.is_base or _finite(r.value)), key=lambda p: p[0])
+                          if r.is_base or finite(r.value)), key=lambda p: p[0])
             xs = [p[0] for p in pts]
             ys = [p[1].cells[c].mean for p in pts]
             es = [p[1].cells[c].std or 0.0 for p in pts]
@@ -357,7 +402,7 @@ def _results_csv(grid: dict, store: Store) -> str:
                "status": rec["status"] if rec else "missing", "seed": rec.get("seed") if rec else None,
                "error": rec.get("error") if rec else None, "teacher_key": rec.get("teacher_key") if rec else None}
         for mk, mv in sorted((rec or {}).get("metrics", {}).items()):
-            if _finite(mv) or mv is None:
+            if finite(mv) or mv is None:
                 row[mk] = mv
         recs.append(row)
         keys += [c for c in row if c not in keys]
@@ -366,6 +411,26 @@ def _results_csv(grid: dict, store: Store) -> str:
     w.writeheader()
     w.writerows(recs)
     return buf.getvalue()
+
+
+def _not_run(grid: dict, n_run: int) -> list[str]:
+    """The "Not run" section: each ablation that did not resolve, the reason, and the fix where one exists."""
+    unresolved = grid.get("unresolved") or []
+    if not unresolved:
+        return []
+    n = len(unresolved)
+    md = ["## Not run", "",
+          f"{n} of {n + n_run} ablations of the plan could not be resolved and were not run "
+          "(`kdlab ablate PLAN --explain` shows how each was read):", ""]
+    for u in unresolved:
+        line = f", line {u['line']}" if u.get("line") else ""
+        md.append(f"- **#{u['index']} {u['name']}** ({u['action']} \"{u['part']}\"{line})")
+        for p in u["problems"]:
+            md.append(f"  - {p['reason']}" + (f"; fix: {p['fix']}" if p.get("fix") else ""))
+        close = ", ".join(f"{k} ({sc:.2f})" for k, sc, _ in u.get("candidates", [])[:3] if sc > 0)
+        if close:
+            md.append(f"  - closest knobs: {close}")
+    return md + [""]
 
 
 def build_report(out: str | Path) -> ReportResult:
@@ -387,14 +452,18 @@ def build_report(out: str | Path) -> ReportResult:
         + f": teacher {base['teacher']['arch']} ({base['teacher']['epochs']} epochs, objective {base['objective']['kind']}) -> "
         f"student {base['student']['arch']} ({base['student']['epochs']} epochs, {'+'.join(base['distill']['methods']) or 'CE only'}) "
         f"on {base['data']['name']}; seeds {', '.join(map(str, grid['seeds']))}.",
+        *[f"- Warning (base): {w}" for w in grid.get("warnings", [])],
         "",
-        "Cells are mean ± std (sample std over the seeds that finished); Δ is the difference of means to the base row. "
         "top1/top5 are the last epoch's test accuracy (%), convergence_epoch the first epoch reaching 95 % of the final "
-        "top-1, loss_std / loss_spikes the stability of the per-step training loss, peak_mem_mb the peak memory.",
+        "top-1, loss_std / loss_spikes the stability of the per-step training loss, peak_mem_mb the peak memory, "
+        "`<term>_loss` the last epoch's mean of that weighted term of the training loss. Each table says how to "
+        "read its cells, Δ and the confidence intervals under it.",
         "",
     ]
+    not_run = _not_run(grid, len(tables))
+    md += not_run
     plots: list[Path] = []
-    text_parts = []
+    text_parts = ["\n".join(not_run).strip()] if not_run else []
     n_done = n_failed = n_missing = 0
     for t, ab in zip(tables, grid["ablations"]):
         md.append(f"## {t.index}. {t.name}")
@@ -416,6 +485,8 @@ def build_report(out: str | Path) -> ReportResult:
             md.append(f"Not measured (no kdlab metric of that name): {', '.join(t.not_measured)}.")
         if t.unrecorded:
             md.append(f"Not recorded by these runs: {', '.join(t.unrecorded)}.")
+        md += [f"- Metric: {n}" for n in t.notes]
+        md += [f"- Warning: {w}" for w in t.warnings]
         errs = [(r.label, e) for r in t.rows for e in r.errors]
         if errs:
             md.append("")
@@ -427,8 +498,9 @@ def build_report(out: str | Path) -> ReportResult:
             plots.append(p)
             md.append(f"![{p.stem}](plots/{p.name})")
         md.append("")
-        text_parts.append(f"[{t.index}] {t.name} ({t.knob} = {t.path})\n{table}"
-                          + (f"\nnot measured: {', '.join(t.not_measured)}" if t.not_measured else ""))
+        text_parts.append("\n".join([f"[{t.index}] {t.name} ({t.knob} = {t.path})", table]
+                                    + ([f"not measured: {', '.join(t.not_measured)}"] if t.not_measured else [])
+                                    + [f"metric: {n}" for n in t.notes] + [f"warning: {w}" for w in t.warnings]))
     all_keys = set(grid["base_runs"].values()) | {k for ab in grid["ablations"] for v in ab["variants"] for k in v["runs"].values()}
     all_keys |= {k for ab in grid["ablations"] for k in ab.get("base_runs", {}).values()}
     for k in all_keys:
@@ -441,8 +513,8 @@ def build_report(out: str | Path) -> ReportResult:
             n_failed += 1
     md.append(f"Runs: {n_done} done, {n_failed} failed, {n_missing} missing (of {len(all_keys)}).")
     report_path = out / "report.md"
-    report_path.write_text("\n".join(md) + "\n")
-    (out / "results.csv").write_text(_results_csv(grid, store))
+    atomic_write_text(report_path, "\n".join(md) + "\n")
+    atomic_write_text(out / "results.csv", _results_csv(grid, store))
     atomic_write_json(out / "tables.json", [t.to_dict() for t in tables])
     text = "\n\n".join(text_parts) + f"\n\nRuns: {n_done} done, {n_failed} failed, {n_missing} missing. Report: {report_path}"
     return ReportResult(out, report_path, tables, plots, text, n_done, n_failed, n_missing)
