@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,15 @@ torch.set_num_threads(int(os.environ.get("KDLAB_TEST_THREADS", "1")))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# tests/fakestages.py (a stand-in for kdlab.experiment.stages) is imported by module name, also by the
+# worker processes the sweep executor spawns, which inherit sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # tests/e2e/ trains networks end to end; tests/unit/ does not
+        if "e2e" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.e2e)
     if SHARED.exists():
         return
     skip = pytest.mark.skip(reason=f"{SHARED} not present (extra tier: seed plans and the CIFAR-10 copy)")

@@ -146,6 +146,7 @@ class MethodSpec:
     views_hint: str = ""
     companions: Callable[[dict, Any], dict] | None = None
     terms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    order: int = 100  # listings sort by (order, name): the baseline objective (ce) leads with 0
 
     @property
     def loss_terms(self) -> dict[str, tuple[str, ...]]:
@@ -182,17 +183,18 @@ def load_plugins() -> None:
 
 
 def all_specs() -> list[MethodSpec]:
+    """Every registered method, sorted by (order, name), whatever the import order of the plugins."""
     load_plugins()
-    return list(_SPECS.values())
+    return sorted(_SPECS.values(), key=lambda s: (s.order, s.name))
 
 
 def distillers() -> list[MethodSpec]:
-    """Student-side distillers, in registration order."""
+    """Student-side distillers, sorted by name."""
     return [s for s in all_specs() if s.role == "distiller"]
 
 
 def objectives() -> list[MethodSpec]:
-    """Teacher objectives, in registration order (``ce`` first)."""
+    """Teacher objectives, sorted by name after the baseline (``ce``)."""
     return [s for s in all_specs() if s.role == "objective"]
 
 

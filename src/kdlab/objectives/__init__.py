@@ -16,8 +16,7 @@ from kdlab.objectives.teacher import (
     build_head,
 )
 
-_FIRST = ("ce",)  # the baseline objective leads every listing
-for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: (m.name not in _FIRST, m.name)):
+for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if not _m.name.startswith("_"):
         _importlib.import_module(f"{__name__}.{_m.name}")
 

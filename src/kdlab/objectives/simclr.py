@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from torch import Tensor
-
-from kdlab.config import Strict
-from kdlab.objectives.contrastive import supcon_loss
-from kdlab.objectives.teacher import ObjectiveContext, ObjectiveStep, ObjectiveTerm
+from kdlab.objectives.supcon import SupConConfig, SupConTerm
 from kdlab.registry import MethodSpec, knob, register
 
 
-class SimCLRConfig(Strict):
-    lambda_: float = Field(0.02, ge=0)
-    tau: float = Field(0.1, gt=0)
+class SimCLRConfig(SupConConfig):
+    """The same settings as SupCon (λ, τ)."""
 
 
-class SimCLRTerm(ObjectiveTerm):
-    def __init__(self, cfg: SimCLRConfig, ctx: ObjectiveContext):
-        super().__init__()
-        self.cfg = cfg
+class SimCLRTerm(SupConTerm):
+    """NT-Xent is SupCon with image ids in place of labels: the other views of an image are its positives."""
 
-    def forward(self, step: ObjectiveStep) -> dict[str, Tensor]:
-        return {"simclr": self.cfg.lambda_ * supcon_loss(step.emb, step.ids, self.cfg.tau)}
+    name = "simclr"
+    positives_by = "ids"
 
 
 KNOBS = (

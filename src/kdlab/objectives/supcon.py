@@ -17,12 +17,18 @@ class SupConConfig(Strict):
 
 
 class SupConTerm(ObjectiveTerm):
+    """λ·L_SupCon with the rows that share ``positives_by`` (the class) as each other's positives."""
+
+    name = "supcon"
+    positives_by = "labels"
+
     def __init__(self, cfg: SupConConfig, ctx: ObjectiveContext):
         super().__init__()
         self.cfg = cfg
 
     def forward(self, step: ObjectiveStep) -> dict[str, Tensor]:
-        return {"supcon": self.cfg.lambda_ * supcon_loss(step.emb, step.labels, self.cfg.tau)}
+        keys = getattr(step, self.positives_by)
+        return {self.name: self.cfg.lambda_ * supcon_loss(step.emb, keys, self.cfg.tau)}
 
 
 KNOBS = (

@@ -4,11 +4,12 @@ or inside a function) goes from a package to one it may import, and the packages
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "kdlab"
+SRC = Path(__file__).resolve().parents[2] / "src" / "kdlab"
 
 _BELOW_CORE = {"config", "data", "models"}
 _METHODS = {"registry", "distillers", "objectives"}
@@ -51,6 +52,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+@lru_cache(maxsize=1)
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in SRC.rglob("*.py"):

@@ -25,7 +25,7 @@ from kdlab.cli import main
 from kdlab.experiment.schema import build_config
 from kdlab.engine.metrics import summarize
 
-PLANS = Path(__file__).resolve().parent / "plans"
+PLANS = Path(__file__).resolve().parents[1] / "plans"
 FAKE = "fakestages"
 TINY = ("teacher.epochs=2", "student.epochs=2")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 30: 2.042}  # Student's t, 0.975 quantile (printed tables)

@@ -284,7 +284,7 @@ def test_rows_to_markdown():
 
 
 # ------------------------------------------------------------ the numbers are those of ANCHORS.md
-ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "ANCHORS.md"
+ANCHORS = Path(__file__).resolve().parents[2].parent / "shared" / "ANCHORS.md"
 
 
 @pytest.mark.shared

@@ -13,8 +13,8 @@ from kdlab.experiment.identity import run_identity
 from kdlab.sweep import SweepError, load_grid, run_sweep, write_grid
 from kdlab.sweep.run import grid_record
 
-PLANS = Path(__file__).parent / "plans"
-SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+PLANS = Path(__file__).resolve().parents[1] / "plans"
+SEEDS = Path(__file__).resolve().parents[2].parent / "shared" / "seeds"
 FAKE = "fakestages"
 TINY = ("teacher.epochs=1", "student.epochs=1", "data.subset=200", "data.test_subset=100")
 

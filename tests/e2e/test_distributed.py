@@ -37,7 +37,7 @@ def test_torchrun_two_cpu_ranks_train_an_intra_teacher(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
     ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
     # both ranks' anchors reach the cache: 2 ranks x 16 images x 7 steps x 2 epochs, 10 classes of 64 slots
-    fill = ckpt["method"]["cache.fill"]
+    fill = ckpt["method"]["term.cache.fill"]
     assert int(fill.sum()) > 7 * 2 * 16  # more than one rank alone could have pushed
 
 

@@ -229,25 +229,6 @@ def test_worker_rrc_off_keeps_the_crop_on_the_device(tmp_path):
     assert next(iter(dl)).views[0].shape == next(iter(on)).views[0].shape == (2, 3, 16, 16)
 
 
-def test_streaming_jpeg_folder_trains_end_to_end(tmp_path):
-    from kdlab.experiment.schema import load_config
-    from kdlab.experiment.stages import run_teacher
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 2)):
-        for c in ("cat", "dog"):
-            folder = tmp_path / "imgs" / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                w, h = int(rng.integers(20, 48)), int(rng.integers(20, 48))
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
-    cfg = load_config(None, [f"data.root={tmp_path / 'imgs'}", "data.name=imagefolder", "data.streaming=true",
-                             "data.image_size=16", "data.workers=0", "data.batch_size=8", "teacher.arch=resnet8",
-                             "teacher.epochs=1", "objective.kind=intra", "runtime.progress=false"])
-    summary = run_teacher(cfg, tmp_path / "t")
-    assert summary["status"] == "done" and summary["metrics"]["epochs"] == 1
-    ckpt = torch.load(tmp_path / "t/checkpoints/last.pt", weights_only=True)
-    assert ckpt["input_shape"] == [3, 16, 16] and ckpt["num_classes"] == 2
 
 
 def test_streaming_bundle_evaluates_on_the_classic_256_to_224_centre_crop(tmp_path):

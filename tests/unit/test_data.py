@@ -57,7 +57,7 @@ from kdlab.data.files import check_md5, iter_archive
 
 Image = pytest.importorskip("PIL.Image")
 
-SHARED_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -11,7 +11,7 @@ from kdlab.experiment.schema import load_config
 from kdlab.experiment.stages import run_student, run_teacher
 from kdlab.runs import export_run
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")

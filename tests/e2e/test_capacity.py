@@ -10,7 +10,7 @@ from kdlab.sweep.store import Store, read_json
 from kdlab.cli import main
 from kdlab.report.capacity import parameter_count, student_top1_by_arch
 
-PLAN = Path(__file__).resolve().parents[1] / "studies" / "capacity_gap" / "plan.md"
+PLAN = Path(__file__).resolve().parents[2] / "studies" / "capacity_gap" / "plan.md"
 FAKE = "fakestages"  # tests/fakestages.py (tests/ is on sys.path under pytest)
 
 
