@@ -7,6 +7,7 @@ dotted overrides ``key=value``. Known errors print one line and exit 2; ``--debu
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -30,9 +31,14 @@ EXAMPLES = {
 }
 
 
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.S)  # a dotted key=value override
+
+
 def _plain_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(subparser=p)  # so that a misplaced argument is reported with this command's usage
+    return p
 
 
 def _stage_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
@@ -288,9 +294,25 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, taking ``key=value`` overrides anywhere among a command's options.
+
+    argparse fills the ``overrides`` positional from the first run of positionals only, so overrides after
+    an option (``ablate plan.md --seeds 1 teacher.epochs=2``) come back unrecognised: they are appended here,
+    in the order given. Anything else left over is an error shown with the command's own usage.
+    """
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    wrong = [a for a in extra if not (takes_overrides and OVERRIDE.fullmatch(a))]
+    if wrong:
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(wrong)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from kdlab.engine.trainer import Interrupted
 
     try:
