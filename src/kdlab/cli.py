@@ -7,6 +7,8 @@ dotted overrides ``key=value``. Known errors print one line and exit 2; ``--debu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -313,6 +315,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    rank = int(os.environ.get("RANK") or 0)  # set by torchrun
+    if rank == 0:
+        return _run(args, sys.stderr)
+    # Every rank meets the same results and errors; rank 0, the one that writes the run's files, reports them.
+    # Another rank speaks only of an unexpected error, which may be its own, and names itself.
+    stderr = sys.stderr
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        return _run(args, stderr, f"rank {rank}: ")
+
+
+def _run(args: argparse.Namespace, unexpected_to, prefix: str = "") -> int:
     from kdlab.engine.trainer import Interrupted
 
     try:
@@ -334,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
             return 2
-        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{prefix}error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=unexpected_to)
         return 1
 
 

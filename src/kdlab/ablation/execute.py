@@ -536,8 +536,10 @@ def execute(
     if total == 0:
         echo(f"All {len(student_tasks)} runs are already in {store.root}; nothing to run.")
     else:
+        reused = len(teacher_tasks) - len(pending_t)
         echo(f"Running {len(pending_s)} student runs and {len(pending_t)} teacher trainings "
-             f"({len(summary.skipped)} runs already done) with the {executor} executor, {jobs} at a time"
+             f"({len(summary.skipped)} runs and {reused} teachers already done) with the {executor} executor, "
+             f"{jobs} at a time"
              + (f", {threads} threads each" if threads else "") + f"; output in {store.root}")
     ex = make_executor(executor, store.root, jobs, executor_options) if total else None
     running: dict[Any, Task] = {}

@@ -179,21 +179,23 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     warning = trainer.resume()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    last = run_dir / "checkpoints" / "last.pt"
     summary = {"status": "running", "error": None, "stage": stage, "config_hash": config_hash(cfg),
-               "arch": spec.arch, "run_dir": str(run_dir),
-               "checkpoint": str(run_dir / "checkpoints" / "last.pt"), "teacher_checkpoint":
+               "arch": spec.arch, "run_dir": str(run_dir), "checkpoint": str(last), "teacher_checkpoint":
                str(teacher_checkpoint) if teacher_checkpoint else None}
     try:
         metrics = trainer.fit()
         metrics.update(final_geometry(method.model, test_loader, num_classes, cfg.distill.kd.T, rt))
         summary.update(status="done", metrics=metrics)
-    except DivergedError as exc:
-        summary.update(status="failed", error=str(exc), metrics=_partial(trainer))
-    except Interrupted as exc:
-        summary.update(status="interrupted", error=str(exc), metrics=_partial(trainer))
-        if rt.dist.is_main:
-            atomic_write_json(run_dir / SUMMARY, summary)
-        raise
+    except (DivergedError, Interrupted) as exc:
+        interrupted = isinstance(exc, Interrupted)
+        # a run stopped before its first epoch ended has no checkpoint to point to
+        summary.update(status="interrupted" if interrupted else "failed", error=str(exc), metrics=_partial(trainer),
+                       checkpoint=str(last) if last.exists() else None)
+        if interrupted:
+            if rt.dist.is_main:
+                atomic_write_json(run_dir / SUMMARY, summary)
+            raise
     summary["wall_time_s"] = time.time() - started
     if rt.dist.is_main:
         _write_csv(run_dir / "metrics.csv", trainer.history)
