@@ -169,3 +169,76 @@ def test_non_zero_ranks_stay_quiet_on_shared_errors(tmp_path, monkeypatch, capsy
         captured = capsys.readouterr()
         assert code == 2 and captured.out == ""
         assert captured.err.startswith(expected) and len(captured.err.strip().splitlines()) == (1 if expected else 0)
+
+
+# ---------------------------------------------------------------------------------------- progress
+LINE = r"t/run  epoch (\d)/3  loss \d+\.\d{4}  top-1 (\d+\.\d\d)  elapsed \d+:\d\d  ETA \d+:\d\d"
+
+
+def test_without_a_terminal_each_epoch_is_one_plain_line(tmp_path, capsys):
+    import re
+
+    from kdlab.config import load_config
+    from kdlab.engine.stages import run_teacher
+
+    cfg = load_config("demo", TINY + ["teacher.epochs=3", "runtime.progress=true"])
+    summary = run_teacher(cfg, tmp_path / "t" / "run")
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    found = [re.fullmatch(LINE, line) for line in lines]
+    assert all(found) and [int(m.group(1)) for m in found] == [1, 2, 3], lines
+    assert float(found[-1].group(2)) == pytest.approx(summary["metrics"]["top1"], abs=0.005)
+    assert "\r" not in captured.out + captured.err  # no bar redrawn into a log
+
+
+def test_on_a_terminal_one_bar_for_the_run_shows_the_last_top1(tmp_path, monkeypatch, capsys):
+    from kdlab.config import load_config
+    from kdlab.engine import progress
+    from kdlab.engine.stages import run_teacher
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    cfg = load_config("demo", TINY + ["teacher.epochs=2", "runtime.progress=true"])
+    summary = run_teacher(cfg, tmp_path / "t" / "run")
+    captured = capsys.readouterr()
+    assert "epoch" not in captured.out  # no plain lines beside the bar
+    first_top1 = json.loads((tmp_path / "t/run/metrics.jsonl").read_text().splitlines()[0])["test_top1"]
+    assert "t/run" in captured.err and f"epoch 2/2" in captured.err and f"top-1 {first_top1:.2f}" in captured.err
+    assert summary["status"] == "done"
+
+
+def test_clock_and_eta():
+    from kdlab.engine.progress import clock, eta
+
+    assert [clock(s) for s in (0, 59.6, 61, 3600, 3725)] == ["0:00", "1:00", "1:01", "1:00:00", "1:02:05"]
+    assert eta(30.0, 3, 12) == 90.0
+
+
+def test_demo_says_which_run_is_going(tmp_path, tiny_overrides, capsys):
+    from kdlab.config import load_config
+    from kdlab.demo import run_demo
+
+    cfg = load_config("demo", [*tiny_overrides, "teacher.epochs=1", "student.epochs=1", "runtime.progress=true",
+                               "runtime.tensorboard=false"])
+    run_demo(cfg, tmp_path / "demo")
+    lines = capsys.readouterr().out.splitlines()
+    heads = [line for line in lines if line.startswith("demo run ")]
+    assert [h.split(":")[0] for h in heads] == [f"demo run {i}/5" for i in range(1, 6)]
+    for head, run in zip(heads, ("teacher_ce", "teacher_intra", "student_alone", "student_kd_ce", "student_kd_intra")):
+        assert f": {run}, " in head
+        following = lines[lines.index(head) + 1]
+        assert following.startswith(f"demo/{run}  epoch 1/1"), following
+
+
+def test_sweep_lines_carry_the_sweep_eta(tmp_path):
+    import re
+
+    from kdlab.ablation import run_plan
+
+    lines: list[str] = []
+    run_plan(PLANS / "tiny.jsonl", seeds=1, out=tmp_path / "o", stages="kdlab.ablation.fakestages", jobs=1,
+             overrides=("teacher.epochs=1", "student.epochs=1"), echo=lines.append)
+    finished = [line for line in lines if re.match(r"\[\d+/\d+\] ", line)]
+    total = int(finished[0].split("/")[1].split("]")[0])
+    assert len(finished) == total >= 2
+    assert all(re.search(r"; sweep ETA \d+:\d\d$", line) for line in finished[:-1]), finished
+    assert "ETA" not in finished[-1]

@@ -41,6 +41,7 @@ from kdlab.ablation.plan import AblationError
 from kdlab.ablation.resolve import Grid
 from kdlab.ablation.store import Store, run_key, teacher_config, teacher_key
 from kdlab.config import ExperimentConfig
+from kdlab.engine.progress import clock, eta
 
 __all__ = ["Task", "RunSpec", "expand", "run_task", "execute", "ExecutionSummary", "default_jobs", "make_executor"]
 
@@ -547,6 +548,10 @@ def execute(
     done_count = 0
     waiting_note = False
 
+    def finished_line(text: str) -> None:  # one line per finished task, with the sweep's ETA
+        left = eta(time.time() - t0, done_count, total)
+        echo(f"[{done_count}/{total}] {text}" + (f"; sweep ETA {clock(left)}" if done_count < total else ""))
+
     def teacher_state(tkey: str | None) -> str:
         if tkey is None:
             return "done"
@@ -574,7 +579,7 @@ def execute(
                     summary.executed.append(key)
                     del pending_s[key]
                     done_count += 1
-                    echo(f"[{done_count}/{total}] failed  {t.label}: {err}")
+                    finished_line(f"failed  {t.label}: {err}")
             in_flight = {t.key for t in running.values()}
             ready = [t for t in pending_t.values()] + [
                 t for t in pending_s.values() if teacher_state(t.teacher_key) == "done"
@@ -630,7 +635,7 @@ def execute(
                     coll.pop(t.key, None)
                     done_count += 1
                     (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
-                    echo(f"[{done_count}/{total}] {_line(t, rec)}")
+                    finished_line(_line(t, rec))
                 elif status == "finished" or (rec is not None and status in ("busy", "ok")):
                     coll.pop(t.key, None)
                     done_count += 1
@@ -649,7 +654,7 @@ def execute(
                     coll.pop(t.key, None)
                     done_count += 1
                     (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
-                    echo(f"[{done_count}/{total}] failed  {t.kind} {t.label}: {status}")
+                    finished_line(f"failed  {t.kind} {t.label}: {status}")
                 if c is not None:
                     c.release()  # the worker normally removed it already
     except KeyboardInterrupt:

@@ -15,7 +15,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from kdlab.engine.distributed import any_rank, convert_sync_bn
 from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
 from kdlab.engine.metrics import ECE_BINS, calibration_sums, epoch_loss_stats, expected_calibration_error, summarize
+from kdlab.engine.progress import RunProgress
 from kdlab.engine.runtime import Runtime, peak_memory_mb
 
 CHECKPOINT_FORMAT = "kdlab-checkpoint/1"
@@ -169,6 +169,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train from ``start_epoch`` to ``epochs``; returns the summary metrics."""
         old_handlers = self._install_signal_handlers()
+        label = f"{self.run_dir.parent.name}/{self.run_dir.name}"
+        self.progress = RunProgress(label, self.epochs, self.start_epoch, self.rt.progress)
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 record = self._train_epoch(epoch)
@@ -181,6 +183,7 @@ class Trainer:
                 if improved:
                     self.best = {"top1": record["test_top1"], "epoch": epoch + 1}
                 self.history.append(record)
+                self.progress.epoch(record)
                 if self.main:
                     if improved:
                         save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
@@ -193,6 +196,7 @@ class Trainer:
                                       "run the same command again to resume")
         finally:
             self._restore_signal_handlers(old_handlers)
+            self.progress.close()
             self.events.close()
         return summarize(self.history, extra_state_bytes=self.method.extra_state_bytes())
 
@@ -206,9 +210,8 @@ class Trainer:
         term_sums: dict[str, Tensor] = {}
         correct = torch.zeros((), device=rt.device)
         seen = 0
-        bar = _progress(loader, rt.progress, f"{self.info.stage} {epoch + 1}/{self.epochs}", steps)
         start = time.perf_counter()
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(self.progress.steps(loader, epoch)):
             progress = epoch + step / steps
             lr = lr_at(self.optim_cfg, self.epochs, progress)
             for group in self.optimizer.param_groups:
@@ -227,9 +230,9 @@ class Trainer:
             seen += batch.labels.shape[0]
             if step % 25 == 24 or step == steps - 1:  # one host sync every 25 steps
                 self._check_finite(step_losses, epoch, step)
-                self.events.step(epoch * steps + step, float(step_losses[step]), lr)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(step_losses[step]):.3f}", lr=f"{lr:.3g}")
+                loss_now = float(step_losses[step])
+                self.events.step(epoch * steps + step, loss_now, lr)
+                self.progress.step(loss_now)
             if self._should_stop(step):
                 return None
         if rt.device.type == "cuda":
@@ -337,16 +340,6 @@ def divergence_advice(info: StageInfo) -> str:
         methods = (cfg.get("distill") or {}).get("methods") or []
         knobs += [f"distill.{m}.{'ctr_weight' if m == 'cocord' else 'weight'}" for m in methods]
     return f"Lower {' or '.join(knobs)}."
-
-
-def _progress(it: Iterable, enabled: bool, desc: str, total: int):
-    if not enabled:
-        return it
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
 def _read_jsonl(path: Path) -> list[dict]:
