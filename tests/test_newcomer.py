@@ -242,3 +242,60 @@ def test_sweep_lines_carry_the_sweep_eta(tmp_path):
     assert len(finished) == total >= 2
     assert all(re.search(r"; sweep ETA \d+:\d\d$", line) for line in finished[:-1]), finished
     assert "ETA" not in finished[-1]
+
+
+# ------------------------------------------------------------------------------------ readable runs
+def test_ablation_runs_have_readable_names_and_show_the_knob_they_change(tmp_path, capsys):
+    import os
+
+    from kdlab.ablation import run_plan
+    from kdlab.runs import list_runs
+
+    out = tmp_path / "o"
+    run_plan(PLANS / "intra_plan.jsonl", seeds=1, out=out, stages="kdlab.ablation.fakestages", jobs=1, echo=None,
+             overrides=("teacher.epochs=1", "student.epochs=1"))
+    grid = json.loads((out / "grid.json").read_text())
+    margin = next(a for a in grid["ablations"] if a["name"] == "Margin sweep")
+    variant = next(v for v in margin["variants"] if v["label"] == "0.1")
+    link = out / "named" / "margin-sweep" / "0.1-seed0"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))  # survives moving the folder
+    assert link.resolve() == (out / "runs" / variant["runs"]["0"]).resolve()
+    teacher = out / "named" / "margin-sweep" / "0.1-seed0-teacher"  # delta changes the teacher: its own name
+    assert teacher.resolve() == (out / "teachers" / variant["teachers"]["0"]).resolve()
+    assert (out / "named" / "base" / "seed0").resolve() == (out / "runs" / grid["base_runs"]["0"]).resolve()
+
+    rows = {r["name"]: r for r in list_runs(out)}
+    assert rows["margin-sweep/0.1-seed0"]["knobs"] == "objective.intra.delta=0.1"
+    assert rows["no-anchor-filtering/removed-seed0"]["knobs"] == "objective.intra.margin=false"
+    assert rows["base/seed0"]["knobs"] == "base" and len(rows) == len(list_runs(out))  # each folder once
+    assert main(["runs", str(out), "--filter", "name=margin-sweep/"]) == 0
+    shown = capsys.readouterr().out
+    assert "margin-sweep/0.9-seed0" in shown and "objective.intra.delta=0.9" in shown and "base/seed0" not in shown
+
+
+def test_a_run_killed_with_sigkill_shows_as_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kdlab.runs import list_runs
+
+    run = tmp_path / "t"
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab.cli", "train-teacher", *TINY, "teacher.epochs=50",
+                             "--run-dir", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert [r["status"] for r in list_runs(tmp_path)] == ["running"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run / "summary.json").exists()
+    assert [r["status"] for r in list_runs(tmp_path)] == ["interrupted"]
+    # a pid that now belongs to another process (this one) is not the run's
+    owner = json.loads((run / "owner.json").read_text())
+    (run / "owner.json").write_text(json.dumps(dict(owner, pid=os.getpid())))
+    assert [r["status"] for r in list_runs(tmp_path)] == ["interrupted"]

@@ -11,7 +11,7 @@ from kdlab.ablation.execute import STAGES_MODULE, ExecutionSummary, config_id, e
 from kdlab.ablation.plan import Plan, parse_plan
 from kdlab.ablation.report import ReportResult, build_report
 from kdlab.ablation.resolve import Grid, format_grid, resolve_plan
-from kdlab.ablation.store import Store
+from kdlab.ablation.store import Store, readable_names
 
 __all__ = ["AblationResult", "run_plan", "grid_record", "default_out"]
 
@@ -47,15 +47,21 @@ def grid_record(grid: Grid) -> dict:
     runs, _ = expand(grid)
     d = grid.to_dict()
     d["version"] = 1
-    d["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(grid.base)].items()}
+    d["base_runs"], d["base_teachers"] = _keys(runs[config_id(grid.base)])
     for a, ad in zip(grid.ablations, d["ablations"]):
         if a.base is not None:  # its own reference runs (a distiller the plan's base student does not use)
-            ad["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(a.base)].items()}
+            ad["base_runs"], ad["base_teachers"] = _keys(runs[config_id(a.base)])
         for v, vd in zip(a.variants, ad["variants"]):
             cid = config_id(v.config)
             vd["config_id"] = cid
-            vd["runs"] = {str(s): spec.key for s, spec in runs[cid].items()}
+            vd["runs"], vd["teachers"] = _keys(runs[cid])
     return d
+
+
+def _keys(per_seed: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The run keys and the teacher keys (runs that need a teacher) of one config, by seed."""
+    return ({str(s): spec.key for s, spec in per_seed.items()},
+            {str(s): spec.teacher_key for s, spec in per_seed.items() if spec.teacher_key})
 
 
 def run_plan(
@@ -103,6 +109,7 @@ def run_plan(
     store = Store(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store.write_grid(record)
+    store.write_names(readable_names(record))
     result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,
                                executor_options=executor_options, stages=stages, echo=say)
     result.report = build_report(out_dir)

@@ -7,6 +7,7 @@ Each stage owns a run folder::
     run_dir/metrics.jsonl    one record per epoch (metrics.csv beside it at the end)
     run_dir/checkpoints/     last.pt (+ last.prev.pt), best.pt
     run_dir/summary.json     status, error, summary metrics, checkpoint path
+    run_dir/owner.json       the process running it (pid, host, start time)
 
 Running a stage on a folder that already holds a finished summary returns it; a folder with a
 checkpoint resumes from it. That is what makes a killed run or a killed sweep cheap to finish.
@@ -30,6 +31,7 @@ import kdlab
 from kdlab.config import ConfigError, ExperimentConfig, ObjectiveConfig, StageConfig, identity_tree, to_yaml
 from kdlab.data import ArrayDataset, DeviceLoader, augment_for, build_augment, load_dataset
 from kdlab.engine.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_checkpoint
+from kdlab.engine.owner import OWNER, me
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
 from kdlab.engine.trainer import DivergedError, Interrupted, StageInfo, Trainer
 from kdlab.models import build_model, probe
@@ -320,6 +322,7 @@ def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, stage: str) -> None:
             )
     atomic_write_text(cfg_path, text)
     atomic_write_json(run_dir / "env.json", environment())
+    atomic_write_json(run_dir / OWNER, {**me(), "time": time.time()})  # who runs it: `kdlab runs` checks it lives
 
 
 def _strip_display(yaml_text: str) -> str:
