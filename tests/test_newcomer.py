@@ -299,3 +299,49 @@ def test_a_run_killed_with_sigkill_shows_as_interrupted(tmp_path):
     owner = json.loads((run / "owner.json").read_text())
     (run / "owner.json").write_text(json.dumps(dict(owner, pid=os.getpid())))
     assert [r["status"] for r in list_runs(tmp_path)] == ["interrupted"]
+
+
+# ---------------------------------------------------------------------------------------- surprises
+def test_a_card_brings_its_recipe(tmp_path, capsys):
+    import yaml
+
+    from kdlab.config import load_config
+    from kdlab.engine.stages import run_teacher
+    from kdlab.runs import export_run
+
+    cfg = load_config("demo", TINY + ["teacher.epochs=1", "student.epochs=3", "data.split_seed=5"])
+    run_teacher(cfg, tmp_path / "t")
+    card = export_run(tmp_path / "t", tmp_path / "exported")
+    assert main(["show-config", f"teacher.checkpoint={card}", "student.optim.lr=0.01"]) == 0
+    captured = capsys.readouterr()
+    shown = yaml.safe_load(captured.out)
+    assert shown["data"]["subset"] == 200 and shown["data"]["split_seed"] == 5  # the card's data, not defaults
+    assert shown["teacher"]["arch"] == "resnet8" and shown["student"]["epochs"] == 3
+    assert shown["teacher"]["checkpoint"] == str(card) and shown["student"]["optim"]["lr"] == 0.01
+    assert shown["runtime"]["threads"] is None  # the machine's settings are not part of a recipe
+    assert "note: no config given: the recipe stored in" in captured.err
+    # a config named first is the recipe: the card only gives the weights
+    assert main(["show-config", "demo", f"teacher.checkpoint={card}"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["subset"] is None
+
+
+def test_pipeline_reuses_a_finished_teacher_of_the_same_identity(tmp_path, capsys):
+    from kdlab.config import load_config
+    from kdlab.engine.stages import run_pipeline, run_teacher
+
+    out = tmp_path / "runs"
+    cfg = load_config("demo", TINY + ["objective.kind=intra", "teacher.epochs=1", "student.epochs=1", f"out={out}"])
+    demo_teacher = run_teacher(cfg, out / "demo-1234abcd" / "teacher_intra")  # as `kdlab demo` left it
+    # the student side differs (so does the pipeline's folder): the teacher is the same
+    other_student = load_config("demo", TINY + ["objective.kind=intra", "teacher.epochs=1", "student.epochs=2",
+                                                f"out={out}"])
+    result = run_pipeline(other_student, out / "pipeline")
+    assert result["status"] == "done" and not (out / "pipeline" / "teacher").exists()
+    assert result["teacher"]["run_dir"] == demo_teacher["run_dir"]
+    assert result["student"]["teacher_checkpoint"] == str(out / "demo-1234abcd/teacher_intra/checkpoints/last.pt")
+    assert "note: reusing the finished teacher" in capsys.readouterr().err
+    # another margin is another teacher: trained, not reused
+    delta = load_config("demo", TINY + ["objective.kind=intra", "objective.intra.delta=0.1", "teacher.epochs=1",
+                                        "student.epochs=1", f"out={out}"])
+    result = run_pipeline(delta, out / "delta")
+    assert result["teacher"]["run_dir"] == str(out / "delta" / "teacher")

@@ -128,11 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------------------- commands
 def _config(args):
-    from kdlab.config import load_config
+    from kdlab.config import build_config, load_config, parse_overrides
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:
         config, overrides = None, [config, *overrides]
+    teacher = dict(parse_overrides(overrides)).get("teacher.checkpoint")
+    if config is None and str(teacher).endswith(".json"):  # an export card brings the recipe it was trained with
+        from kdlab.runs import card_recipe
+
+        cfg = build_config(card_recipe(Path(teacher)), overrides)
+        print(f"note: no config given: the recipe stored in {teacher} (data {cfg.data.name}, teacher "
+              f"{cfg.teacher.arch}, student {cfg.student.arch} for {cfg.student.epochs} epochs)", file=sys.stderr)
+        return cfg
     return load_config(config, overrides)
 
 

@@ -180,11 +180,29 @@ def export_run(run_dir: Path, out_dir: Path | None = None, *, which: str = "last
     return card_path
 
 
+def _card(path: Path) -> dict:
+    try:
+        card = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the card {path} ({exc})") from None
+    if not isinstance(card, dict) or card.get("format") != "kdlab-card/1":
+        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format') if isinstance(card, dict) else None!r})")
+    return card
+
+
+def card_recipe(path: Path) -> dict:
+    """The config a card's network was trained with (data and its normalisation, architectures, schedules), with
+    that network as the teacher: what ``kdlab distill teacher.checkpoint=CARD.json`` runs when no config is given.
+    The runtime section (device, threads, ...) belongs to the machine, not the recipe, and is left out."""
+    card = _card(path)
+    recipe = {k: v for k, v in (card.get("recipe") or {}).items() if k != "runtime"}
+    recipe["teacher"] = {**(recipe.get("teacher") or {}), "arch": card["arch"]}
+    return recipe
+
+
 def read_card(path: Path) -> tuple[dict, Path]:
     """A card's contents and the verified weight file it names (sha256 checked)."""
-    card = json.loads(Path(path).read_text())
-    if card.get("format") != "kdlab-card/1":
-        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format')!r})")
+    card = _card(path)
     entry = card["files"]["pt"]
     weights = Path(path).parent / entry["file"]
     if not weights.exists():

@@ -130,11 +130,46 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None =
     if cfg.teacher.checkpoint:
         teacher = {"status": "done", "checkpoint": cfg.teacher.checkpoint, "metrics": {}}
     else:
-        teacher = run_teacher(cfg, run_dir / "teacher", data)
+        teacher = _reused_teacher(cfg, run_dir / "teacher") or run_teacher(cfg, run_dir / "teacher", data)
         if teacher["status"] != "done":
             return {"status": teacher["status"], "error": teacher.get("error"), "teacher": teacher, "student": None}
     student = run_student(cfg, run_dir / "student", Path(teacher["checkpoint"]), data)
     return {"status": student["status"], "error": student.get("error"), "teacher": teacher, "student": student}
+
+
+def _reused_teacher(cfg: ExperimentConfig, own_dir: Path) -> dict | None:
+    """A finished teacher of ``cfg``'s identity trained by another command (the demo, train-teacher, another
+    pipeline), when ``own_dir`` holds no finished one."""
+    if (read_summary(own_dir) or {}).get("status") == "done":
+        return None
+    found = find_teacher(cfg, Path(cfg.out))
+    if found is not None:
+        print(f"note: reusing the finished teacher {found['run_dir']} (same data, teacher, objective and seed)",
+              file=sys.stderr)
+    return found
+
+
+def find_teacher(cfg: ExperimentConfig, out: Path) -> dict | None:
+    """The summary of a finished teacher run of ``cfg``'s teacher identity (data, teacher, objective, seed, and
+    the runtime settings that change results: :func:`kdlab.ablation.store.teacher_key`) in a run folder one or
+    two levels below ``out`` (where train-teacher, pipeline and demo put theirs), or None."""
+    import yaml
+
+    from kdlab.ablation.store import teacher_key
+
+    want = teacher_key(cfg)
+    for path in sorted([*out.glob(f"*/{SUMMARY}"), *out.glob(f"*/*/{SUMMARY}")]):
+        summary = read_summary(path.parent)
+        if not summary or summary.get("status") != "done" or summary.get("stage") != "teacher":
+            continue
+        try:
+            same = teacher_key(yaml.safe_load((path.parent / "config.yaml").read_text())) == want
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            continue
+        checkpoint = path.parent / "checkpoints" / "last.pt"
+        if same and checkpoint.exists():
+            return dict(summary, run_dir=str(path.parent), checkpoint=str(checkpoint))
+    return None
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -373,5 +408,5 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "config_hash",
+__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "find_teacher", "config_hash",
            "load_teacher", "CheckpointError"]
