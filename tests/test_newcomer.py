@@ -345,3 +345,64 @@ def test_pipeline_reuses_a_finished_teacher_of_the_same_identity(tmp_path, capsy
                                         "student.epochs=1", f"out={out}"])
     result = run_pipeline(delta, out / "delta")
     assert result["teacher"]["run_dir"] == str(out / "delta" / "teacher")
+
+
+# -------------------------------------------------------------------------------------------- plots
+def _result(ratios, margins=None, embedding=None):
+    """The parts of an analysis result that the plots read."""
+    counts = margins or [0] * 40
+    geometry = {"pooled": {"per_class": {"ratio": ratios}}}
+    geometry["embedding"] = {"per_class": {"ratio": embedding}} if embedding else None
+    return {"classes": [f"c{i}" for i in range(len(ratios))], "geometry": geometry,
+            "soft_labels": {"margin": {"hist_edges": [-1 + i / 20 for i in range(41)], "hist_counts": counts,
+                                       "mean": 0.9}}}
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    from kdlab.report import analyze
+
+    kept = []
+    monkeypatch.setattr(analyze, "_save", lambda fig, path: kept.append(fig) or path)
+    return kept
+
+
+def test_per_class_ratios_are_points_against_the_first_run(figures, tmp_path):
+    from kdlab.report.analyze import plot_ratio_per_class
+
+    ce, intra = [0.8, 0.9, None, 1.0], [0.6, 0.95, 0.7, 0.5]
+    plot_ratio_per_class({"teacher_ce": _result(ce), "teacher_intra": _result(intra, embedding=[0.3] * 4)},
+                         tmp_path / "r.png")
+    pooled, embedding = figures[0].axes
+    points = pooled.collections[0].get_offsets().tolist()
+    assert points == [[0.8, 0.6], [0.9, 0.95], [1.0, 0.5]]  # one per class both runs measured, in class order
+    assert "teacher_ce" in pooled.get_xlabel() and [t.get_text() for t in pooled.texts] == ["c0", "c1", "c3"]
+    # the CE teacher has no embedding: the intra teacher's embedding ratios against the class index
+    assert embedding.get_xlabel() == "class" and list(embedding.lines[0].get_ydata()) == [0.3] * 4
+
+
+def test_margin_is_a_cumulative_distribution_on_a_log_axis(figures, tmp_path):
+    from kdlab.report.analyze import plot_margin_cdf
+
+    counts = [0] * 40
+    counts[10], counts[30], counts[39] = 1, 9, 990  # one wrong sample, a few unsure, the confident rest
+    plot_margin_cdf({"t": _result([1.0], margins=counts)}, tmp_path / "m.png")
+    ax = figures[0].axes[0]
+    assert ax.get_yscale() == "log"
+    y = list(ax.lines[0].get_ydata())
+    assert y[10] == pytest.approx(0.001) and y[30] == pytest.approx(0.01) and y[-1] == pytest.approx(1.0)
+
+
+def test_report_text_drops_damaged_glyphs_of_the_plan(tmp_path):
+    from kdlab.ablation import run_plan
+    from kdlab.ablation.text import readable_text
+
+    assert readable_text("temperature (Ï„) of the loss") == "temperature (tau) of the loss"  # cp1252-read UTF-8
+    assert readable_text("threshold (未) δ — x") == "threshold delta - x"
+    out = tmp_path / "o"
+    run_plan(PLANS / "intra_plan.jsonl", seeds=1, out=out, stages="kdlab.ablation.fakestages", jobs=1, echo=None,
+             overrides=("teacher.epochs=1", "student.epochs=1"))
+    report = (out / "report.md").read_text()
+    assert "- Ablated part: temperature (tau) of the intra-class loss" in report
+    assert "- Ablated part: margin-based selection threshold\n" in report
+    assert all(ord(c) < 128 for c in report.replace("±", "").replace("Δ", ""))  # only kdlab's own symbols

@@ -25,7 +25,8 @@ from typing import Any
 from kdlab.ablation.plan import AblationError
 from kdlab.ablation.resolve import format_value
 from kdlab.ablation.store import Store, read_json
-from kdlab.engine.checkpoint import atomic_write_json
+from kdlab.ablation.text import readable_text
+from kdlab.engine.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "render_table"]
 
@@ -140,7 +141,7 @@ def _columns(ab: dict) -> tuple[list[tuple[str, str]], list[str]]:
     not_measured: list[str] = []
     for m in ab["metrics"]:
         if not m["keys"]:
-            not_measured.append(m["name"])
+            not_measured.append(readable_text(m["name"]))
             continue
         stages = [m["stage"]] if m.get("stage") else (["student", "teacher"] if ab.get("teacher_varies") else ["student"])
         for stage in stages:
@@ -177,13 +178,15 @@ def _tables(grid: dict, store: Store) -> list[Table]:
         rows = [base]
         for v in ab["variants"]:
             keys = [v["runs"][s] for s in sorted(v["runs"], key=int)]
-            rows.append(_row(v["label"], v["value"], False, v.get("same_as_base", False), keys, store, cols))
+            rows.append(_row(readable_text(v["label"]), v["value"], False, v.get("same_as_base", False), keys, store,
+                             cols))
         for r in rows:
             for c, _ in cols:
                 b, x = base.cells[c].mean, r.cells[c].mean
                 r.delta[c] = None if r.is_base or b is None or x is None else x - b
         unrecorded = [h for c, h in cols if all(r.cells[c].mean is None for r in rows) and any(r.n_ok for r in rows)]
-        tables.append(Table(i, ab["name"], ab["part"], ab["action"], ab["knob"]["name"], ab["knob"]["path"], ab["how"],
+        # text from the plan is shown as readable ASCII: its damaged glyphs dropped (ablation.text)
+        tables.append(Table(i, readable_text(ab["name"]), readable_text(ab["part"]), ab["action"], ab["knob"]["name"], ab["knob"]["path"], ab["how"],
                             bool(ab.get("numeric")), ab.get("base_value"), cols, rows, not_measured, unrecorded,
                             ab.get("base_note", "")))
     return tables
@@ -379,7 +382,7 @@ def build_report(out: str | Path) -> ReportResult:
     plan = grid["plan"]
     base = grid["base"]
     md = [
-        f"# Ablation report: {plan['title']}",
+        f"# Ablation report: {readable_text(plan['title'])}",
         "",
         f"Plan `{plan['source']}` ({plan['format']}), method **{grid['scope']}** ({grid['scope_reason']}).",
         f"Base `{grid['base_name']}`" + (f" with overrides `{' '.join(grid['overrides'])}`" if grid.get("overrides") else "")
@@ -404,8 +407,8 @@ def build_report(out: str | Path) -> ReportResult:
             md.append(f"- Base row: {t.base_note}")
         for v in ab["variants"]:
             ov = ", ".join(f"`{k}={format_value(x)}`" for k, x in v["overrides"].items())
-            raw = f" (plan: \"{v['raw']}\")" if v.get("raw") and v["raw"] != v["label"] else ""
-            md.append(f"  - {v['label']}: {ov}{raw}")
+            raw = f" (plan: \"{readable_text(v['raw'])}\")" if v.get("raw") and v["raw"] != v["label"] else ""
+            md.append(f"  - {readable_text(v['label'])}: {ov}{raw}")
         md.append("")
         table = render_table(t)
         md.append(table)
@@ -439,8 +442,8 @@ def build_report(out: str | Path) -> ReportResult:
             n_failed += 1
     md.append(f"Runs: {n_done} done, {n_failed} failed, {n_missing} missing (of {len(all_keys)}).")
     report_path = out / "report.md"
-    report_path.write_text("\n".join(md) + "\n")
-    (out / "results.csv").write_text(_results_csv(grid, store))
+    atomic_write_text(report_path, "\n".join(md) + "\n")
+    atomic_write_text(out / "results.csv", _results_csv(grid, store))
     atomic_write_json(out / "tables.json", [t.to_dict() for t in tables])
     text = "\n\n".join(text_parts) + f"\n\nRuns: {n_done} done, {n_failed} failed, {n_missing} missing. Report: {report_path}"
     return ReportResult(out, report_path, tables, plots, text, n_done, n_failed, n_missing)
