@@ -406,3 +406,18 @@ def test_report_text_drops_damaged_glyphs_of_the_plan(tmp_path):
     assert "- Ablated part: temperature (tau) of the intra-class loss" in report
     assert "- Ablated part: margin-based selection threshold\n" in report
     assert all(ord(c) < 128 for c in report.replace("±", "").replace("Δ", ""))  # only kdlab's own symbols
+
+
+# ------------------------------------------------------------------------------------------ threads
+@pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_kdlab_makes_waiting_threads_sleep_unless_told_otherwise(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", "import kdlab, os; print(os.environ['OMP_WAIT_POLICY'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == expected
