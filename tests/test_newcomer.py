@@ -421,3 +421,17 @@ def test_importing_kdlab_makes_waiting_threads_sleep_unless_told_otherwise(given
     out = subprocess.run([sys.executable, "-c", "import kdlab, os; print(os.environ['OMP_WAIT_POLICY'])"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert out == expected
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def test_readme_setup_lines_and_ci_agree():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme[readme.index("## Set-up"):readme.index("## A short tour")]
+    lines = [line for line in block.splitlines() if line.startswith("python3 -m venv .venv && ")]
+    cpu, gpu, tests = lines
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install -e . && kdlab demo" in cpu
+    assert gpu.endswith("&& pip install -e . && kdlab demo") and "torch" not in gpu
+    ci = (root / ".ci" / "run").read_text().strip().splitlines()
+    assert tests.endswith(ci[-1]) and ci[-1] == "pip install -e '.[test]' && python -m pytest"  # the same command
+    assert ci[-2].startswith("pip install -q torch==")  # the CPU wheel first, as the CPU line does
