@@ -162,6 +162,18 @@ def test_sweep_rerun_counts_the_teachers_it_reuses(tmp_path):
     assert f"(0 runs and {teachers} teachers already done)" in running, running
 
 
+def test_sweep_records_point_only_to_checkpoints_that_exist(tmp_path):
+    from kdlab.ablation import run_plan
+    from kdlab.ablation.store import Store
+
+    run_plan(PLANS / "failing.jsonl", seeds=1, out=tmp_path / "o", stages="kdlab.ablation.fakestages", jobs=1,
+             echo=None, overrides=("teacher.epochs=1", "student.epochs=1"))
+    records = Store(tmp_path / "o").records().values()
+    failed = [r for r in records if r["status"] == "failed"]  # their teacher failed: they never trained
+    assert failed and all(r["checkpoint"] is None for r in failed)
+    assert all(Path(r["checkpoint"]).exists() for r in records if r["status"] == "done")
+
+
 def test_non_zero_ranks_stay_quiet_on_shared_errors(tmp_path, monkeypatch, capsys):
     for rank, expected in (("1", ""), ("0", "error: teacher checkpoint")):
         monkeypatch.setenv("RANK", rank)

@@ -107,6 +107,7 @@ def config_id(cfg: ExperimentConfig) -> str:
 # ------------------------------------------------------------------------------------------ worker
 def _record(task: Task, summary: dict, started: float, teacher_rec: dict | None) -> dict:
     stage = task.kind
+    last = Path(task.run_dir) / "checkpoints" / "last.pt"
     metrics = {f"{stage}.{k}": v for k, v in (summary.get("metrics") or {}).items()}
     if teacher_rec is not None:
         metrics.update({k: v for k, v in (teacher_rec.get("metrics") or {}).items() if k.startswith("teacher.")})
@@ -120,7 +121,7 @@ def _record(task: Task, summary: dict, started: float, teacher_rec: dict | None)
         "teacher_key": task.teacher_key,
         "metrics": metrics,
         "summary": summary,
-        "checkpoint": str(Path(task.run_dir) / "checkpoints" / "last.pt"),
+        "checkpoint": str(last) if last.exists() else None,  # none when the run failed before its first epoch
         "config": task.config,
         "label": task.label,
         "started": started,
