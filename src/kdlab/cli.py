@@ -7,6 +7,9 @@ dotted overrides ``key=value``. Known errors print one line and exit 2; ``--debu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,9 +34,14 @@ EXAMPLES = {
 }
 
 
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.S)  # a dotted key=value override
+
+
 def _plain_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(subparser=p)  # so that a misplaced argument is reported with this command's usage
+    return p
 
 
 def _stage_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
@@ -141,11 +149,19 @@ def _executor_options(p) -> None:
 
 # ----------------------------------------------------------------------------------------- commands
 def _config(args):
-    from kdlab.experiment import load_config
+    from kdlab.experiment import build_config, load_config, parse_overrides
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:
         config, overrides = None, [config, *overrides]
+    teacher = dict(parse_overrides(overrides)).get("teacher.checkpoint")
+    if config is None and str(teacher).endswith(".json"):  # an export card brings the recipe it was trained with
+        from kdlab.runs import card_recipe
+
+        cfg = build_config(card_recipe(Path(teacher)), overrides)
+        print(f"note: no config given: the recipe stored in {teacher} (data {cfg.data.name}, teacher "
+              f"{cfg.teacher.arch}, student {cfg.student.arch} for {cfg.student.epochs} epochs)", file=sys.stderr)
+        return cfg
     return load_config(config, overrides)
 
 
@@ -351,9 +367,36 @@ def _error_text(exc: BaseException) -> str:
     return "\n".join(lines) if listed else "; ".join(part.strip() for part in lines)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, taking ``key=value`` overrides anywhere among a command's options.
+
+    argparse fills the ``overrides`` positional from the first run of positionals only, so overrides after
+    an option (``ablate plan.md --seeds 1 teacher.epochs=2``) come back unrecognised: they are appended here,
+    in the order given. Anything else left over is an error shown with the command's own usage.
+    """
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    wrong = [a for a in extra if not (takes_overrides and OVERRIDE.fullmatch(a))]
+    if wrong:
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(wrong)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    rank = int(os.environ.get("RANK") or 0)  # set by torchrun
+    if rank == 0:
+        return _run(args, sys.stderr)
+    # Every rank meets the same results and errors; rank 0, the one that writes the run's files, reports them.
+    # Another rank speaks only of an unexpected error, which may be its own, and names itself.
+    stderr = sys.stderr
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        return _run(args, stderr, f"rank {rank}: ")
+
+
+def _run(args: argparse.Namespace, unexpected_to, prefix: str = "") -> int:
     from kdlab.engine.trainer import Interrupted
 
     try:
@@ -374,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
             return 2
-        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{prefix}error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=unexpected_to)
         return 1
 
 

@@ -7,6 +7,7 @@ trains the student alone, then prints a table and writes ``report.md`` and ``cur
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from kdlab.analysis.curves import markdown_table, plot_curves, read_history, text_table
 from kdlab.engine.checkpoint import atomic_write_text
@@ -30,18 +31,22 @@ def run_demo(cfg: ExperimentConfig, out_dir: Path | None = None) -> tuple[Path, 
     alone_cfg = build_config(cfg, [("distill.methods", [])])
 
     runs: dict[str, tuple[str, str, dict]] = {}
-    t_ce = run_teacher(ce_cfg, root / "teacher_ce", data)
-    runs["teacher_ce"] = ("teacher (CE)", cfg.teacher.arch, t_ce)
-    t_in = run_teacher(intra_cfg, root / "teacher_intra", data)
-    runs["teacher_intra"] = (f"teacher (CE + {intra_cfg.objective.kind})", cfg.teacher.arch, t_in)
-    runs["student_alone"] = ("student alone (CE)", cfg.student.arch, run_student(alone_cfg, root / "student_alone", None, data))
+
+    def run(key: str, role: str, arch: str, stage: Callable[..., dict], *args) -> dict:
+        if cfg.runtime.progress:  # which of the five runs the progress below belongs to
+            print(f"demo run {len(runs) + 1}/5: {key}, {role}", flush=True)
+        runs[key] = (role, arch, stage(*args))
+        return runs[key][2]
+
+    t_ce = run("teacher_ce", "teacher (CE)", cfg.teacher.arch, run_teacher, ce_cfg, root / "teacher_ce", data)
+    t_in = run("teacher_intra", f"teacher (CE + {intra_cfg.objective.kind})", cfg.teacher.arch, run_teacher,
+               intra_cfg, root / "teacher_intra", data)
+    run("student_alone", "student alone (CE)", cfg.student.arch, run_student, alone_cfg, root / "student_alone", None,
+        data)
     for key, teacher, label in (("student_kd_ce", t_ce, "KD from CE teacher"),
                                 ("student_kd_intra", t_in, f"KD from {intra_cfg.objective.kind} teacher")):
-        if teacher["status"] == "done":
-            summary = run_student(cfg, root / key, Path(teacher["checkpoint"]), data)
-        else:
-            summary = {"status": "skipped", "error": "teacher failed", "metrics": {}}
-        runs[key] = (f"student ({label})", cfg.student.arch, summary)
+        stage = run_student if teacher["status"] == "done" else _skipped
+        run(key, f"student ({label})", cfg.student.arch, stage, cfg, root / key, teacher.get("checkpoint"), data)
 
     rows = []
     for key, (role, arch, s) in runs.items():
@@ -66,3 +71,8 @@ def run_demo(cfg: ExperimentConfig, out_dir: Path | None = None) -> tuple[Path, 
     atomic_write_text(root / "report.md", "\n".join(report))
     ok = all(s["status"] == "done" for _, _, s in runs.values())
     return root, table, ok
+
+
+def _skipped(*_) -> dict:
+    """The summary of a student whose teacher failed."""
+    return {"status": "skipped", "error": "teacher failed", "metrics": {}}

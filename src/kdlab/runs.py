@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,17 @@ import yaml
 
 from kdlab.analysis.curves import markdown_table, plot_curves, read_history, text_table
 from kdlab.config import ConfigError
-from kdlab.engine.checkpoint import (  # noqa: F401
+from kdlab.engine.checkpoint import (  # noqa: F401  (read_card, card_recipe: re-exported)
     atomic_write_bytes,
     atomic_write_json,
+    card_recipe,
     load_checkpoint,
     read_card,
 )
+from kdlab.engine.owner import OWNER, holder_alive
 from kdlab.experiment.stages import read_summary
 
-RUN_COLUMNS = ["run", "stage", "method", "arch", "seed", "knobs", "status", "top1", "top1_best", "time_s"]
+RUN_COLUMNS = ["run", "name", "stage", "method", "arch", "seed", "knobs", "status", "top1", "top1_best", "time_s"]
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -31,8 +34,38 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def describe_run(run_dir: Path) -> dict[str, Any]:
-    """One row about a run: what was trained, with which key knobs, and how it ended."""
+def ablation_names(root: Path) -> dict[Path, tuple[str, str]]:
+    """``{run folder: (readable name, knobs its variant changes)}`` for the ablation runs under ``root``."""
+    from kdlab.sweep.store import readable_names
+
+    names: dict[Path, tuple[str, str]] = {}
+    for grid_path in Path(root).rglob("grid.json"):
+        try:
+            grid = json.loads(grid_path.read_text())
+        except (OSError, ValueError):
+            continue
+        for name, folder, knobs in readable_names(grid):
+            names.setdefault((grid_path.parent / folder).resolve(), (name, knobs))
+    return names
+
+
+def run_status(run_dir: Path, summary: dict, history: list[dict]) -> str:
+    """done / failed from the summary; else running while the process in owner.json lives (or runs on another
+    host, which cannot be checked from here), interrupted once it is gone (kill -9, a lost node), else empty."""
+    if summary.get("status") in ("done", "failed"):
+        return summary["status"]
+    try:
+        owner = json.loads((run_dir / OWNER).read_text())
+    except (OSError, ValueError):
+        owner = None
+    if isinstance(owner, dict) and holder_alive(owner) is not False:
+        return "running"
+    return "interrupted" if owner or history or summary else "empty"
+
+
+def describe_run(run_dir: Path, name: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One row about a run: what was trained, with which key knobs, and how it ended. ``name``: the run's
+    readable name and the knobs its variant changes, for an ablation run (:func:`ablation_names`)."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) or {}
     cfg_path = run_dir / "config.yaml"
@@ -54,12 +87,13 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
     history = read_history(run_dir)
     return {
         "run": str(run_dir),
+        "name": name[0] if name else None,
         "stage": stage,
         "method": method,
         "arch": (cfg.get(stage) or {}).get("arch", summary.get("arch", "?")),
         "seed": cfg.get("seed"),
-        "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()),
-        "status": summary.get("status", "running" if history else "empty"),
+        "knobs": name[1] if name else ", ".join(f"{k}={v}" for k, v in knobs.items()),
+        "status": run_status(run_dir, summary, history),
         "top1": metrics.get("top1", history[-1]["test_top1"] if history else None),
         "top1_best": metrics.get("top1_best"),
         "time_s": metrics.get("train_time_s"),
@@ -69,7 +103,8 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
 
 def list_runs(root: Path, filters: list[str] = ()) -> list[dict[str, Any]]:
     """Rows for every run under ``root`` matching all ``key=value`` filters (substring match)."""
-    rows = [describe_run(p) for p in find_runs(root)]
+    names = ablation_names(root)
+    rows = [describe_run(p, names.get(p.resolve())) for p in find_runs(root)]
     for f in filters:
         if "=" not in f:
             raise ConfigError(f"filter {f!r} must look like key=value, e.g. status=done or method=kd")

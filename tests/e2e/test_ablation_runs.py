@@ -14,26 +14,15 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from kdlab.ablation import (
-    KNOBS,
-    PlanError,
-    ResolveError,
-    parse_plan,
     rebuild_report,
-    render_knob_table,
-    resolve_plan,
     run_plan,
 )
-from kdlab.ablation.knobs import NOTHING, field_info
-from kdlab.ablation.plan import parse_plan_text
-from kdlab.ablation.resolve import load_base, map_metric, parse_value
-from kdlab.sweep.store import CLAIM, Store, atomic_write_json, run_key, teacher_key
-from kdlab.experiment.schema import build_config
+from kdlab.sweep.store import CLAIM, Store, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = Path(__file__).resolve().parents[1] / "plans"
@@ -44,6 +33,12 @@ needs_stages = pytest.mark.skipif(importlib.util.find_spec("kdlab.experiment.sta
                                   reason="kdlab.experiment.stages not available yet")
 FAKE = "fakestages"  # tests/fakestages.py (tests/ is on sys.path under pytest)
 TINY = ("teacher.epochs=1", "student.epochs=1", "data.subset=200", "data.test_subset=100")
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
 
 
 def _records(out: Path) -> dict[str, dict]:

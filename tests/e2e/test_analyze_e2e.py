@@ -1,16 +1,12 @@
 """Feature geometry and soft-label statistics against answers computed independently here, and the
 ``analyze`` report end to end on a one-epoch digits teacher."""
 
-import itertools
 import json
 import math
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-from kdlab.analysis.geometry import feature_geometry, soft_label_stats
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -45,7 +41,7 @@ def test_analyze_a_tiny_intra_teacher(tmp_path):
     json.dumps(res, allow_nan=False)
 
     out = write_analysis({"intra": res}, tmp_path / "single")
-    assert {"analysis.json", "analysis.md", "ratio_hist.png", "margin_hist.png"} <= {p.name for p in out.iterdir()}
+    assert {"analysis.json", "analysis.md", "ratio_per_class.png", "margin_cdf.png"} <= {p.name for p in out.iterdir()}
 
     md = main_analyze([tmp_path / "teacher_intra", ckpt], tmp_path / "report", max_samples=60, T=2.0)
     report = md.parent
@@ -53,7 +49,7 @@ def test_analyze_a_tiny_intra_teacher(tmp_path):
     data = json.loads((report / "analysis.json").read_text())
     assert list(data) == ["teacher_intra", "teacher_intra#2"]
     assert data["teacher_intra"]["num_samples"] == 60 and data["teacher_intra"]["soft_labels"]["T"] == 2.0
-    for png in ("tsne.png", "ratio_hist.png", "margin_hist.png"):
+    for png in ("tsne.png", "ratio_per_class.png", "margin_cdf.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     text = md.read_text()
     assert "## Feature geometry" in text and "teacher (intra" in text

@@ -34,6 +34,9 @@ def test_torchrun_two_cpu_ranks_train_an_intra_teacher(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "done"
+    # printed once (rank 0), and the figure printed is the one recorded: rank 0's network on the whole test split
+    assert proc.stdout.count("teacher: top-1") == 1, proc.stdout
+    assert f"teacher: top-1 {summary['metrics']['top1']:.2f}" in proc.stdout
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
     ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
     # both ranks' anchors reach the cache: 2 ranks x 16 images x 7 steps x 2 epochs, 10 classes of 64 slots
@@ -137,11 +140,12 @@ def _epochs(run) -> list[int]:
 def test_nan_on_one_rank_stops_both_ranks_with_the_divergence_error(tmp_path):
     run = tmp_path / "nan"
     (code0, err0), (code1, err1) = _two_ranks(run, "nan", epoch=1, step=24)  # rank 1, epoch 2, step 25
-    # rank 1 saw the NaN itself; rank 0's own loss was finite at that step, and it stopped with it anyway
-    assert code1 == 1 and "loss became nan at epoch 2, step 25" in err1, err1[-2000:]
-    assert code0 == 1 and "loss became non-finite on another rank by epoch 2, step 25" in err0, err0[-2000:]
-    for err in (err0, err1):
-        assert "the checkpoint of epoch 1 is kept" in err and "Traceback" not in err
+    # rank 1 saw the NaN itself; rank 0's own loss was finite at that step, and it stopped with it anyway;
+    # rank 0 alone reports it, once
+    assert code1 == 1 and code0 == 1
+    assert "loss became non-finite on another rank by epoch 2, step 25" in err0, err0[-2000:]
+    assert "the checkpoint of epoch 1 is kept" in err0 and err0.count("error:") == 1
+    assert "error" not in err1 and "Traceback" not in err0 + err1, err1[-2000:]
     summary = json.loads((run / "summary.json").read_text())  # rank 0's view
     assert summary["status"] == "failed" and "another rank" in summary["error"]
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
@@ -155,10 +159,11 @@ def test_sigterm_to_one_rank_stops_both_then_the_rerun_resumes_and_finishes(tmp_
     run = tmp_path / "sig"
     # rank 1 alone gets SIGTERM at epoch 2, step 4; the ranks agree at the sync point of step 25
     (code0, err0), (code1, err1) = _two_ranks(run, "sigterm", epoch=1, step=3)
-    assert code1 == 130 and "stopped by signal SIGTERM during epoch 2" in err1, err1[-2000:]
-    assert code0 == 130 and "stopped by a signal to another rank during epoch 2" in err0, err0[-2000:]
+    assert code1 == 130 and code0 == 130
+    assert "stopped by a signal to another rank during epoch 2" in err0, err0[-2000:]
+    assert "run the same command again to resume from epoch 1" in err0 and "interrupted" not in err1, err1[-2000:]
     for err in (err0, err1):
-        assert "run the same command again to resume from epoch 1" in err and "Traceback" not in err
+        assert "Traceback" not in err
         assert "FutureWarning" not in err  # DDP's broadcast_buffers notice is not shown to users
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"

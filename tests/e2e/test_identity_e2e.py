@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kdlab.ablation import run_plan
-from kdlab.sweep.store import Store, StoreError
 from kdlab.config import ConfigError
 from kdlab.experiment.identity import (
-    identity_tree,
-    legacy_run_key,
     legacy_stage_hash,
-    legacy_teacher_key,
     run_identity,
 )
 from kdlab.experiment.schema import load_config

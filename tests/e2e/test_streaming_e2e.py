@@ -3,16 +3,11 @@ image, with a box that is a pure function of (seed, epoch, index, view)."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from kdlab.data import build_augment
-from kdlab.data.augment import normalize
-from kdlab.data.streaming import StreamingImageFolder, StreamingLoader, crop_boxes, rrc_box
 
 SPEC = ((0.08, 1.0), (3 / 4, 4 / 3))
 

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from kdlab.ablation import (
     PlanError,
     ResolveError,
     parse_plan,
-    rebuild_report,
     render_knob_table,
     resolve_plan,
     run_plan,

@@ -10,16 +10,13 @@ import pytest
 
 from kdlab.ablation import run_plan
 from kdlab.sweep.store import Store, StoreError
-from kdlab.config import ConfigError
 from kdlab.experiment.identity import (
     identity_tree,
     legacy_run_key,
-    legacy_stage_hash,
     legacy_teacher_key,
     run_identity,
 )
 from kdlab.experiment.schema import load_config
-from kdlab.experiment.stages import run_teacher
 
 PLANS = Path(__file__).resolve().parents[1] / "plans"
 FAKE = "fakestages"

@@ -45,7 +45,7 @@ from kdlab.ablation.knobs import (
     knobs_for_path,
 )
 from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
-from kdlab.ablation.text import PhraseIndex, ascii_text, tokens, weighted_tokens
+from kdlab.ablation.text import PhraseIndex, ascii_text, readable_text, tokens, weighted_tokens
 from kdlab.config import ConfigError, load_yaml, resolve_config_path
 from kdlab.experiment.identity import run_identity
 from kdlab.experiment.terms import TERM_METRICS, run_terms
@@ -254,23 +254,25 @@ class Grid:
         return list(seen.values())
 
     def to_sweep(self) -> SweepGrid:
-        """The grid the sweep layer runs: configs and overrides, with what the plan reader knows attached
-        for the report (``info``)."""
+        """The grid the sweep layer runs: configs and overrides, with what the plan reader knows attached for
+        the report (``info``). Text from the plan reaches it as readable ASCII (damaged glyphs dropped)."""
         info = {k: v for k, v in self.to_dict().items() if k not in ("base", "seeds", "ablations")}
+        info["plan"] = {**info["plan"], "title": readable_text(self.plan.title)}
         ablations = []
         for a in self.ablations:
             ad = a.to_dict()
             own = a.base
             ablations.append(SweepAblation(
-                name=a.ablation.name, knob=a.knob.name, path=a.knob.path,
-                variants=[SweepVariant(v.label, v.value, config_diff(v.config, own or self.base), v.config,
-                                       v.same_as_base, info={"raw": v.raw, "is_base": v.is_base})
+                name=readable_text(a.ablation.name), knob=a.knob.name, path=a.knob.path,
+                variants=[SweepVariant(readable_text(v.label), v.value, config_diff(v.config, own or self.base),
+                                       v.config, v.same_as_base, info={"raw": readable_text(v.raw), "is_base": v.is_base})
                           for v in a.variants],
-                metrics=[m.to_dict() for m in a.metrics], base=own,
+                metrics=[{**m.to_dict(), "name": readable_text(m.name)} for m in a.metrics], base=own,
                 base_overrides=config_diff(own, self.base) if own is not None else {},
-                info={k: v for k, v in ad.items() if k not in ("name", "variants", "metrics", "teacher_varies")},
+                info={**{k: v for k, v in ad.items() if k not in ("name", "variants", "metrics", "teacher_varies")},
+                      "part": readable_text(a.ablation.part)},
             ))
-        return SweepGrid(self.plan.title, self.base, list(self.seeds), ablations, info=info)
+        return SweepGrid(readable_text(self.plan.title), self.base, list(self.seeds), ablations, info=info)
 
     def to_dict(self) -> dict:
         return {

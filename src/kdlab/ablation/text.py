@@ -18,7 +18,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["tokens", "weighted_tokens", "ascii_text", "PhraseIndex", "token_sim", "TAIL_WEIGHT"]
+__all__ = ["tokens", "weighted_tokens", "ascii_text", "readable_text", "PhraseIndex", "token_sim", "TAIL_WEIGHT"]
 
 TAIL_WEIGHT = 0.7  # tokens after the head of a noun phrase ("X between/for/used to ... Y") count this much
 CONTIGUOUS_BONUS = 1.2  # a multi-word phrase said verbatim ("weight decay") beats the same words scattered
@@ -134,9 +134,39 @@ _GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsi
 def ascii_text(text: str) -> str:
     """Lowercase, NFKC, intact Greek letters spelled out (δ -> delta), every other non-ASCII character turned
     into a space (damaged glyphs vanish)."""
-    t = unicodedata.normalize("NFKC", text).lower()
-    t = t.replace("\u2212", "-").replace("\u00d7", "x")
-    return "".join(c if ord(c) < 128 else (f" {_GREEK[c]} " if c in _GREEK else " ") for c in t)
+    return "".join(_ascii(c, " {} ") for c in _nfkc(text).lower())
+
+
+_MOJIBAKE_RUN = re.compile(r"[^\x00-\x7f]+")
+_EMPTY_BRACKETS = re.compile(r"\(\s*\)|\[\s*\]")
+
+
+def readable_text(text: str) -> str:
+    """Plan text for a person to read (report titles, names, ablated parts): its case kept, UTF-8 that was read
+    as cp1252 repaired where that is unambiguous ("Ï„" -> τ), intact Greek letters spelled out, dashes made
+    ASCII, every other non-ASCII character (damaged glyphs) dropped, with the brackets it leaves empty and
+    the doubled spaces."""
+    text = _MOJIBAKE_RUN.sub(lambda m: _repaired(m.group()), _nfkc(text)).replace("\u2013", "-").replace("\u2014", "-")
+    text = _EMPTY_BRACKETS.sub("", "".join(_ascii(c, "{}") for c in text))
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).replace("\u2212", "-").replace("\u00d7", "x")
+
+
+def _ascii(c: str, greek: str) -> str:
+    """``c`` if ASCII; a Greek letter spelled out into ``greek`` (a format: " {} " keeps it a separate token)."""
+    if ord(c) < 128:
+        return c
+    return greek.format(_GREEK[c.lower()]) if c.lower() in _GREEK else " "
+
+
+def _repaired(run: str) -> str:
+    try:
+        return run.encode("cp1252").decode("utf-8")
+    except UnicodeError:
+        return run
 
 
 @lru_cache(maxsize=20000)

@@ -278,8 +278,8 @@ def _load_cifar(
         else:
             raise DataError(
                 f"{key}: expected the python-version folder {root / meta['folder']} (with "
-                f"{', '.join(meta['train'] + meta['test'])}). Pass download=True to fetch {meta['url']} into "
-                f"{root}, or root=<folder containing {meta['folder']}>"
+                f"{', '.join(meta['train'] + meta['test'])}). Set data.download=true to fetch {meta['url']} into "
+                f"{root}, or data.root=<folder containing {meta['folder']}>"
             )
     names_file = folder / meta["meta"]
     if names_file.exists():
@@ -297,7 +297,7 @@ def _load_cifar(
         for f in files:
             path = folder / f
             if not path.exists():
-                raise DataError(f"{key}: missing {path}; the folder is incomplete (re-extract or download=True)")
+                raise DataError(f"{key}: missing {path}; the folder is incomplete (re-extract, or set data.download=true)")
             d = restricted_load(path)
             if not isinstance(d, dict):
                 raise DataError(f"{path}: expected a dict batch, got {type(d).__name__}")
@@ -704,8 +704,8 @@ def _load_tiny_imagenet(
         if not archive.is_file():
             raise DataError(
                 f"tiny-imagenet: expected the folder {root / _TINY['folder']} (wnids.txt, train/<wnid>/images, "
-                f"val/images + val/val_annotations.txt). Pass download=True to fetch {_TINY['url']}, or "
-                "root=<that folder or its zip>"
+                f"val/images + val/val_annotations.txt). Set data.download=true to fetch {_TINY['url']}, "
+                "or data.root=<that folder or its zip>"
             )
         check_md5(archive, want_md5)
         dest = archive.parent if _writable_dir(archive.parent) else default_cache_dir()

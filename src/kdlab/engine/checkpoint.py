@@ -24,21 +24,44 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def naming(path: Path):
+    """An OSError raised inside (a full disk: ``write`` gives ENOSPC without a file name) names ``path``."""
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     _fsync_dir(path.parent)
+
+
+def remove_temp_files(folder: Path) -> list[str]:
+    """Delete the temporary files that interrupted atomic writes left in ``folder`` (``.NAME.*.tmp``); their
+    names. Call it only while this process is the folder's one writer (a run at its start)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp.name)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -99,11 +122,29 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _card(path: Path) -> dict:
+    try:
+        card = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the card {path} ({exc})") from None
+    if not isinstance(card, dict) or card.get("format") != "kdlab-card/1":
+        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format') if isinstance(card, dict) else None!r})")
+    return card
+
+
+def card_recipe(path: Path) -> dict:
+    """The config a card's network was trained with (data and its normalisation, architectures, schedules), with
+    that network as the teacher: what ``kdlab distill teacher.checkpoint=CARD.json`` runs when no config is given.
+    The runtime section (device, threads, ...) belongs to the machine, not the recipe, and is left out."""
+    card = _card(path)
+    recipe = {k: v for k, v in (card.get("recipe") or {}).items() if k != "runtime"}
+    recipe["teacher"] = {**(recipe.get("teacher") or {}), "arch": card["arch"]}
+    return recipe
+
+
 def read_card(path: Path) -> tuple[dict, Path]:
-    """A kdlab export card (``kdlab export``)'s contents and the verified weight file it names (sha256 checked)."""
-    card = json.loads(Path(path).read_text())
-    if card.get("format") != "kdlab-card/1":
-        raise ConfigError(f"{path} is not a kdlab export card (format {card.get('format')!r})")
+    """A card's contents and the verified weight file it names (sha256 checked)."""
+    card = _card(path)
     entry = card["files"]["pt"]
     weights = Path(path).parent / entry["file"]
     if not weights.exists():

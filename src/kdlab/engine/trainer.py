@@ -15,18 +15,19 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.config import OptimConfig
-from kdlab.engine.checkpoint import CheckpointError, atomic_write_text, load_latest, save_checkpoint
+from kdlab.engine.checkpoint import (CheckpointError, atomic_write_text, load_latest, naming, remove_temp_files,
+                                     save_checkpoint)
 from kdlab.engine.distributed import any_rank, convert_sync_bn
 from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
 from kdlab.engine.metrics import ECE_BINS, calibration_sums, epoch_loss_stats, expected_calibration_error, summarize
+from kdlab.engine.progress import RunProgress
 from kdlab.engine.runtime import Runtime, peak_memory_mb
 
 CHECKPOINT_FORMAT = "kdlab-checkpoint/1"
@@ -139,7 +140,10 @@ class Trainer:
     def resume(self) -> str | None:
         """Restore the newest good checkpoint, if any. Returns a warning to show, if one applies."""
         ckpt, warning = load_latest(self.ckpt_dir)
+        if self.main:
+            remove_temp_files(self.ckpt_dir)  # left by a write that a crash cut short
         if ckpt is None:
+            self._keep_history(0)
             return None
         if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("stage") != self.info.stage:
             raise CheckpointError(f"{self.ckpt_dir} holds no {self.info.stage} checkpoint of this kdlab version")
@@ -150,16 +154,23 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], self.rt.device)
         self.best = dict(ckpt["best"])
         self.start_epoch = int(ckpt["epoch"])
-        # Epoch records written after that checkpoint belong to the lost part of the run: drop them.
-        self.history = [r for r in _read_jsonl(self.metrics_path) if r["epoch"] <= self.start_epoch]
-        if self.main:
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self._keep_history(self.start_epoch)
         return warning
+
+    def _keep_history(self, epochs: int) -> None:
+        """Keep one record per epoch up to ``epochs`` (the checkpoint's): records written after it, or before
+        any checkpoint existed, belong to the lost part of a run and would otherwise pile up."""
+        by_epoch = {r["epoch"]: r for r in _read_jsonl(self.metrics_path) if r.get("epoch", 0) <= epochs}
+        self.history = [by_epoch[e] for e in sorted(by_epoch)]
+        if self.main and self.metrics_path.exists():
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> dict:
         """Train from ``start_epoch`` to ``epochs``; returns the summary metrics."""
         old_handlers = self._install_signal_handlers()
+        label = f"{self.run_dir.parent.name}/{self.run_dir.name}"
+        self.progress = RunProgress(label, self.epochs, self.start_epoch, self.rt.progress)
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 record = self._train_epoch(epoch)
@@ -172,10 +183,11 @@ class Trainer:
                 if improved:
                     self.best = {"top1": record["test_top1"], "epoch": epoch + 1}
                 self.history.append(record)
+                self.progress.epoch(record)
                 if self.main:
                     if improved:
                         save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
-                    with open(self.metrics_path, "a") as fh:
+                    with naming(self.metrics_path), open(self.metrics_path, "a") as fh:
                         fh.write(json.dumps(record) + "\n")
                     self.events.epoch(record)
                     save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
@@ -184,6 +196,7 @@ class Trainer:
                                       "run the same command again to resume")
         finally:
             self._restore_signal_handlers(old_handlers)
+            self.progress.close()
             self.events.close()
         return summarize(self.history, extra_state_bytes=self.method.extra_state_bytes())
 
@@ -197,9 +210,8 @@ class Trainer:
         term_sums: dict[str, Tensor] = {}
         correct = torch.zeros((), device=rt.device)
         seen = 0
-        bar = _progress(loader, rt.progress, f"{self.info.stage} {epoch + 1}/{self.epochs}", steps)
         start = time.perf_counter()
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(self.progress.steps(loader, epoch)):
             progress = epoch + step / steps
             lr = lr_at(self.optim_cfg, self.epochs, progress)
             for group in self.optimizer.param_groups:
@@ -218,9 +230,9 @@ class Trainer:
             seen += batch.labels.shape[0]
             if step % 25 == 24 or step == steps - 1:  # one host sync every 25 steps
                 self._check_finite(step_losses, epoch, step)
-                self.events.step(epoch * steps + step, float(step_losses[step]), lr)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(step_losses[step]):.3f}", lr=f"{lr:.3g}")
+                loss_now = float(step_losses[step])
+                self.events.step(epoch * steps + step, loss_now, lr)
+                self.progress.step(loss_now)
             if self._should_stop(step):
                 return None
         if rt.device.type == "cuda":
@@ -258,17 +270,20 @@ class Trainer:
         here = bool(bad.any())
         if not any_rank(here, step_losses.device):  # every rank stops together
             return
-        kept = self.history[-1]["epoch"] if self.history else 0
         if here:
             first = int(bad.nonzero()[0])
             what = f"loss became {float(step_losses[first])} at epoch {epoch + 1}, step {first + 1}"
         else:
             what = f"loss became non-finite on another rank by epoch {epoch + 1}, step {step + 1}"
-        raise DivergedError(f"{what}; the checkpoint of epoch {kept} is kept. Lower the learning rate or the "
-                            "loss weights (e.g. objective.intra.lambda_).")
+        kept = (f"the checkpoint of epoch {self.history[-1]['epoch']} is kept" if self.history
+                else "no epoch had finished, so there is no checkpoint")
+        raise DivergedError(f"{what}; {kept}. {divergence_advice(self.info)}")
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        """Accuracy, loss and ECE on the whole test split. Under torchrun the test loader is not sharded: each
+        rank evaluates every test image with its own network (BN statistics follow each rank's shard), and rank
+        0's figures, those of the network its checkpoint holds, are the ones recorded and printed."""
         model, rt = self.method.model, self.rt
         model.eval()
         total = 0
@@ -314,14 +329,17 @@ class Trainer:
             signal.signal(sig, h)
 
 
-def _progress(it: Iterable, enabled: bool, desc: str, total: int):
-    if not enabled:
-        return it
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+def divergence_advice(info: StageInfo) -> str:
+    """What to lower when this stage's loss diverges: its learning rate and the weights of its own loss terms."""
+    cfg = info.config or {}
+    knobs = [f"{info.stage}.optim.lr"]
+    if info.stage == "teacher":
+        kind = (cfg.get("objective") or {}).get("kind", "ce")
+        knobs += [f"objective.{kind}.lambda_"] if kind != "ce" else []
+    else:
+        methods = (cfg.get("distill") or {}).get("methods") or []
+        knobs += [f"distill.{m}.{'ctr_weight' if m == 'cocord' else 'weight'}" for m in methods]
+    return f"Lower {' or '.join(knobs)}."
 
 
 def _read_jsonl(path: Path) -> list[dict]:

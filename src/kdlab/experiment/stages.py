@@ -7,6 +7,7 @@ Each stage owns a run folder::
     run_dir/metrics.jsonl    one record per epoch (metrics.csv beside it at the end)
     run_dir/checkpoints/     last.pt (+ last.prev.pt), best.pt
     run_dir/summary.json     status, error, summary metrics, checkpoint path
+    run_dir/owner.json       the process running it (pid, host, start time)
 
 Running a stage on a folder that already holds a finished summary returns it; a folder with a
 checkpoint resumes from it. That is what makes a killed run or a killed sweep cheap to finish.
@@ -46,6 +47,7 @@ from kdlab.engine.checkpoint import (
     read_card,
 )
 from kdlab.engine.metrics import summarize
+from kdlab.engine.owner import OWNER, me
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
 from kdlab.engine.trainer import DivergedError, Interrupted, StageInfo, Trainer
 from kdlab.experiment.identity import (
@@ -165,11 +167,49 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None =
     if cfg.teacher.checkpoint:
         teacher = {"status": "done", "checkpoint": cfg.teacher.checkpoint, "metrics": {}}
     else:
-        teacher = run_teacher(cfg, run_dir / "teacher", data)
+        teacher = _reused_teacher(cfg, run_dir / "teacher") or run_teacher(cfg, run_dir / "teacher", data)
         if teacher["status"] != "done":
             return {"status": teacher["status"], "error": teacher.get("error"), "teacher": teacher, "student": None}
     student = run_student(cfg, run_dir / "student", Path(teacher["checkpoint"]), data)
     return {"status": student["status"], "error": student.get("error"), "teacher": teacher, "student": student}
+
+
+def _reused_teacher(cfg: ExperimentConfig, own_dir: Path) -> dict | None:
+    """A finished teacher of ``cfg``'s identity trained by another command (the demo, train-teacher, another
+    pipeline), when ``own_dir`` holds no finished one."""
+    if (read_summary(own_dir) or {}).get("status") == "done":
+        return None
+    found = find_teacher(cfg, Path(cfg.out))
+    if found is not None:
+        print(f"note: reusing the finished teacher {found['run_dir']} (same data, teacher, objective and seed)",
+              file=sys.stderr)
+    return found
+
+
+def find_teacher(cfg: ExperimentConfig, out: Path) -> dict | None:
+    """The summary of a finished teacher run with ``cfg``'s teacher identity in a run folder one or two levels
+    below ``out`` (where train-teacher, pipeline and demo put theirs), or None."""
+    want = run_identity(cfg, "teacher")
+    for path in sorted([*out.glob(f"*/{SUMMARY}"), *out.glob(f"*/*/{SUMMARY}")]):
+        summary = read_summary(path.parent)
+        if not summary or summary.get("status") != "done" or summary.get("stage") != "teacher":
+            continue
+        checkpoint = path.parent / "checkpoints" / "last.pt"
+        if _teacher_identity(summary, path.parent) == want and checkpoint.exists():
+            return dict(summary, run_dir=str(path.parent), checkpoint=str(checkpoint))
+    return None
+
+
+def _teacher_identity(summary: dict, run_dir: Path) -> str | None:
+    """A teacher folder's identity: recorded in its summary, or computed from its config.yaml when an earlier
+    version wrote it."""
+    if "identity" in summary:
+        return summary["identity"]
+    try:
+        previous = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return run_identity(previous, "teacher") if isinstance(previous, dict) else None
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -219,21 +259,23 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
     warning = trainer.resume()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    last = run_dir / "checkpoints" / "last.pt"
     summary = {"status": "running", "error": None, "stage": stage, **_identity_fields(cfg, stage),
-               "arch": spec.arch, "run_dir": str(run_dir),
-               "checkpoint": str(run_dir / "checkpoints" / "last.pt"), "teacher_checkpoint":
+               "arch": spec.arch, "run_dir": str(run_dir), "checkpoint": str(last), "teacher_checkpoint":
                str(teacher_checkpoint) if teacher_checkpoint else None}
     try:
         metrics = trainer.fit()
         metrics.update(final_geometry(method.model, test_loader, num_classes, cfg.distill.kd.T, rt))
         summary.update(status="done", metrics=metrics)
-    except DivergedError as exc:
-        summary.update(status="failed", error=str(exc), metrics=_partial(trainer))
-    except Interrupted as exc:
-        summary.update(status="interrupted", error=str(exc), metrics=_partial(trainer))
-        if rt.dist.is_main:
-            atomic_write_json(run_dir / SUMMARY, summary)
-        raise
+    except (DivergedError, Interrupted) as exc:
+        interrupted = isinstance(exc, Interrupted)
+        # a run stopped before its first epoch ended has no checkpoint to point to
+        summary.update(status="interrupted" if interrupted else "failed", error=str(exc), metrics=_partial(trainer),
+                       checkpoint=str(last) if last.exists() else None)
+        if interrupted:
+            if rt.dist.is_main:
+                atomic_write_json(run_dir / SUMMARY, summary)
+            raise
     summary["wall_time_s"] = time.time() - started
     if rt.dist.is_main:
         _write_csv(run_dir / "metrics.csv", trainer.history)
@@ -346,6 +388,7 @@ def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, stage: str) -> None:
             )
     atomic_write_text(cfg_path, to_yaml(cfg))
     atomic_write_json(run_dir / "env.json", environment())
+    atomic_write_json(run_dir / OWNER, {**me(), "time": time.time()})  # who runs it: `kdlab runs` checks it lives
 
 
 def environment() -> dict:
@@ -386,5 +429,5 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "same_run", "default_run_dir",
+__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "same_run", "default_run_dir", "find_teacher",
            "load_teacher", "CheckpointError"]

@@ -390,48 +390,68 @@ def plot_tsne(features: Mapping[str, Any], path: Path, *, classes: Sequence[str]
     return _save(fig, path)
 
 
-def _per_class_ratios(r: dict, space: str) -> list[float]:
+def _per_class_ratios(r: dict, space: str) -> list[float | None]:
+    """The run's intra/inter ratio of each class in ``space`` (None for a class without one); [] without the space."""
     g = r["geometry"].get(space)
-    if g is None:
-        return []
-    return [v for v in g["per_class"]["ratio"] if v is not None]
+    return list(g["per_class"]["ratio"]) if g is not None else []
 
 
-def plot_ratio_hist(results: Mapping[str, dict], path: Path) -> Path:
-    """Histogram of per-class intra/inter ratios, one overlaid series per run, one panel per space."""
+def plot_ratio_per_class(results: Mapping[str, dict], path: Path) -> Path:
+    """Per-class intra/inter ratios, one panel per space (penultimate feature, embedding).
+
+    Each class is a point: its ratio under the first run (the reference, e.g. the CE teacher) on x, under each
+    other run on y, with the diagonal; below it, the class is tighter than in the reference. With one run, or in
+    a space the reference lacks (a CE teacher has no embedding), the ratios are plotted against the class.
+    """
     plt = _pyplot()
     spaces = [s for s in ("pooled", "embedding") if any(r["geometry"].get(s) for r in results.values())]
-    fig, axes = plt.subplots(1, len(spaces), figsize=(5.5 * len(spaces), 4), squeeze=False)
+    (ref_label, ref_run), *others = results.items()
+    classes = ref_run.get("classes")
+    fig, axes = plt.subplots(1, len(spaces), figsize=(5.5 * len(spaces), 5), squeeze=False)
     for ax, space in zip(axes[0], spaces):
-        data = {label: _per_class_ratios(r, space) for label, r in results.items()}
-        data = {k: v for k, v in data.items() if v}
-        vals = [v for vs in data.values() for v in vs]
-        if vals:
-            lo, hi = min(vals), max(vals)
-            pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
-            bins = torch.linspace(lo - pad, hi + pad, 21).tolist()
-            for label, vs in data.items():
-                ax.hist(vs, bins=bins, alpha=0.5, label=label)
-        ax.set(xlabel="intra / inter (class c: mean pair distance / mean distance to other centroids)",
-               ylabel="classes", title=space)
+        ref = _per_class_ratios(ref_run, space)
+        pairs = {label: _per_class_ratios(r, space) for label, r in others}
+        pairs = {label: vs for label, vs in pairs.items() if vs}
+        if ref and pairs:
+            ends: list[float] = []
+            for label, vs in pairs.items():
+                pts = [(c, x, y) for c, (x, y) in enumerate(zip(ref, vs)) if x is not None and y is not None]
+                ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=24, label=label)
+                if len(pts) <= 20:  # few classes: name them
+                    for c, x, y in pts:
+                        ax.annotate(classes[c] if classes else str(c), (x, y), fontsize=6, alpha=0.7,
+                                    xytext=(2, 2), textcoords="offset points")
+                ends += [v for p in pts for v in p[1:]]
+            if ends:
+                lo, hi = min(ends), max(ends)
+                ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="same as the reference")
+            ax.set(xlabel=f"{ref_label}: intra / inter of the class", ylabel="intra / inter of the class", title=space)
+        else:
+            for label, r in results.items():
+                if vs := _per_class_ratios(r, space):
+                    ax.plot(range(len(vs)), [math.nan if v is None else v for v in vs], marker="o", ls="", label=label)
+            ax.set(xlabel="class", ylabel="intra / inter of the class", title=space)
         ax.xaxis.label.set_size(8)
-        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_margin_hist(results: Mapping[str, dict], path: Path) -> Path:
-    """Histogram of the margin rho = p_y - max_{k != y} p_k (T=1), as a fraction of samples per run."""
+def plot_margin_cdf(results: Mapping[str, dict], path: Path) -> Path:
+    """Cumulative distribution of the margin rho = p_y - max_{k != y} p_k (T=1) per run, on a log axis: the fraction
+    of test samples whose margin is at most rho, so the few unsure or wrong samples (rho < 0) stay visible beside
+    the confident mass near 1 that a histogram's linear axis shows alone."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, r in results.items():
         m = r["soft_labels"]["margin"]
         edges, counts = m["hist_edges"], m["hist_counts"]
         total = max(sum(counts), 1)
-        ax.stairs([c / total for c in counts], edges, label=f"{label} (mean {m['mean']:.3f})", fill=False, lw=1.5)
-    ax.set(xlabel="margin ρ = p_y − max_{k≠y} p_k (T = 1)", ylabel="fraction of samples", xlim=(-1, 1))
-    ax.grid(alpha=0.3)
+        cumulative = torch.tensor(counts, dtype=torch.float64).cumsum(0) / total
+        ax.step(edges[1:], cumulative.tolist(), where="post", label=f"{label} (mean {m['mean']:.3f})", lw=1.5)
+    ax.set_yscale("log")
+    ax.set(xlabel="margin ρ = p_y − max_{k≠y} p_k (T = 1)", ylabel="fraction of samples with margin ≤ ρ", xlim=(-1, 1))
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -472,9 +492,9 @@ def write_analysis(results: dict[str, dict], out_dir: Path | str, *,
         first = next(iter(results.values()))
         plot_tsne(features, out / "tsne.png", classes=first.get("classes"), max_points=tsne_points, seed=seed)
         figures.append("tsne.png")
-    plot_ratio_hist(results, out / "ratio_hist.png")
-    plot_margin_hist(results, out / "margin_hist.png")
-    figures += ["ratio_hist.png", "margin_hist.png"]
+    plot_ratio_per_class(results, out / "ratio_per_class.png")
+    plot_margin_cdf(results, out / "margin_cdf.png")
+    figures += ["ratio_per_class.png", "margin_cdf.png"]
     atomic_write_json(out / "analysis.json", results)
     atomic_write_text(out / "analysis.md", analysis_markdown(results, figures))
     return out
@@ -525,5 +545,5 @@ def main_analyze(paths: list[Path], out: Path, **kw: Any) -> Path:
 
 
 __all__ = ["Collected", "collect_outputs", "summarize", "analyze_checkpoint", "write_analysis", "main_analyze",
-           "plot_ratio_vs", "plot_tsne", "plot_ratio_hist", "plot_margin_hist", "tsne_embed", "analysis_markdown",
+           "plot_ratio_vs", "plot_tsne", "plot_ratio_per_class", "plot_margin_cdf", "tsne_embed", "analysis_markdown",
            "resolve_checkpoint", "read_any_checkpoint", "run_label", "SPACES"]

@@ -37,6 +37,7 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
+from kdlab.engine.progress import clock, eta
 from kdlab.experiment.identity import run_identity
 from kdlab.experiment.schema import ExperimentConfig
 from kdlab.sweep.grid import SweepError, SweepGrid
@@ -106,6 +107,7 @@ def config_id(cfg: ExperimentConfig) -> str:
 # ------------------------------------------------------------------------------------------ worker
 def _record(task: Task, summary: dict, started: float, teacher_rec: dict | None) -> dict:
     stage = task.kind
+    last = Path(task.run_dir) / "checkpoints" / "last.pt"
     metrics = {f"{stage}.{k}": v for k, v in (summary.get("metrics") or {}).items()}
     if teacher_rec is not None:
         metrics.update({k: v for k, v in (teacher_rec.get("metrics") or {}).items() if k.startswith("teacher.")})
@@ -119,7 +121,7 @@ def _record(task: Task, summary: dict, started: float, teacher_rec: dict | None)
         "teacher_key": task.teacher_key,
         "metrics": metrics,
         "summary": summary,
-        "checkpoint": str(Path(task.run_dir) / "checkpoints" / "last.pt"),
+        "checkpoint": str(last) if last.exists() else None,  # none when the run failed before its first epoch
         "config": task.config,
         "label": task.label,
         "started": started,
@@ -536,14 +538,20 @@ def execute(
     if total == 0:
         echo(f"All {len(student_tasks)} runs are already in {store.root}; nothing to run.")
     else:
+        reused = len(teacher_tasks) - len(pending_t)
         echo(f"Running {len(pending_s)} student runs and {len(pending_t)} teacher trainings "
-             f"({len(summary.skipped)} runs already done) with the {executor} executor, {jobs} at a time"
+             f"({len(summary.skipped)} runs and {reused} teachers already done) with the {executor} executor, "
+             f"{jobs} at a time"
              + (f", {threads} threads each" if threads else "") + f"; output in {store.root}")
     ex = make_executor(executor, store.root, jobs, executor_options) if total else None
     running: dict[Any, Task] = {}
     claims: dict[str, Any] = {}
     done_count = 0
     waiting_note = False
+
+    def finished_line(text: str) -> None:  # one line per finished task, with the sweep's ETA
+        left = eta(time.time() - t0, done_count, total)
+        echo(f"[{done_count}/{total}] {text}" + (f"; sweep ETA {clock(left)}" if done_count < total else ""))
 
     def teacher_state(tkey: str | None) -> str:
         if tkey is None:
@@ -572,7 +580,7 @@ def execute(
                     summary.executed.append(key)
                     del pending_s[key]
                     done_count += 1
-                    echo(f"[{done_count}/{total}] failed  {t.label}: {err}")
+                    finished_line(f"failed  {t.label}: {err}")
             in_flight = {t.key for t in running.values()}
             ready = [t for t in pending_t.values()] + [
                 t for t in pending_s.values() if teacher_state(t.teacher_key) == "done"
@@ -628,7 +636,7 @@ def execute(
                     coll.pop(t.key, None)
                     done_count += 1
                     (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
-                    echo(f"[{done_count}/{total}] {_line(t, rec)}")
+                    finished_line(_line(t, rec))
                 elif status == "finished" or (rec is not None and status in ("busy", "ok")):
                     coll.pop(t.key, None)
                     done_count += 1
@@ -647,7 +655,7 @@ def execute(
                     coll.pop(t.key, None)
                     done_count += 1
                     (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
-                    echo(f"[{done_count}/{total}] failed  {t.kind} {t.label}: {status}")
+                    finished_line(f"failed  {t.kind} {t.label}: {status}")
                 if c is not None:
                     c.release()  # the worker normally removed it already
     except KeyboardInterrupt:

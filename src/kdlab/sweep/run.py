@@ -18,7 +18,7 @@ from kdlab.sweep.execute import (
 )
 from kdlab.sweep.grid import SweepGrid
 from kdlab.sweep.report import ReportResult, build_report
-from kdlab.sweep.store import Store
+from kdlab.sweep.store import Store, readable_names
 
 __all__ = ["SweepResult", "grid_record", "run_keys", "run_sweep"]
 
@@ -42,15 +42,21 @@ def grid_record(grid: SweepGrid) -> dict:
     runs, _ = expand(grid)
     d = grid.record()
     d["version"] = 1
-    d["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(grid.base)].items()}
+    d["base_runs"], d["base_teachers"] = _keys(runs[config_id(grid.base)])
     for a, ad in zip(grid.ablations, d["ablations"]):
         if a.base is not None:  # its own reference runs (e.g. a distiller the grid's base student does not use)
-            ad["base_runs"] = {str(s): spec.key for s, spec in runs[config_id(a.base)].items()}
+            ad["base_runs"], ad["base_teachers"] = _keys(runs[config_id(a.base)])
         for v, vd in zip(a.variants, ad["variants"]):
             cid = config_id(v.config)
             vd["config_id"] = cid
-            vd["runs"] = {str(s): spec.key for s, spec in runs[cid].items()}
+            vd["runs"], vd["teachers"] = _keys(runs[cid])
     return d
+
+
+def _keys(per_seed: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The run keys and the teacher keys (runs that need a teacher) of one config, by seed."""
+    return ({str(s): spec.key for s, spec in per_seed.items()},
+            {str(s): spec.teacher_key for s, spec in per_seed.items() if spec.teacher_key})
 
 
 def run_keys(record: dict) -> dict[str, list[str]]:
@@ -84,6 +90,7 @@ def run_sweep(
     for old, new in store.upgrade():
         say(f"upgraded {out}/{old} -> {new} (run identity v2)")
     store.write_grid(record)
+    store.write_names(readable_names(record))
     result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,
                                executor_options=executor_options, stages=stages, echo=say)
     result.report = build_report(out)

@@ -8,6 +8,8 @@ Layout of an output folder::
         claim.json                present while a process runs it
         config.yaml metrics.jsonl summary.json checkpoints/   (written by the stage itself)
     OUT/runs/<key>/               a student run (the pipeline's second stage), same files
+    OUT/named/<ablation>/<value>-seed<s>[-teacher] -> ../../runs/<key>   readable names (relative symlinks):
+                                  `tensorboard --logdir OUT/named` shows the runs by them
     OUT/report.md OUT/plots/ OUT/results.csv OUT/tables.json
 
 ``key`` is the run identity of the resolved student config and ``tkey`` that of its teacher stage
@@ -29,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
+import re
 import threading
 import time
 from pathlib import Path
@@ -40,6 +42,7 @@ import yaml
 from kdlab.engine.checkpoint import atomic_write_json
 from kdlab.experiment.identity import IDENTITY_VERSION, run_identity
 from kdlab.experiment.schema import ExperimentConfig
+from kdlab.engine.owner import holder_alive, me
 
 __all__ = [
     "RECORD",
@@ -48,6 +51,7 @@ __all__ = [
     "run_key",
     "teacher_key",
     "teacher_config",
+    "readable_names",
     "Store",
     "StoreError",
     "Claim",
@@ -55,6 +59,7 @@ __all__ = [
 
 RECORD = "record.json"
 CLAIM = "claim.json"
+NAMED = "named"
 STALE_AFTER_S = 600.0
 HEARTBEAT_S = 60.0
 STORE = "store.json"
@@ -78,6 +83,45 @@ def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"name": "ablation-teacher", "student": ref.student, "distill": ref.distill})
 
 
+# ------------------------------------------------------------------------------------------- names
+def _slug(text: Any) -> str:
+    return re.sub(r"[^a-z0-9_.=+-]+", "-", str(text).lower()).strip("-.")[:60] or "unnamed"
+
+
+def _knobs(overrides: dict) -> str:
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())
+
+
+def readable_names(grid: dict) -> list[tuple[str, str, str]]:
+    """``(name, folder, knobs)`` for the runs of a grid record (grid.json): ``folder`` is relative to the store,
+    ``knobs`` what the run's variant changes. Names: ``base/seed0``, ``<ablation>/base-seed0`` (an ablation's own
+    base), ``<ablation>/<value>-seed0``; a teacher is named once, after the first run that needs it, with
+    ``-teacher``. A run shared by two variants (one equal to the base) has a name for each."""
+    out: list[tuple[str, str, str]] = []
+    named_teachers: set[str] = set()
+
+    def add(prefix: str, runs: dict, teachers: dict, knobs: str) -> None:
+        for seed, key in runs.items():
+            out.append((f"{prefix}seed{seed}", f"runs/{key}", knobs))
+            tkey = teachers.get(seed)
+            if tkey and tkey not in named_teachers:
+                named_teachers.add(tkey)
+                out.append((f"{prefix}seed{seed}-teacher", f"teachers/{tkey}", knobs))
+
+    add("base/", grid.get("base_runs", {}), grid.get("base_teachers", {}), "base")
+    used: set[str] = {"base"}
+    for a in grid.get("ablations", []):
+        folder = _slug(a["name"])
+        while folder in used:  # two ablations of one name
+            folder += "+"
+        used.add(folder)
+        if a.get("base_runs"):
+            add(f"{folder}/base-", a["base_runs"], a.get("base_teachers", {}), f"{a['name']}: base")
+        for v in a["variants"]:
+            add(f"{folder}/{_slug(v['label'])}-", v.get("runs", {}), v.get("teachers", {}), _knobs(v["overrides"]))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- files
 def read_json(path: Path) -> Any | None:
     try:
@@ -86,39 +130,7 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def _proc_start(pid: int) -> str | None:
-    """Start time of a process (Linux /proc), to tell a live claimant from a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            data = fh.read()
-        return data.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped) is not alive for our purpose
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 # ------------------------------------------------------------------------------------------ claims
-def _me() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid())}
-
-
 class _Heartbeat:
     """One daemon thread per process touching the claim files it holds every HEARTBEAT_S."""
 
@@ -275,6 +287,24 @@ class Store:
     def write_grid(self, grid: dict) -> None:
         atomic_write_json(self.grid_path, grid)
 
+    def write_names(self, names: list[tuple[str, str, str]]) -> None:
+        """``OUT/named/<name>``: a relative symlink to each run folder (see :func:`readable_names`), replaced
+        atomically. On a filesystem without symlinks there are none; ``kdlab runs`` shows the names all the same."""
+        for name, folder, _ in names:
+            link = self.root / NAMED / name
+            target = os.path.relpath(self.root / folder, link.parent)
+            if link.is_symlink() and os.readlink(link) == target:
+                continue
+            tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+            try:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.symlink(target, tmp)
+                os.replace(tmp, link)
+            except OSError:
+                return
+
     def read_grid(self) -> dict | None:
         g = read_json(self.grid_path)
         return g if isinstance(g, dict) else None
@@ -310,16 +340,10 @@ class Store:
             return False  # vanished: treat as free next time
         if not isinstance(info, dict):
             return age > 30  # a claim being written (or torn): give it a moment
-        holders = info.get("holders") or [info]
-        here = socket.gethostname()
-        for h in holders:
-            if h.get("host") == here:
-                pid = int(h.get("pid", -1))
-                start = h.get("start")
-                if _pid_alive(pid) and not (start and _proc_start(pid) not in (None, start)):
-                    return False
-            elif age <= STALE_AFTER_S:
-                return False  # a holder elsewhere with a fresh heartbeat
+        for h in info.get("holders") or [info]:
+            alive = holder_alive(h)
+            if alive or (alive is None and age <= STALE_AFTER_S):  # elsewhere: a fresh heartbeat counts
+                return False
         return True
 
     def try_claim(self, run_dir: Path) -> Claim | None:
@@ -342,7 +366,7 @@ class Store:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return None
-            info = {"token": token, "holders": [_me()], "time": time.time()}
+            info = {"token": token, "holders": [me()], "time": time.time()}
             with os.fdopen(fd, "w") as fh:
                 json.dump(info, fh)
                 fh.flush()
@@ -356,7 +380,7 @@ class Store:
             info = read_json(path)
             if not isinstance(info, dict) or info.get("token") != token:
                 return None
-            info["holders"] = list(info.get("holders") or []) + [_me()]
+            info["holders"] = list(info.get("holders") or []) + [me()]
             atomic_write_json(path, info)
         return Claim(self, path, token)
 
