@@ -9,7 +9,7 @@ import pytest
 
 from kdlab.cli import build_parser, main, parse_args
 
-PLANS = Path(__file__).resolve().parents[2] / "plans"
+PLANS = Path(__file__).resolve().parents[1] / "plans"
 
 
 # ------------------------------------------------------------------------------ overrides anywhere

@@ -159,11 +159,11 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path):
 
 
 def test_truncated_cifar_pickle_names_the_file(tmp_path):
-    from test_data import _write_fake_cifar
+    from fakedata import write_fake_cifar
 
     from kdlab.data import DataError, load_dataset
 
-    _write_fake_cifar(tmp_path)
+    write_fake_cifar(tmp_path)
     batch = next(tmp_path.rglob("data_batch_2"))
     batch.write_bytes(batch.read_bytes()[:100])
     with pytest.raises(DataError, match="data_batch_2"):

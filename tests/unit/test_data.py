@@ -54,6 +54,7 @@ from kdlab.data import (
 )
 from kdlab.data.augment import _hsv_to_rgb, _rgb_to_hsv, rrc_params
 from kdlab.data.files import check_md5, iter_archive
+from fakedata import write_fake_cifar  # tests/fakedata.py
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -417,31 +418,8 @@ def test_loader_state_dict_resumes_mid_epoch_exactly():
 # ------------------------------------------------------------------------------------------------- CIFAR
 
 
-def _write_fake_cifar(root: Path, n_per_batch: int = 4, bad_label: bool = False) -> dict[str, np.ndarray]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
-        if bad_label and name == "data_batch_3":
-            labels[0] = 10
-        written[name] = (data, labels)
-        # as the official files: a dict of bytes keys written with protocol 2
-        with open(folder / name, "wb") as fh:
-            pickle.dump(
-                {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n_per_batch},
-                fh,
-                protocol=2,
-            )
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}, fh)
-    return written
-
-
 def test_cifar_pickle_reader_on_fake_folder(tmp_path):
-    written = _write_fake_cifar(tmp_path)
+    written = write_fake_cifar(tmp_path)
     train, test = load_dataset("cifar10", tmp_path)
     assert len(train) == 20 and len(test) == 4 and train.image_shape == (3, 32, 32)
     want = np.concatenate([written[f"data_batch_{k}"][0] for k in range(1, 6)]).reshape(-1, 3, 32, 32)
@@ -462,7 +440,7 @@ def test_cifar_pickle_reader_on_fake_folder(tmp_path):
 
 
 def test_cifar_labels_out_of_range(tmp_path):
-    _write_fake_cifar(tmp_path, bad_label=True)
+    write_fake_cifar(tmp_path, bad_label=True)
     with pytest.raises(DataError, match="data_batch_3.*labels"):
         load_dataset("cifar10", tmp_path)
 
@@ -490,7 +468,7 @@ class _EvilWrite:
 
 @pytest.mark.parametrize("evil_cls", [_Evil, _EvilWrite])
 def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, evil_cls):
-    _write_fake_cifar(tmp_path)
+    write_fake_cifar(tmp_path)
     marker = tmp_path / "pwned"
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as fh:
         pickle.dump({"data": np.zeros((1, 3072), np.uint8), "labels": [evil_cls(marker)]}, fh)
@@ -587,7 +565,7 @@ def http_server(tmp_path):
 def test_download_through_local_http_server(tmp_path, http_server):
     served, base = http_server
     src = tmp_path / "src"
-    written = _write_fake_cifar(src)
+    written = write_fake_cifar(src)
     arc = served / "cifar-10-python.tar.gz"
     with tarfile.open(arc, "w:gz") as tf:
         tf.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
