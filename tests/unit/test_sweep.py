@@ -77,3 +77,14 @@ def test_cli_writes_a_grid_and_sweep_dry_runs_it(tmp_path, capsys):
     assert "dry run: nothing was run" in out and "student runs" in out
     (tmp_path / "bad.yaml").write_text("base: []\n")
     assert main(["sweep", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
+
+
+def test_the_embedded_default_says_first_that_it_is_a_smoke_test(tmp_path):
+    from kdlab.ablation import format_grid
+
+    on_digits = format_grid(resolve_plan(parse_plan(PLANS / "intra_plan.jsonl"), seeds=1))
+    assert on_digits.splitlines()[0].startswith("note: the embedded default (scikit-learn digits) is a smoke test")
+    base = tmp_path / "base.yaml"
+    base.write_text("objective: {kind: intra}\nteacher: {epochs: 2}\n")
+    own = format_grid(resolve_plan(parse_plan(PLANS / "intra_plan.jsonl"), base=str(base), seeds=1))
+    assert "smoke test" not in own
