@@ -115,10 +115,9 @@ class IntraTerm(ObjectiveTerm):
             self.register_buffer("sample_seen", torch.zeros(ctx.num_train, dtype=torch.bool))
         if cfg.lambda_schedule == "ratio":  # this epoch's λ, set at the end of the last one (checkpointed)
             self.register_buffer("ratio_lambda", torch.tensor(float(cfg.lambda_)))
-        # per epoch, on the device (no per-step sync): anchors, negatives, Σλ, steps, and the sums of
-        # same-class and different-class feature distances (ratio schedule)
-        self.register_buffer("_stats", torch.zeros(8), persistent=False)
-        self._rows = 0
+        # per epoch, on the device (no per-step sync): anchors, negatives, Σλ, steps, the sums of same-class and
+        # different-class feature distances (ratio schedule) and rows
+        self.register_buffer("_stats", torch.zeros(9), persistent=False)
 
     def lam(self, step: ObjectiveStep, loss: Tensor) -> Tensor:
         """This step's λ (a detached scalar tensor)."""
@@ -163,16 +162,14 @@ class IntraTerm(ObjectiveTerm):
                 self.sample_bank[i0] = e0
                 self.sample_seen[i0] = True
             self._stats[:2] += torch.stack([anchors.sum().float(), n_neg.sum().float()])
-            self._rows += anchors.numel()
+            self._stats[8] += anchors.numel()
         return loss
 
     def epoch_stats(self) -> dict[str, float]:
         """The epoch's statistics (reset here); the ratio schedule sets the next epoch's λ from them."""
         s = gather_cat(self._stats[None]).sum(0).tolist() if self.cfg.lambda_schedule == "ratio" else self._stats.tolist()
-        anchors, negs, lam_sum, steps, intra_sum, intra_n, inter_sum, inter_n = s
-        rows = self._rows
+        anchors, negs, lam_sum, steps, intra_sum, intra_n, inter_sum, inter_n, rows = s
         self._stats.zero_()
-        self._rows = 0
         stats = {"margin_pass_frac": anchors / max(rows, 1), "negatives_per_anchor": negs / max(anchors, 1),
                  "intra_lambda": lam_sum / max(steps, 1)}
         if self.cache is not None:
