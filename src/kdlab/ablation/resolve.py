@@ -336,11 +336,13 @@ def detect_scope(plan: Plan) -> tuple[str, str]:
 
 
 def scope_of_config(cfg: ExperimentConfig) -> str | None:
-    if "cocord" in cfg.distill.methods:
-        return "cocord"
-    if cfg.objective.kind == "intra":
-        return "intra"
-    return None
+    """The paper a base config belongs to: that of a distiller it uses with a paper of its own (CoCoRD), else
+    that of its teacher objective's term (the intra-class teacher and its alternatives); None for CE + KD."""
+    for m in cfg.distill.methods:
+        if registry.spec(m, "distiller").scope != "common":
+            return registry.spec(m, "distiller").scope
+    objective = cfg.objective.method()
+    return objective.scope if objective.config is not None and objective.scope != "common" else None
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -1207,9 +1209,10 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
 
 
 def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict[str, str]) -> dict[int, str]:
-    """Per ablation (1-based index): the distiller (not CoCoRD, which has its own base) whose hyper-parameter it
-    varies while the base's student does not use it -- "DKD beta" on a KD-only base means a DKD student."""
-    everything = [m for m in METHOD_NAMES if m != "cocord"]
+    """Per ablation (1-based index): the distiller (a common one: a method with a paper of its own, CoCoRD, has its
+    own shipped base) whose hyper-parameter it varies while the base's student does not use it -- "DKD beta" on a
+    KD-only base means a DKD student."""
+    everything = [s.name for s in registry.distillers() if s.scope == "common"]
     probe_tree = base.model_dump(mode="json")
     probe_tree["distill"]["methods"] = list(dict.fromkeys(list(base.distill.methods) + everything))
     try:
@@ -1230,7 +1233,7 @@ def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict
                 continue
             knob = ranked[0][0]
         m = knob_method(knob)
-        if m and m != "cocord" and m not in base.distill.methods and knob.kind != "methods":
+        if m and m in everything and m not in base.distill.methods and knob.kind != "methods":
             needed[i] = m
     return needed
 

@@ -198,7 +198,8 @@ def collect_outputs(path: Path | str, *, split: str = "test", max_samples: int |
             emb.append(F.normalize(head(out.pooled).float(), dim=1).cpu())
     objective = cfg.get("objective") or {}
     kind = objective.get("kind")
-    lam = (objective.get(kind) or {}).get("lambda_") if kind in ("intra", "supcon", "simclr") else None
+    block = objective.get(kind) if kind else None  # the objective's own settings (none for ce)
+    lam = block.get("lambda_") if isinstance(block, dict) else None
     info = {
         "checkpoint": str(ckpt_path),
         "arch": arch,
