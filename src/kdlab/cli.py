@@ -28,6 +28,7 @@ EXAMPLES = {
     "export": "kdlab export runs/demo-1234abcd/teacher_intra --out exported/",
     "capacity-gap": "kdlab capacity-gap runs/capgap-intra runs/capgap-ce --out runs/capgap",
     "models": "kdlab models",
+    "methods": "kdlab methods",
     "configs": "kdlab configs\n  kdlab show-config cifar100/resnet56_resnet20",
     "show-config": "kdlab show-config demo objective.kind=supcon data.batch_size=128",
     "analyze": "kdlab analyze runs/x/teacher_ce/checkpoints/last.pt runs/x/teacher_intra/checkpoints/last.pt",
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     gap.set_defaults(func=cmd_capacity_gap)
 
     _plain_parser(sub, "models", "list the registered architectures").set_defaults(func=cmd_models)
+    _plain_parser(sub, "methods", "list the registered teacher objectives and distillers (the plugins)") \
+        .set_defaults(func=cmd_methods)
     _plain_parser(sub, "configs", "list the shipped recipes").set_defaults(func=cmd_configs)
     show = _plain_parser(sub, "show-config", "print the resolved config (YAML) for a config and overrides")
     show.add_argument("config", nargs="?", default=None)
@@ -316,6 +319,17 @@ def cmd_models(args) -> int:
     from kdlab.models import list_models
 
     print("\n".join(list_models()))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from kdlab import registry
+
+    for role, specs in (("teacher objectives (objective.kind)", registry.objectives()),
+                        ("distillers (distill.methods)", registry.distillers())):
+        print(f"{role}:")
+        for s in specs:
+            print(f"  {s.name:<10} {s.summary}")
     return 0
 
 

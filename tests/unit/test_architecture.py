@@ -96,3 +96,14 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     mod = tmp_path / "m.py"
     mod.write_text("def f():\n    from kdlab.runs import x\n    import kdlab.cli\n")
     assert _imports(mod) == {"runs", "cli"}
+
+
+def test_kdlab_methods_lists_every_registered_plugin(capsys):
+    from kdlab import registry
+    from kdlab.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert names == [s.name for s in registry.objectives()] + [s.name for s in registry.distillers()]
+    assert {"ce", "intra", "kd", "cocord"} <= set(names)
