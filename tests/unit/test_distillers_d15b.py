@@ -1,0 +1,204 @@
+"""NST, VID, OFD and ReviewKD (issue 15).
+
+Expected values are computed here independently of ``kdlab.distillers``: plain Python loops over small
+float64 tensors (``math`` only) following the reductions and constants of the reference code
+(RepDistiller ``distiller_zoo/NST.py``, ``VID.py`` + ``train_student.py``; mdistiller ``OFD.py``,
+``ReviewKD.py`` + ``configs/cifar100``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdlab.data.base import Batch
+from kdlab.distillers import DistillContext, Distillation
+from kdlab.experiment.schema import DistillConfig, build_config
+from kdlab.models import build_model, probe
+
+SHAPE = (1, 8, 8)
+NUM_TRAIN = 64
+
+
+# ------------------------------------------------------------------------------------ helpers
+def lst(t: torch.Tensor) -> list:
+    return t.detach().double().tolist()
+
+
+def unit(v: list[float]) -> list[float]:
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / max(n, 1e-12) for x in v]
+
+
+def dot(u, v) -> float:
+    return sum(a * b for a, b in zip(u, v))
+
+
+def make_distillation(methods, s_arch="resnet8", t_arch="resnet8", shape=SHAPE, num_classes=10, **blocks):
+    torch.manual_seed(0)
+    student = build_model(s_arch, num_classes, in_channels=shape[0])
+    teacher = build_model(t_arch, num_classes, in_channels=shape[0])
+    cfg = DistillConfig(methods=methods, **blocks)
+    ctx = DistillContext(student_probe=probe(student, shape), teacher_probe=probe(teacher, shape),
+                         num_classes=num_classes, num_train=NUM_TRAIN, input_shape=shape, epochs=4)
+    return Distillation(student, teacher, cfg, ctx)
+
+
+def random_batch(b=8, shape=SHAPE, num_classes=10, seed=1, dtype=torch.float32) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, *shape, generator=g).to(dtype)
+    return Batch(views=[x], labels=torch.randint(0, num_classes, (b,), generator=g), index=torch.arange(b))
+
+
+def one_step(m: Distillation, shape=SHAPE) -> dict:
+    m.train()
+    t_before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    s_before = [p.detach().clone() for p in m.student.parameters()]
+    opt = torch.optim.SGD(m.trainable_parameters(), lr=0.05, momentum=0.9)
+    _, losses = m.forward_train(random_batch(shape=shape), 0.5)
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    opt.zero_grad()
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in m.teacher.parameters())
+    opt.step()
+    m.after_step()
+    assert all(torch.equal(v, m.teacher.state_dict()[k]) for k, v in t_before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(s_before, m.student.parameters()))
+    return losses
+
+
+def pool_hand(x: list, h: int, w: int) -> list:
+    """Adaptive average pooling (B, C, H, W) -> (B, C, h, w) for sizes that divide evenly."""
+    H, W = len(x[0][0]), len(x[0][0][0])
+    kh, kw = H // h, W // w
+    return [[[[sum(c[i * kh + a][j * kw + b] for a in range(kh) for b in range(kw)) / (kh * kw)
+               for j in range(w)] for i in range(h)] for c in n] for n in x]
+
+
+# ---------------------------------------------------------------------------------------- NST
+def _nst_hand(s: list, t: list) -> float:
+    def maps(x):  # per sample: list of unit-normalised flattened channels
+        return [[unit([v for row in c for v in row]) for c in n] for n in x]
+
+    def k_mean(a, b):
+        vals = [dot(ai, bj) ** 2 for an, bn in zip(a, b) for ai in an for bj in bn]
+        return sum(vals) / len(vals)
+
+    ms, mt = maps(s), maps(t)
+    return k_mean(mt, mt) + k_mean(ms, ms) - 2 * k_mean(ms, mt)
+
+
+def test_nst_loss_matches_hand_loop_float64():
+    from kdlab.distillers.nst import nst_loss
+
+    g = torch.Generator().manual_seed(0)
+    f_s = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
+    f_t = torch.randn(2, 4, 2, 2, generator=g, dtype=torch.float64)
+    got = nst_loss(f_s, f_t)
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(_nst_hand(lst(f_s), lst(f_t)), abs=1e-12, rel=1e-12)
+    # the larger map (student 4x4) is average-pooled to the teacher's 2x2
+    big = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    got = nst_loss(big, f_t)
+    assert got.item() == pytest.approx(_nst_hand(pool_hand(lst(big), 2, 2), lst(f_t)), abs=1e-12, rel=1e-12)
+
+
+def test_nst_gradcheck_and_term():
+    from kdlab.distillers.nst import nst_loss
+
+    g = torch.Generator().manual_seed(1)
+    f_s = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    f_t = torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: nst_loss(x, f_t), (f_s,))
+    # identical maps: zero loss
+    assert nst_loss(f_t, f_t).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- VID
+def _vid_hand(mu: list, t: list, alpha: list, eps: float) -> float:
+    total, n = 0.0, 0
+    for mn, tn in zip(mu, t):
+        for c, (mc, tc) in enumerate(zip(mn, tn)):
+            var = math.log(1.0 + math.exp(alpha[c])) + eps
+            for mr, tr in zip(mc, tc):
+                for a, b in zip(mr, tr):
+                    total += 0.5 * ((a - b) ** 2 / var + math.log(var))
+                    n += 1
+    return total / n
+
+
+def test_vid_loss_matches_hand_loop_float64():
+    from kdlab.distillers.vid import initial_log_scale, vid_loss, vid_variance
+
+    g = torch.Generator().manual_seed(2)
+    mu = torch.randn(2, 3, 2, 3, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 3, 2, 3, generator=g, dtype=torch.float64)
+    alpha = torch.randn(3, generator=g, dtype=torch.float64)
+    got = vid_loss(mu, t, alpha, 1e-5)
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(_vid_hand(lst(mu), lst(t), lst(alpha), 1e-5), abs=1e-12, rel=1e-12)
+    # RepDistiller's initial variance: log(exp(5 - eps) - 1) through softplus + eps gives 5
+    a0 = torch.tensor([initial_log_scale(5.0, 1e-5)], dtype=torch.float64)
+    assert vid_variance(a0, 1e-5).item() == pytest.approx(5.0, abs=1e-12)
+
+
+def test_vid_gradcheck_on_mean_and_variance():
+    from kdlab.distillers.vid import vid_loss
+
+    g = torch.Generator().manual_seed(3)
+    mu = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64)
+    alpha = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, a: vid_loss(m, t, a, 1e-5), (mu, alpha))
+
+
+def test_vid_term_has_repdistiller_heads():
+    m = make_distillation(["vid"], t_arch="wrn_16_2")
+    term = m.terms["vid"]
+    s_ch = [c for c, *_ in probe(m.student, SHAPE).stage_shapes[1:]]
+    t_ch = [c for c, *_ in probe(m.teacher, SHAPE).stage_shapes[1:]]
+    for pair, cs, ct in zip(term.pairs, s_ch, t_ch):
+        convs = [l for l in pair.regressor if isinstance(l, torch.nn.Conv2d)]
+        assert [(c.in_channels, c.out_channels) for c in convs] == [(cs, ct), (ct, ct), (ct, ct)]
+        assert all(c.bias is None and c.kernel_size == (1, 1) for c in convs)
+        assert pair.log_scale.shape == (ct,)
+    # the variance parameters are trained with the student
+    ids = {id(p) for p in m.trainable_parameters()}
+    assert all(id(p.log_scale) in ids for p in term.pairs)
+
+
+# ------------------------------------------------------------------------------ all four methods
+METHODS = ["nst", "vid"]
+CROSS = {"nst": ("resnet8", "wrn_16_2"), "vid": ("resnet8", "wrn_16_2")}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_training_step_same_and_cross_arch(method):
+    losses = one_step(make_distillation([method]))
+    assert set(losses) >= {"ce"} and len(losses) >= 2
+    s_arch, t_arch = CROSS[method]
+    one_step(make_distillation([method], s_arch=s_arch, t_arch=t_arch))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_composes_with_kd(method):
+    m = make_distillation([method, "kd"])
+    losses = one_step(m)
+    assert "kd" in losses and "ce" in losses and len(losses) >= 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_config_with_defaults_validates(method):
+    cfg = build_config(overrides=[f"distill.methods=[{method}]"])
+    assert cfg.distill.methods == [method]
+    assert getattr(cfg.distill, method) is not None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_term_keeps_float64(method):
+    m = make_distillation([method]).to(torch.float64)
+    m.train()
+    _, losses = m.forward_train(random_batch(dtype=torch.float64), 0.0)
+    assert all(v.dtype == torch.float64 for v in losses.values())
