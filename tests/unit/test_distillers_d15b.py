@@ -169,9 +169,107 @@ def test_vid_term_has_repdistiller_heads():
     assert all(id(p.log_scale) in ids for p in term.pairs)
 
 
+# ---------------------------------------------------------------------------------------- OFD
+def _margin_hand(gamma: list, beta: list) -> list:
+    from statistics import NormalDist
+
+    nd = NormalDist()
+    out = []
+    for g, b in zip(gamma, beta):
+        s, m = abs(g), b
+        p = nd.cdf(-m / s)
+        out.append(m - s * nd.pdf(m / s) / p if p > 0.001 else -3 * s)
+    return out
+
+
+def _ofd_stage_hand(src: list, tgt: list, margin: list) -> float:
+    total = 0.0
+    for sn, tn in zip(src, tgt):
+        for sc, tc, m in zip(sn, tn, margin):
+            for sr, tr in zip(sc, tc):
+                for a, b in zip(sr, tr):
+                    if b > 0:
+                        total += (a - b) ** 2
+                    elif b > m:
+                        total += (a - b) ** 2 if a > b else 0.0
+                    else:
+                        total += (a - m) ** 2 if a > m else 0.0
+    return total / len(src)
+
+
+def test_ofd_margin_matches_gaussian_closed_form():
+    from kdlab.distillers.ofd import ofd_margin
+
+    gamma = torch.tensor([1.0, -0.5, 2.0, 0.3, 0.1], dtype=torch.float64)
+    beta = torch.tensor([0.0, 0.4, -1.0, 1.5, 5.0], dtype=torch.float64)  # the last: Φ(-50) < 0.001 -> -3σ
+    got = ofd_margin(gamma, beta)
+    assert got.dtype == torch.float64
+    want = _margin_hand(lst(gamma), lst(beta))
+    assert want[-1] == pytest.approx(-0.3)
+    assert lst(got) == pytest.approx(want, abs=1e-12, rel=1e-12)
+
+
+def test_ofd_loss_matches_hand_loop_with_stage_weights_and_pooling():
+    from kdlab.distillers.ofd import ofd_feat_loss, ofd_loss
+
+    g = torch.Generator().manual_seed(4)
+    s1 = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
+    t1 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)  # pooled to 2x2
+    s2 = torch.randn(2, 2, 1, 1, generator=g, dtype=torch.float64)
+    t2 = torch.randn(2, 2, 1, 1, generator=g, dtype=torch.float64)
+    m1 = torch.tensor([-0.3, -1.0, 0.0], dtype=torch.float64)
+    m2 = torch.tensor([-0.5, -0.2], dtype=torch.float64)
+    one = ofd_feat_loss(s1, torch.nn.functional.adaptive_avg_pool2d(t1, 2), m1)
+    assert one.item() == pytest.approx(_ofd_stage_hand(lst(s1), pool_hand(lst(t1), 2, 2), lst(m1)), abs=1e-12, rel=1e-12)
+    got = ofd_loss([s1, s2], [t1, t2], [m1, m2])
+    assert got.dtype == torch.float64
+    want = (_ofd_stage_hand(lst(s1), pool_hand(lst(t1), 2, 2), lst(m1)) / 2
+            + _ofd_stage_hand(lst(s2), lst(t2), lst(m2)))
+    assert got.item() == pytest.approx(want, abs=1e-12, rel=1e-12)
+
+
+def test_ofd_gradcheck():
+    from kdlab.distillers.ofd import ofd_loss
+
+    g = torch.Generator().manual_seed(5)
+    s1 = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    t1 = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
+    m1 = torch.tensor([-0.3, -1.0, -0.1], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: ofd_loss([x], [t1], [m1]), (s1,))
+
+
+def test_ofd_term_uses_teacher_bn_margins_and_connectors():
+    from kdlab.distillers.ofd import ofd_margin
+
+    m = make_distillation(["ofd"], t_arch="wrn_16_2")
+    term, teacher = m.terms["ofd"], m.teacher
+    bns = [teacher.block2.layer[0].bn1, teacher.block3.layer[0].bn1, teacher.bn1]  # mdistiller's rule for WRN
+    with torch.no_grad():
+        for bn in bns:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    term = type(term)(DistillConfig().ofd, DistillContext(
+        student_probe=probe(m.student, SHAPE), teacher_probe=probe(teacher, SHAPE), num_classes=10,
+        num_train=NUM_TRAIN, input_shape=SHAPE, epochs=4, teacher=teacher))
+    for got, bn in zip(term.margins, bns):
+        assert torch.equal(got, ofd_margin(bn.weight, bn.bias))
+        assert lst(got) == pytest.approx(_margin_hand(lst(bn.weight), lst(bn.bias)), rel=1e-6)
+    convs = [c[0] for c in term.connectors]
+    assert [(c.in_channels, c.out_channels, c.bias) for c in convs] == [(16, 32, None), (32, 64, None), (64, 128, None)]
+    assert not any(k.startswith("margin") for k in term.state_dict())
+    assert term.weight == pytest.approx(1e-3)
+
+
+def test_ofd_shufflenet_teacher_is_one_clear_error():
+    from kdlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ShuffleNet"):
+        make_distillation(["ofd"], s_arch="resnet8", t_arch="ShuffleV2")
+
+
 # ------------------------------------------------------------------------------ all four methods
-METHODS = ["nst", "vid"]
-CROSS = {"nst": ("resnet8", "wrn_16_2"), "vid": ("resnet8", "wrn_16_2")}
+METHODS = ["nst", "vid", "ofd"]
+CROSS = {"nst": ("resnet8", "wrn_16_2"), "vid": ("resnet8", "wrn_16_2"), "ofd": ("ShuffleV2", "resnet8x4")}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -202,3 +300,13 @@ def test_term_keeps_float64(method):
     m.train()
     _, losses = m.forward_train(random_batch(dtype=torch.float64), 0.0)
     assert all(v.dtype == torch.float64 for v in losses.values())
+
+
+def test_ofd_literature_cross_pairs_shapes():
+    """mdistiller's OFD for resnet32x4 -> ShuffleV2 and wrn_40_2 -> wrn_16_2: one connector per stage in [1:]."""
+    m = make_distillation(["ofd"], s_arch="ShuffleV2", t_arch="resnet32x4", shape=(3, 32, 32), num_classes=100)
+    convs = [c[0] for c in m.terms["ofd"].connectors]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(116, 64), (232, 128), (464, 256)]
+    m = make_distillation(["ofd"], s_arch="wrn_16_2", t_arch="wrn_40_2", shape=(3, 32, 32), num_classes=100)
+    convs = [c[0] for c in m.terms["ofd"].connectors]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 32), (64, 64), (128, 128)]
