@@ -267,9 +267,158 @@ def test_ofd_shufflenet_teacher_is_one_clear_error():
         make_distillation(["ofd"], s_arch="resnet8", t_arch="ShuffleV2")
 
 
+# ----------------------------------------------------------------------------------- ReviewKD
+def _mse(a: list, b: list) -> float:
+    fa = [v for n in a for c in n for r in c for v in r]
+    fb = [v for n in b for c in n for r in c for v in r]
+    return sum((x - y) ** 2 for x, y in zip(fa, fb)) / len(fa)
+
+
+def _hcl_hand(fs: list, ft: list) -> float:
+    total = 0.0
+    for s, t in zip(fs, ft):
+        h = len(s[0][0])
+        loss, weights, w = _mse(s, t), 1.0, 1.0
+        for level in (4, 2, 1):
+            if level < h:
+                w /= 2
+                loss += w * _mse(pool_hand(s, level, level), pool_hand(t, level, level))
+                weights += w
+        total += loss / weights
+    return total
+
+
+def test_hcl_matches_hand_loop_float64():
+    from kdlab.distillers.reviewkd import hcl_loss
+
+    g = torch.Generator().manual_seed(6)
+    sizes = [(2, 8), (3, 2), (2, 1)]  # h = 8: all three pooled terms; h = 2: only 1x1; h = 1: none
+    fs = [torch.randn(2, c, h, h, generator=g, dtype=torch.float64) for c, h in sizes]
+    ft = [torch.randn(2, c, h, h, generator=g, dtype=torch.float64) for c, h in sizes]
+    got = hcl_loss(fs, ft)
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(_hcl_hand([lst(x) for x in fs], [lst(x) for x in ft]), abs=1e-12, rel=1e-12)
+    fs0 = fs[0].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: hcl_loss([x, fs[1]], ft[:2]), (fs0,))
+
+
+def _bn_hand(v: float, bn, c: int) -> float:
+    return ((v - bn.running_mean[c].item()) / math.sqrt(bn.running_var[c].item() + bn.eps)
+            * bn.weight[c].item() + bn.bias[c].item())
+
+
+def _conv_hand(x: list, weight: torch.Tensor, bias=None) -> list:
+    """Stride-1 convolution with 'same' zero padding on one sample (C, H, W) in plain loops."""
+    w = weight.tolist()
+    k = len(w[0][0])
+    pad = (k - 1) // 2
+    H, W = len(x[0]), len(x[0][0])
+    out = []
+    for o in range(len(w)):
+        plane = []
+        for i in range(H):
+            row = []
+            for j in range(W):
+                acc = bias[o].item() if bias is not None else 0.0
+                for c in range(len(x)):
+                    for a in range(k):
+                        for b in range(k):
+                            ii, jj = i + a - pad, j + b - pad
+                            if 0 <= ii < H and 0 <= jj < W:
+                                acc += w[o][c][a][b] * x[c][ii][jj]
+                row.append(acc)
+            plane.append(row)
+        out.append(plane)
+    return out
+
+
+def _nearest(x: list, h: int, w: int) -> list:
+    H, W = len(x[0]), len(x[0][0])
+    return [[[c[i * H // h][j * W // w] for j in range(w)] for i in range(h)] for c in x]
+
+
+def _abf_hand(abf, x: list, residual, out_hw) -> tuple[list, list]:
+    y = _conv_hand(x, abf.conv1[0].weight)
+    y = [[[_bn_hand(v, abf.conv1[1], c) for v in r] for r in p] for c, p in enumerate(y)]
+    H, W = len(y[0]), len(y[0][0])
+    if abf.att_conv is not None:
+        res = _nearest(residual, H, W)
+        z = _conv_hand(y + res, abf.att_conv[0].weight, abf.att_conv[0].bias)
+        z = [[[1 / (1 + math.exp(-v)) for v in r] for r in p] for p in z]
+        y = [[[y[c][i][j] * z[0][i][j] + res[c][i][j] * z[1][i][j] for j in range(W)] for i in range(H)]
+             for c in range(len(y))]
+    if (H, W) != tuple(out_hw):
+        y = _nearest(y, *out_hw)
+    out = _conv_hand(y, abf.conv2[0].weight)
+    out = [[[_bn_hand(v, abf.conv2[1], c) for v in r] for r in p] for c, p in enumerate(out)]
+    return out, y
+
+
+def test_abf_fusion_matches_hand_loops():
+    """Two levels: a 2x2 student stage fused with the pooled feature and upsampled to a 4x4 teacher map."""
+    from kdlab.distillers.reviewkd import ABF, review_fuse
+
+    torch.manual_seed(7)
+    abfs = [ABF(2, 3, 2, True), ABF(4, 3, 5, False)]
+    for abf in abfs:
+        for bn in (abf.conv1[1], abf.conv2[1]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 1.5)
+            torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
+        abf.double().eval()
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64)
+    pooled = torch.randn(2, 4, 1, 1, generator=g, dtype=torch.float64)
+    out0, out1 = review_fuse(abfs, [x0, pooled], [(4, 4), (1, 1)])
+    assert out0.shape == (2, 2, 4, 4) and out1.shape == (2, 5, 1, 1) and out0.dtype == torch.float64
+    for n in range(2):
+        want1, res = _abf_hand(abfs[1], lst(pooled[n]), None, (1, 1))
+        want0, _ = _abf_hand(abfs[0], lst(x0[n]), res, (4, 4))
+        flat = lambda v: [a for c in v for r in c for a in r]  # noqa: E731
+        assert flat(lst(out1[n])) == pytest.approx(flat(want1), abs=1e-12, rel=1e-12)
+        assert flat(lst(out0[n])) == pytest.approx(flat(want0), abs=1e-12, rel=1e-12)
+    from kdlab.distillers.reviewkd import hcl_loss
+
+    targets = [torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64),
+               torch.randn(2, 5, 1, 1, generator=g, dtype=torch.float64)]
+    a = x0.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: hcl_loss(review_fuse(abfs, [v, pooled], [(4, 4), (1, 1)]), targets), (a,))
+
+
+def test_reviewkd_literature_shapes_and_warmup():
+    """mdistiller's CIFAR config (resnet32x4 -> resnet8x4) and the ReviewKD release's resnet32x4 -> ShuffleV2 and
+    wrn_40_2 -> wrn_16_2 channel/size lists, read from the probes."""
+    def lists(m):
+        abfs = m.terms["reviewkd"].abfs
+        return ([a.conv1[0].in_channels for a in abfs], [a.conv2[0].out_channels for a in abfs],
+                [a.conv1[0].out_channels for a in abfs], [h for h, _ in m.terms["reviewkd"].out_sizes],
+                [a.att_conv is not None for a in abfs])
+
+    shape = (3, 32, 32)
+    m = make_distillation(["reviewkd"], s_arch="resnet8x4", t_arch="resnet32x4", shape=shape, num_classes=100)
+    assert lists(m) == ([64, 128, 256, 256], [64, 128, 256, 256], [256] * 4, [32, 16, 8, 1], [True, True, True, False])
+    m = make_distillation(["reviewkd"], s_arch="ShuffleV2", t_arch="resnet32x4", shape=shape, num_classes=100)
+    assert lists(m)[:4] == ([116, 232, 464, 1024], [64, 128, 256, 256], [512] * 4, [32, 16, 8, 1])
+    m = make_distillation(["reviewkd"], s_arch="wrn_16_2", t_arch="wrn_40_2", shape=shape, num_classes=100)
+    assert lists(m)[:4] == ([32, 64, 128, 128], [32, 64, 128, 128], [128] * 4, [32, 16, 8, 1])
+    # warm-up: min(epoch / 20, 1) with the 1-based epoch, and the CIFAR weight 5
+    from kdlab.distillers.base import StepContext
+
+    m = make_distillation(["reviewkd"])
+    m.eval()
+    x = random_batch().views[0]
+    s, t = m.student(x), m.teacher(x)
+    vals = [m.terms["reviewkd"](s, t, None, StepContext(m.student, m.teacher, p))["reviewkd"].item()
+            for p in (0.0, 0.99, 1.0, 19.0, 30.0)]
+    base = vals[-1] / 5.0
+    assert vals == pytest.approx([5 * base / 20, 5 * base / 20, 5 * base * 2 / 20, 5 * base, 5 * base], rel=1e-6)
+
+
 # ------------------------------------------------------------------------------ all four methods
-METHODS = ["nst", "vid", "ofd"]
-CROSS = {"nst": ("resnet8", "wrn_16_2"), "vid": ("resnet8", "wrn_16_2"), "ofd": ("ShuffleV2", "resnet8x4")}
+METHODS = ["nst", "vid", "ofd", "reviewkd"]
+CROSS = {"nst": ("resnet8", "wrn_16_2"), "vid": ("resnet8", "wrn_16_2"), "ofd": ("ShuffleV2", "resnet8x4"),
+         "reviewkd": ("ShuffleV2", "resnet8x4")}
 
 
 @pytest.mark.parametrize("method", METHODS)
