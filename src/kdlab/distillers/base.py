@@ -30,6 +30,8 @@ class DistillContext:
     #: the online student network; ``Distillation`` fills it in before building the terms (terms that
     #: keep an EMA copy of the student, e.g. CoCoRD's slow-moving student, deep-copy it at build time)
     student: nn.Module | None = None
+    #: the frozen teacher network; ``Distillation`` fills it in too (OFD reads its BN parameters for margins)
+    teacher: nn.Module | None = None
 
 
 @dataclass

@@ -55,7 +55,7 @@ class Distillation(TrainMethod):
         object.__setattr__(self, "_teacher", teacher)
         self.cfg = cfg
         self.ce_weight = resolved_ce_weight(cfg)
-        ctx = dataclasses.replace(ctx, student=student)
+        ctx = dataclasses.replace(ctx, student=student, teacher=teacher)
         terms: dict[str, DistillLoss] = {}
         for name in cfg.methods:
             terms[name] = build_distill_loss(name, resolved_block(cfg, name), ctx)
