@@ -297,3 +297,20 @@ def test_ab_connectors_cross_arch():
     m.train()
     _, losses = m.forward_train(random_batch(m), 0.0)
     losses["ab"].backward()
+
+
+def test_step_under_bf16_autocast_gives_float32_losses():
+    m = make_distillation(METHODS + ["kd"])
+    m.train()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        _, losses = m.forward_train(random_batch(m), 0.0)
+    assert all(losses[k].dtype == torch.float32 and torch.isfinite(losses[k]) for k in METHODS)
+    sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_in_float32_out(method):
+    fn = {"ab": lambda a, b: ab_loss([a], [b]), "cc": lambda a, b: cc_loss(a.flatten(1), b.flatten(1)),
+          "fsp": lambda a, b: fsp_loss([a, a * 2], [b, b * 3]), "ft": ft_loss,
+          "kdsvd": lambda a, b: kdsvd_loss([a, a.flip(1)], [b, b.flip(1)])}[method]
+    assert fn(rnd(2, 3, 2, 2, seed=1).float(), rnd(2, 3, 2, 2, seed=2).float()).dtype == torch.float32
