@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlab.config import ConfigError
 from kdlab.experiment.schema import DistillConfig, DistillMethod
 from kdlab.data.base import Batch
 from kdlab.distillers import DistillContext, Distillation, StepContext, build_distill_loss, distiller_names
@@ -565,11 +566,17 @@ def test_cocord_same_arch_teacher_head_starts_as_student_projector_copy():
 
 # ---------------------------------------------------------------------------- one training step
 PAIRS = [("resnet8", "resnet8"), ("resnet8", "MobileNetV2")]  # same arch; 64 vs 1280 pooled, 4 vs 5 stages
+#: methods whose reference needs equal stage channels in both networks (one ConfigError otherwise)
+SAME_WIDTH_ONLY = {"fsp", "kdsvd"}
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("s_arch,t_arch", PAIRS)
 def test_one_training_step(method, s_arch, t_arch):
+    if method in SAME_WIDTH_ONLY and s_arch != t_arch:
+        with pytest.raises(ConfigError, match=f"distill.{method}"):
+            make_distillation([method], s_arch=s_arch, t_arch=t_arch)
+        return
     m = make_distillation([method], s_arch=s_arch, t_arch=t_arch, dkd=dict(warmup=0))
     m.train()
     teacher = m.teacher
@@ -621,7 +628,7 @@ def test_ablation_metrics_know_each_methods_loss_terms(method):
     from kdlab.experiment.terms import run_terms
     from kdlab.experiment.schema import build_config
 
-    m = make_distillation([method], t_arch="wrn_16_2")
+    m = make_distillation([method], t_arch="resnet8" if method in SAME_WIDTH_ONLY else "wrn_16_2")
     m.train()
     _, losses = m.forward_train(random_batch(m), 0.0)
     assert set(losses) == set(run_terms(build_config(overrides=[f"distill.methods=[{method}]"]), "student"))
