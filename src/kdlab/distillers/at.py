@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision, match_spatial
+from kdlab.distillers._common import full_precision, match_spatial, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -25,7 +25,7 @@ def attention_map(f: Tensor, p: float) -> Tensor:
 def at_pair_loss(f_s: Tensor, f_t: Tensor, p: float) -> Tensor:
     """Mean squared difference of the two attention maps (the larger map is pooled to the smaller)."""
     with full_precision(f_s):
-        f_s, f_t = match_spatial(f_s.float(), f_t.float())
+        f_s, f_t = match_spatial(wide(f_s), wide(f_t))
         return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -35,8 +35,8 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T:
     over the non-target classes only.
     """
     with full_precision(student_logits):
-        s = student_logits.float() / T
-        t = teacher_logits.float() / T
+        s = wide(student_logits) / T
+        t = wide(teacher_logits) / T
         b, c = s.shape
         gt = F.one_hot(labels, c).bool()
         b_s = _binary(F.softmax(s, dim=1), gt)

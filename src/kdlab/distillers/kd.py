@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -20,8 +20,8 @@ class KDConfig(Strict):
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """``T² · Σ_i KL(softmax(t_i/T) ‖ softmax(s_i/T)) / B`` (RepDistiller's DistillKL reduction)."""
     with full_precision(student_logits):
-        log_ps = F.log_softmax(student_logits.float() / T, dim=1)
-        log_pt = F.log_softmax(teacher_logits.float() / T, dim=1)
+        log_ps = F.log_softmax(wide(student_logits) / T, dim=1)
+        log_pt = F.log_softmax(wide(teacher_logits) / T, dim=1)
         kl = F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
         return kl * (T * T) / student_logits.shape[0]
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -41,8 +41,8 @@ def _angles(x: Tensor) -> Tensor:
 def rkd_losses(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     """Unweighted (distance, angle) smooth-L1 losses; the teacher side carries no gradient."""
     with full_precision(f_s):
-        s = f_s.flatten(1).float()
-        t = f_t.flatten(1).float().detach()
+        s = wide(f_s.flatten(1))
+        t = wide(f_t.flatten(1)).detach()
         with torch.no_grad():
             t_d = _normalised_distances(t)
             t_a = _angles(t)
