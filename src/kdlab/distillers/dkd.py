@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision, wide
+from kdlab.distillers._common import full_precision, standardize_logits, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -28,15 +28,19 @@ def _binary(p: Tensor, gt: Tensor) -> Tensor:
     return torch.stack([(p * gt).sum(1), (p * ~gt).sum(1)], dim=1)
 
 
-def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: float) -> tuple[Tensor, Tensor]:
+def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: float = 4.0,
+              standardize: bool = False) -> tuple[Tensor, Tensor]:
     """Unweighted ``(TCKD, NCKD)``, each ``T² · Σ KL / B`` (mdistiller's reduction).
 
     TCKD is the KL between the binary (target, rest) distributions; NCKD the KL between the softmaxes
-    over the non-target classes only.
+    over the non-target classes only. ``standardize``: z-score both logits per sample first
+    (logit standardization, :func:`standardize_logits`), then divide by ``T``.
     """
     with full_precision(student_logits):
-        s = wide(student_logits) / T
-        t = wide(teacher_logits) / T
+        s, t = wide(student_logits), wide(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = s / T, t / T
         b, c = s.shape
         gt = F.one_hot(labels, c).bool()
         b_s = _binary(F.softmax(s, dim=1), gt)
@@ -50,6 +54,14 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T:
         else:
             nckd = s.new_zeros(())
     return tckd, nckd
+
+
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 1.0,
+             beta: float = 8.0, T: float = 4.0, standardize: bool = False) -> Tensor:
+    """``alpha · TCKD + beta · NCKD`` (mdistiller's ``dkd_loss``; its CIFAR-100 defaults α=1, β=8, T=4),
+    without the warm-up ramp (:func:`dkd_warmup`)."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, T, standardize)
+    return alpha * tckd + beta * nckd
 
 
 def dkd_warmup(progress: float, warmup: int) -> float:

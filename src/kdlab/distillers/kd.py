@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision, wide
+from kdlab.distillers._common import full_precision, standardize_logits, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -17,11 +17,20 @@ class KDConfig(Strict):
     T: float = Field(4.0, gt=0)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
-    """``T² · Σ_i KL(softmax(t_i/T) ‖ softmax(s_i/T)) / B`` (RepDistiller's DistillKL reduction)."""
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float | Tensor = 4.0,
+            standardize: bool = False) -> Tensor:
+    """``T² · Σ_i KL(softmax(t_i/T) ‖ softmax(s_i/T)) / B`` (RepDistiller's DistillKL reduction).
+
+    ``standardize``: z-score both logits per sample first (:func:`standardize_logits`, logit
+    standardization). ``T`` may be a tensor (CTKD's learnable temperature): the gradient reaches it
+    through the softmaxes and the T² factor.
+    """
     with full_precision(student_logits):
-        log_ps = F.log_softmax(wide(student_logits) / T, dim=1)
-        log_pt = F.log_softmax(wide(teacher_logits) / T, dim=1)
+        s, t = wide(student_logits), wide(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        log_ps = F.log_softmax(s / T, dim=1)
+        log_pt = F.log_softmax(t / T, dim=1)
         kl = F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
         return kl * (T * T) / student_logits.shape[0]
 

@@ -51,6 +51,12 @@ def rkd_losses(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     return loss_d, loss_a
 
 
+def rkd_loss(f_s: Tensor, f_t: Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0) -> Tensor:
+    """``distance_weight · L_dist + angle_weight · L_angle`` (RepDistiller's RKDLoss weights 25 / 50)."""
+    loss_d, loss_a = rkd_losses(f_s, f_t)
+    return distance_weight * loss_d + angle_weight * loss_a
+
+
 class RKD(DistillLoss):
     """Config: ``distill.rkd.weight``, ``.distance_weight`` (25), ``.angle_weight`` (50); pooled features."""
 
