@@ -739,3 +739,54 @@ def test_step_under_bf16_autocast_keeps_losses_and_memories_float32(device):
     crd, cocord = m.terms["crd"], m.terms["cocord"]
     assert crd.memory_s.dtype == cocord.queue.dtype == torch.float32
     assert torch.allclose(cocord.queue[:8].norm(dim=1), torch.ones(8, device=device), atol=1e-5)
+
+
+# ------------------------------------------------------------------------ logit standardization
+def _zscore(row: list[float]) -> list[float]:
+    """(z - mean) / (1e-7 + unbiased std): the reference's normalize()."""
+    n = len(row)
+    mu = sum(row) / n
+    sd = math.sqrt(sum((v - mu) ** 2 for v in row) / (n - 1))
+    return [(v - mu) / (1e-7 + sd) for v in row]
+
+
+def test_kd_logit_standardization_by_hand_with_the_references_T_and_weight():
+    s = torch.tensor([[2.0, 0.5, -1.0, 4.0], [0.1, 0.2, 0.3, 0.0]], dtype=torch.float64)
+    t = 5 * torch.tensor([[3.0, -0.5, 0.0, 1.0], [-1.0, 2.0, 0.5, 0.2]], dtype=torch.float64) + 7
+    m = make_distillation(["kd"], kd={"logit_std": True})
+    term = m.terms["kd"]
+    assert (term.T, term.weight, m.ce_weight) == (2.0, 9.0, pytest.approx(0.1))  # --base-temp 2, KD_WEIGHT 9
+    got = term(output(logits=s), output(logits=t), batch_of([s]), step_ctx())["kd"]
+    total = 0.0
+    for rs, rt in zip(lst(s), lst(t)):
+        ps = softmax_row([v / 2 for v in _zscore(rs)])
+        pt = softmax_row([v / 2 for v in _zscore(rt)])
+        total += sum(a * math.log(a / b) for a, b in zip(pt, ps))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(9 * total * 4 / 2, rel=1e-12)
+    # the teacher's scale and shift do not matter after standardization (up to the 1e-7 in the divisor)
+    again = term(output(logits=s), output(logits=(t - 7) / 5), batch_of([s]), step_ctx())["kd"]
+    assert again.item() == pytest.approx(got.item(), rel=1e-6)
+    # an explicit weight wins; off, nothing changes
+    assert make_distillation(["kd"], kd={"logit_std": True, "weight": 0.5}).terms["kd"].weight == 0.5
+    off = make_distillation(["kd"]).terms["kd"]
+    assert (off.T, off.weight, off.standardize) == (4.0, 0.9, False)
+
+
+def test_dkd_logit_standardization_by_hand_scales_alpha_beta_and_uses_base_T():
+    s = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    t = torch.tensor([[3.0, -0.5, 0.0], [-1.0, 2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    cfg = DistillConfig().dkd.model_copy(update={"logit_std": True, "warmup": 0})
+    term = build_distill_loss("dkd", cfg, fake_ctx())
+    assert (term.T, term.alpha, term.beta) == (2.0, 9.0, 72.0)
+    got = term(output(logits=s), output(logits=t), batch_of([s], labels=y), step_ctx())["dkd"].item()
+    T, tckd, nckd = 2.0, 0.0, 0.0
+    for rs, rt, c in zip(lst(s), lst(t), y.tolist()):
+        rs, rt = _zscore(rs), _zscore(rt)
+        ps, pt = softmax_row([v / T for v in rs]), softmax_row([v / T for v in rt])
+        tckd += sum(a * math.log(a / b) for a, b in zip([pt[c], 1 - pt[c]], [ps[c], 1 - ps[c]]))
+        qs = softmax_row([v / T for i, v in enumerate(rs) if i != c])
+        qt = softmax_row([v / T for i, v in enumerate(rt) if i != c])
+        nckd += sum(a * math.log(a / b) for a, b in zip(qt, qs))
+    assert got == pytest.approx((9 * tckd + 72 * nckd) * T * T / 2, rel=1e-12)

@@ -13,8 +13,15 @@ from kdlab.registry import MethodSpec, knob, register
 
 
 class KDConfig(Strict):
-    weight: float | None = Field(None, ge=0, description="None = 0.9 when KD is the only method, else 1")
+    weight: float | None = Field(None, ge=0, description="None = 0.9 when KD is the only method, else 1 "
+                                 "(with logit_std: logit_std_weight)")
     T: float = Field(4.0, gt=0)
+    logit_std: bool = Field(False, description="logit standardization (Sun et al., CVPR 2024): z-score the "
+                            "student and teacher logits per sample before the temperature softmax")
+    logit_std_T: float = Field(2.0, gt=0, description="the temperature used instead of T when logit_std is on "
+                               "(the reference's --base-temp 2)")
+    logit_std_weight: float = Field(9.0, ge=0, description="the weight an unset `weight` resolves to when "
+                                    "logit_std is on (the reference's KD_WEIGHT 9)")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float | Tensor = 4.0,
@@ -41,11 +48,13 @@ class KD(DistillLoss):
 
     def __init__(self, cfg: KDConfig, ctx: DistillContext):
         super().__init__()
-        self.T = cfg.T
-        self.weight = 1.0 if cfg.weight is None else cfg.weight
+        self.standardize = cfg.logit_std
+        self.T = cfg.logit_std_T if cfg.logit_std else cfg.T
+        default = cfg.logit_std_weight if cfg.logit_std else 1.0
+        self.weight = default if cfg.weight is None else cfg.weight
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
-        return {"kd": self.weight * kd_loss(s.logits, t.logits, self.T)}
+        return {"kd": self.weight * kd_loss(s.logits, t.logits, self.T, self.standardize)}
 
 
 KNOBS = (
@@ -59,12 +68,26 @@ KNOBS = (
         "kl divergence weight", "soft label loss weight", "soft target weight", "alpha", "distillation weight",
         "weight of the soft labels", "kd coefficient"],
        "weight of the KD term (REMOVE: 0)", off_value=0.0),
+    knob("kd.logit_std", "distill.kd.logit_std", "bool",
+       ["logit standardization", "kd logit standardization", "logit standardization kd", "z score logit standardization",
+        "z score of the logits", "logit z score", "standardized logits", "ls kd", "lskd"],
+       "logit standardization on KD (Sun et al. 2024): z-score both logits per sample, T -> kd.logit_std_T, "
+       "unset weight -> kd.logit_std_weight", off_value=False, on_value=True),
+    knob("kd.logit_std_T", "distill.kd.logit_std_T", "float",
+       ["logit standardization temperature", "logit standardization base temperature", "kd logit std temperature"],
+       "base temperature of KD with logit standardization (2)", requires="distill.kd.logit_std=True"),
+    knob("kd.logit_std_weight", "distill.kd.logit_std_weight", "float",
+       ["logit standardization kd weight", "kd weight with logit standardization", "kd logit std weight"],
+       "KD weight with logit standardization when distill.kd.weight is unset (9)", requires="distill.kd.logit_std=True"),
 )
 
 def _resolve(block: KDConfig, methods: list[str]) -> KDConfig:
-    """An unset weight is 0.9 when KD is the only method (RepDistiller's ``-a 0.9``), else 1."""
+    """An unset weight is 0.9 when KD is the only method (RepDistiller's ``-a 0.9``), else 1; with logit
+    standardization it is ``logit_std_weight`` (9, the reference's KD_WEIGHT) whatever the methods."""
     if block.weight is not None:
         return block
+    if block.logit_std:
+        return block.model_copy(update={"weight": block.logit_std_weight})
     return block.model_copy(update={"weight": 0.9 if methods == ["kd"] else 1.0})
 
 
