@@ -18,6 +18,7 @@ from kdlab.distillers._common import standardize_logits
 from kdlab.distillers.at import at_loss
 from kdlab.distillers.cocord import info_nce, prediction_distance
 from kdlab.distillers.crd import crd_nce_loss, nce_loss
+from kdlab.distillers.ctkd import ctkd_lambda, ctkd_loss, ctkd_temperature, grad_reverse
 from kdlab.distillers.dkd import dkd_loss, dkd_parts
 from kdlab.distillers.fitnet import hint_loss as fitnet_loss
 from kdlab.distillers.kd import kd_loss
@@ -29,5 +30,5 @@ from kdlab.objectives.contrastive import intra_class_loss, supcon_loss
 __all__ = [
     "kd_loss", "dkd_loss", "dkd_parts", "rkd_loss", "rkd_losses", "at_loss", "sp_loss", "pkt_loss",
     "fitnet_loss", "crd_nce_loss", "nce_loss", "info_nce", "prediction_distance", "intra_class_loss",
-    "supcon_loss", "standardize_logits",
+    "supcon_loss", "standardize_logits", "ctkd_loss", "ctkd_temperature", "ctkd_lambda", "grad_reverse",
 ]

@@ -225,6 +225,9 @@ CASES = {
     "intra_class_loss": (lambda e, p: L.intra_class_loss(e, p, Y6, IDS, ANCH, 0.5)[0],
                          (rnd(6, 3, seed=22), rnd(6, 3, seed=23)),
                          lambda e, p: ref_intra(e, p, Y6.tolist(), IDS.tolist(), ANCH, 0.5)),
+    "ctkd_loss": (lambda s, t: L.ctkd_loss(s, t, torch.tensor([0.3], dtype=D), 0.5),
+                  (rnd(3, 5, seed=25, scale=3), rnd(3, 5, seed=26, scale=3)),
+                  lambda s, t: ref_kd(s, t, 1 + 20 / (1 + math.exp(-0.3)))),
     "supcon_loss": (lambda e: L.supcon_loss(e, Y6, 0.5), (rnd(6, 3, seed=24),), lambda e: ref_supcon(e, Y6, 0.5)),
 }
 
@@ -233,7 +236,7 @@ TEACHER_DETACHED = {"rkd_loss"}
 
 #: every exported loss has at least one case (standardize_logits has its own test)
 COVERS = {"kd_loss", "dkd_loss", "rkd_loss", "at_loss", "sp_loss", "pkt_loss", "fitnet_loss", "crd_nce_loss",
-          "info_nce", "prediction_distance", "intra_class_loss", "supcon_loss"}
+          "info_nce", "prediction_distance", "intra_class_loss", "supcon_loss", "ctkd_loss"}
 
 
 def test_every_exported_name_imports_and_every_loss_has_a_case():

@@ -36,6 +36,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float | Tensor = 
         s, t = wide(student_logits), wide(teacher_logits)
         if standardize:
             s, t = standardize_logits(s), standardize_logits(t)
+        if isinstance(T, Tensor):  # a learnable temperature computes in the logits' dtype (grad flows through)
+            T = T.to(s.dtype)
         log_ps = F.log_softmax(s / T, dim=1)
         log_pt = F.log_softmax(t / T, dim=1)
         kl = F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
