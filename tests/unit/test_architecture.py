@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry": {"config"},
     "distillers": _BELOW_CORE | {"engine", "registry"},
     "objectives": _BELOW_CORE | {"engine", "registry"},
+    "losses": _BELOW_CORE | _METHODS | {"engine"},  # methods layer: the losses as plain functions
     "analysis": _BELOW_CORE | {"engine"},
     "experiment": _BELOW_CORE | _METHODS | {"engine", "analysis"},
     "sweep": _BELOW_CORE | _METHODS | {"engine", "analysis", "experiment"},

@@ -746,3 +746,115 @@ def test_step_under_bf16_autocast_keeps_losses_and_memories_float32(device):
     crd, cocord = m.terms["crd"], m.terms["cocord"]
     assert crd.memory_s.dtype == cocord.queue.dtype == torch.float32
     assert torch.allclose(cocord.queue[:8].norm(dim=1), torch.ones(8, device=device), atol=1e-5)
+
+
+# ------------------------------------------------------------------------ logit standardization
+def _zscore(row: list[float]) -> list[float]:
+    """(z - mean) / (1e-7 + unbiased std): the reference's normalize()."""
+    n = len(row)
+    mu = sum(row) / n
+    sd = math.sqrt(sum((v - mu) ** 2 for v in row) / (n - 1))
+    return [(v - mu) / (1e-7 + sd) for v in row]
+
+
+def test_kd_logit_standardization_by_hand_with_the_references_T_and_weight():
+    s = torch.tensor([[2.0, 0.5, -1.0, 4.0], [0.1, 0.2, 0.3, 0.0]], dtype=torch.float64)
+    t = 5 * torch.tensor([[3.0, -0.5, 0.0, 1.0], [-1.0, 2.0, 0.5, 0.2]], dtype=torch.float64) + 7
+    m = make_distillation(["kd"], kd={"logit_std": True})
+    term = m.terms["kd"]
+    assert (term.T, term.weight, m.ce_weight) == (2.0, 9.0, pytest.approx(0.1))  # --base-temp 2, KD_WEIGHT 9
+    got = term(output(logits=s), output(logits=t), batch_of([s]), step_ctx())["kd"]
+    total = 0.0
+    for rs, rt in zip(lst(s), lst(t)):
+        ps = softmax_row([v / 2 for v in _zscore(rs)])
+        pt = softmax_row([v / 2 for v in _zscore(rt)])
+        total += sum(a * math.log(a / b) for a, b in zip(pt, ps))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(9 * total * 4 / 2, rel=1e-12)
+    # the teacher's scale and shift do not matter after standardization (up to the 1e-7 in the divisor)
+    again = term(output(logits=s), output(logits=(t - 7) / 5), batch_of([s]), step_ctx())["kd"]
+    assert again.item() == pytest.approx(got.item(), rel=1e-6)
+    # an explicit weight wins; off, nothing changes
+    assert make_distillation(["kd"], kd={"logit_std": True, "weight": 0.5}).terms["kd"].weight == 0.5
+    off = make_distillation(["kd"]).terms["kd"]
+    assert (off.T, off.weight, off.standardize) == (4.0, 0.9, False)
+
+
+def test_dkd_logit_standardization_by_hand_scales_alpha_beta_and_uses_base_T():
+    s = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    t = torch.tensor([[3.0, -0.5, 0.0], [-1.0, 2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    cfg = DistillConfig().dkd.model_copy(update={"logit_std": True, "warmup": 0})
+    term = build_distill_loss("dkd", cfg, fake_ctx())
+    assert (term.T, term.alpha, term.beta) == (2.0, 9.0, 72.0)
+    got = term(output(logits=s), output(logits=t), batch_of([s], labels=y), step_ctx())["dkd"].item()
+    T, tckd, nckd = 2.0, 0.0, 0.0
+    for rs, rt, c in zip(lst(s), lst(t), y.tolist()):
+        rs, rt = _zscore(rs), _zscore(rt)
+        ps, pt = softmax_row([v / T for v in rs]), softmax_row([v / T for v in rt])
+        tckd += sum(a * math.log(a / b) for a, b in zip([pt[c], 1 - pt[c]], [ps[c], 1 - ps[c]]))
+        qs = softmax_row([v / T for i, v in enumerate(rs) if i != c])
+        qt = softmax_row([v / T for i, v in enumerate(rt) if i != c])
+        nckd += sum(a * math.log(a / b) for a, b in zip(qt, qs))
+    assert got == pytest.approx((9 * tckd + 72 * nckd) * T * T / 2, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------- CTKD
+def test_ctkd_gradient_reversal_flips_and_scales_the_gradient():
+    from kdlab.distillers.ctkd import grad_reverse
+
+    x = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([1.0, 2.0, -4.0], dtype=torch.float64)
+    y = grad_reverse(x, 0.3)
+    assert torch.equal(y, x)  # identity forward
+    (g,) = torch.autograd.grad((w * y ** 2).sum(), x)
+    assert g.tolist() == pytest.approx((-0.3 * 2 * w * x).tolist(), rel=1e-15)
+    (g0,) = torch.autograd.grad(grad_reverse(x, 0.0).sum(), x)
+    assert g0.abs().sum().item() == 0.0
+
+
+def test_ctkd_curriculum_is_the_cosine_closed_form_per_1_based_epoch():
+    from kdlab.distillers.ctkd import ctkd_lambda
+
+    # λ(e) = λ_max (1 − cos(π min(e, 10) / 10)) / 2, e = ⌊progress⌋ + 1
+    assert ctkd_lambda(0.0) == pytest.approx((1 - math.cos(math.pi / 10)) / 2, rel=1e-15)  # epoch 1: 0.02447…
+    assert ctkd_lambda(0.99) == ctkd_lambda(0.0)
+    assert ctkd_lambda(4.0) == pytest.approx(0.5, rel=1e-15)  # epoch 5: cos(π/2) = 0
+    assert ctkd_lambda(2.5, lambda_max=2.0) == pytest.approx(1 - math.cos(3 * math.pi / 10), rel=1e-15)
+    assert ctkd_lambda(9.0) == pytest.approx(1.0, rel=1e-15) and ctkd_lambda(239.0) == pytest.approx(1.0)
+    assert ctkd_lambda(3.0, lambda_max=0.7, epochs=0) == 0.7
+    # the reference's CosineDecay(max=0, min=-1, loops=10).get_value(epoch) is -λ(epoch)
+    for epoch in (1, 3, 7, 10, 12):
+        ref = (math.cos(min(epoch, 10) * math.pi / 10) + 1) * 0.5 * (0 - (-1)) + (-1)
+        assert -ctkd_lambda(epoch - 1.0) == pytest.approx(ref, abs=1e-15)
+
+
+def test_ctkd_loss_is_kd_at_the_current_temperature_and_theta_gets_the_reversed_gradient():
+    s = (torch.randn(4, 6, generator=torch.Generator().manual_seed(0)) * 3).double().requires_grad_(True)
+    t = (torch.randn(4, 6, generator=torch.Generator().manual_seed(1)) * 3).double()
+    m = make_distillation(["ctkd"])
+    term = m.terms["ctkd"]
+    assert term.weight == 0.9 and m.ce_weight == pytest.approx(0.1)
+    assert any(p is term.theta for p in m.trainable_parameters())  # trained by the student's optimizer
+    term.double()
+    T = 1 + 20 / (1 + math.exp(-1.0))  # θ = 1 at init: T ≈ 15.62
+    assert float(term.temperature()) == pytest.approx(T, rel=1e-12)
+    progress = 4.2  # epoch 5: λ = 0.5
+    got = term(output(logits=s), output(logits=t), batch_of([s]), step_ctx(progress))["ctkd"]
+    total = 0.0
+    for rs, rt in zip(lst(s), lst(t)):
+        ps, pt = softmax_row([v / T for v in rs]), softmax_row([v / T for v in rt])
+        total += sum(a * math.log(a / b) for a, b in zip(pt, ps))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(0.9 * total * T * T / 4, rel=1e-12)
+    got.backward()
+    # the student's gradient is KD's at fixed T; θ's is −λ times KD's derivative in θ
+    from kdlab.losses import kd_loss
+
+    s2 = s.detach().clone().requires_grad_(True)
+    theta = term.theta.detach().clone().requires_grad_(True)
+    ref = 0.9 * kd_loss(s2, t, (1 + 20 * torch.sigmoid(theta)).reshape(()))
+    ref.backward()
+    assert torch.allclose(s.grad, s2.grad, rtol=1e-12, atol=1e-15)
+    assert term.theta.grad.item() == pytest.approx(-0.5 * theta.grad.item(), rel=1e-12)
+    assert term.stats() == {"ctkd_T": pytest.approx(T, rel=1e-12), "ctkd_lambda": pytest.approx(0.5)}

@@ -17,6 +17,22 @@ def full_precision(t: Tensor) -> AbstractContextManager:
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def wide(t: Tensor) -> Tensor:
+    """``t`` in the precision a loss computes in: half precision (bf16/fp16) is promoted to float32,
+    float32 and float64 are kept as they are (so float64 inputs give float64 losses, exact to 1e-12)."""
+    return t.float() if t.dtype in _HALF else t
+
+
+def standardize_logits(z: Tensor, eps: float = 1e-7) -> Tensor:
+    """Per-sample z-score of logits ``(z - mean) / (eps + std)`` over the last dimension, with the unbiased
+    (n-1) standard deviation and ``eps`` added to the std, not under a root (Sun et al., CVPR 2024,
+    logit standardization; the reference's ``normalize``)."""
+    return (z - z.mean(dim=-1, keepdim=True)) / (eps + z.std(dim=-1, keepdim=True))
+
+
 def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Adaptive-average-pool whichever of two ``(B, C, H, W)`` maps is larger to the other's size.
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision, match_spatial
+from kdlab.distillers._common import full_precision, match_spatial, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -22,11 +24,19 @@ def attention_map(f: Tensor, p: float) -> Tensor:
     return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
 
 
-def at_pair_loss(f_s: Tensor, f_t: Tensor, p: float) -> Tensor:
+def at_pair_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
     """Mean squared difference of the two attention maps (the larger map is pooled to the smaller)."""
     with full_precision(f_s):
-        f_s, f_t = match_spatial(f_s.float(), f_t.float())
+        f_s, f_t = match_spatial(wide(f_s), wide(f_t))
         return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+
+
+def at_loss(f_s: Tensor | Sequence[Tensor], f_t: Tensor | Sequence[Tensor], p: float = 2.0) -> Tensor:
+    """AT over one pair of maps or paired sequences of maps: the sum of :func:`at_pair_loss` over the pairs
+    (RepDistiller's ``Attention`` summed over ``feat[1:-1]``; the weight, 1000, is applied by the caller)."""
+    if isinstance(f_s, Tensor):
+        return at_pair_loss(f_s, f_t, p)
+    return sum(at_pair_loss(a, b, p) for a, b in zip(f_s, f_t, strict=True))
 
 
 class AT(DistillLoss):
@@ -45,7 +55,7 @@ class AT(DistillLoss):
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
         k = self.pairs
-        loss = sum(at_pair_loss(fs, ft.detach(), self.p) for fs, ft in zip(s.stages[-k:], t.stages[-k:]))
+        loss = at_loss(list(s.stages[-k:]), [ft.detach() for ft in t.stages[-k:]], self.p)
         return {"at": self.weight * loss}
 
 

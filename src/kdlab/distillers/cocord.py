@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.config import Strict
-from kdlab.distillers._common import ema_, frozen_copy, full_precision
+from kdlab.distillers._common import ema_, frozen_copy, full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.engine.distributed import gather_cat
 from kdlab.registry import MethodSpec, knob, register
@@ -59,7 +59,7 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 def prediction_distance(u: Tensor, v: Tensor) -> Tensor:
     """``D(u, v) = 2 − 2·cos(u, v)`` per row (the release's normalised MSE)."""
-    return 2.0 - 2.0 * (F.normalize(u.float(), dim=-1) * F.normalize(v.float(), dim=-1)).sum(-1)
+    return 2.0 - 2.0 * (F.normalize(wide(u), dim=-1) * F.normalize(wide(v), dim=-1)).sum(-1)
 
 
 def info_nce(
@@ -139,11 +139,12 @@ class CoCoRD(DistillLoss):
         x0, x1, x2 = batch.views[:3]
         q0 = self.projector(s.pooled)
         with torch.no_grad():
-            key = F.normalize(self.teacher_projector(step.teacher(x2).pooled).float(), dim=1)
+            key = F.normalize(wide(self.teacher_projector(step.teacher(x2).pooled)), dim=1)
 
         with full_precision(q0):
-            query = F.normalize(q0.float(), dim=1)
+            query = F.normalize(wide(q0), dim=1)
             negatives, mask = self._negatives(batch.index)
+            negatives = negatives.to(query.dtype)
             loss_ctr, logits = info_nce(query, key, negatives, self.cfg.tau, mask)
         pred = self.cfg.pred
         dist = []

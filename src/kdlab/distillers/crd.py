@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.engine.distributed import gather_cat
 from kdlab.registry import MethodSpec, knob, register
@@ -44,7 +44,7 @@ class Embed(nn.Module):
         self.linear = nn.Linear(dim_in, dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.linear(x.flatten(1)).float(), dim=1)
+        return F.normalize(wide(self.linear(x.flatten(1))), dim=1)
 
 
 def nce_loss(p: Tensor, num_data: int) -> Tensor:
@@ -66,6 +66,31 @@ def _bank_scores(memory: Tensor, v: Tensor, idx: Tensor) -> Tensor:
     if n <= b * k1:  # (B, N) -> (B, 1+K); a copy, as the bank is updated in place before backward
         return (v @ memory.clone().t()).gather(1, idx)
     return torch.bmm(memory[idx], v.unsqueeze(2)).squeeze(2)
+
+
+def crd_nce_loss(
+    v_s: Tensor, v_t: Tensor, memory_s: Tensor, memory_t: Tensor, idx: Tensor, T: float = 0.07,
+    z: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """CRD's two-sided NCE loss on l2-normalised embeddings ``v_s``, ``v_t`` ``(B, d)`` and banks
+    ``memory_s``, ``memory_t`` ``(N, d)``; ``idx`` ``(B, 1+K)`` holds each anchor's positive row (column 0)
+    and its K negatives. Scores ``exp(<v, m>/T) / Z``: the student anchor against the teacher bank, the
+    teacher anchor against the student bank, each through :func:`nce_loss` with noise ``K/N``.
+
+    ``z`` is ``(2,)`` [Z_student_anchor, Z_teacher_anchor]; ``None`` or negative entries are set from this
+    batch as ``mean(scores) · N`` (RepDistiller's first-batch rule). Returns ``(loss, z used)``.
+    The banks are read as constants (no gradient); they are cast to the embeddings' dtype.
+    """
+    with full_precision(v_s):
+        v_s, v_t = wide(v_s), wide(v_t)
+        n = memory_s.shape[0]
+        mem_s, mem_t = memory_s.detach().to(v_s.dtype), memory_t.detach().to(v_t.dtype)
+        out_s = torch.exp(_bank_scores(mem_t, v_s, idx) / T)  # student anchor vs teacher bank
+        out_t = torch.exp(_bank_scores(mem_s, v_t, idx) / T)  # teacher anchor vs student bank
+        with torch.no_grad():
+            first = torch.stack([out_s.mean(), out_t.mean()]) * n
+            z = first if z is None else torch.where(z < 0, first, z.detach().to(first.dtype))
+        return nce_loss(out_s / z[0], n) + nce_loss(out_t / z[1], n), z
 
 
 class CRD(DistillLoss):
@@ -99,15 +124,9 @@ class CRD(DistillLoss):
         v_s = self.embed_s(s.pooled)
         v_t = self.embed_t(t.pooled.detach())
         idx = torch.cat([index[:, None], self.sample_negatives(index.shape[0], index.device)], dim=1)
-        with full_precision(v_s):
-            mem_s, mem_t = self.memory_s.detach().float(), self.memory_t.detach().float()
-            out_s = torch.exp(_bank_scores(mem_t, v_s, idx) / self.T)  # student anchor vs teacher bank
-            out_t = torch.exp(_bank_scores(mem_s, v_t, idx) / self.T)  # teacher anchor vs student bank
-            with torch.no_grad():  # set each Z once, from the first batch (no host sync)
-                first = torch.stack([out_s.mean(), out_t.mean()]) * self.num_data
-                self.nce_z.copy_(torch.where(self.nce_z < 0, first.to(self.nce_z.dtype), self.nce_z))
-            z = self.nce_z.detach().float()
-            loss = nce_loss(out_s / z[0], self.num_data) + nce_loss(out_t / z[1], self.num_data)
+        loss, z = crd_nce_loss(v_s, v_t, self.memory_s, self.memory_t, idx, self.T, z=self.nce_z)
+        with torch.no_grad():  # Z is set once, from the first batch (no host sync: z holds it from then on)
+            self.nce_z.copy_(z.detach().to(self.nce_z.dtype))
         self._update_memory(index, v_s.detach(), v_t.detach())
         return {"crd": self.weight * loss}
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, standardize_logits, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -21,6 +21,12 @@ class DKDConfig(Strict):
     beta: float = Field(8.0, ge=0)
     T: float = Field(4.0, gt=0)
     warmup: int = Field(20, ge=0, description="epochs of linear warm-up of the DKD weight")
+    logit_std: bool = Field(False, description="logit standardization (Sun et al., CVPR 2024): z-score the "
+                            "logits per sample before the temperature softmax")
+    logit_std_T: float = Field(2.0, gt=0, description="the temperature used instead of T when logit_std is on "
+                               "(the reference's --base-temp 2)")
+    logit_std_weight: float = Field(9.0, ge=0, description="with logit_std, alpha and beta are multiplied by "
+                                    "this (the reference's --kd-weight 9: ALPHA = 1·9, BETA = 8·9)")
 
 
 def _binary(p: Tensor, gt: Tensor) -> Tensor:
@@ -28,15 +34,19 @@ def _binary(p: Tensor, gt: Tensor) -> Tensor:
     return torch.stack([(p * gt).sum(1), (p * ~gt).sum(1)], dim=1)
 
 
-def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: float) -> tuple[Tensor, Tensor]:
+def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T: float = 4.0,
+              standardize: bool = False) -> tuple[Tensor, Tensor]:
     """Unweighted ``(TCKD, NCKD)``, each ``T² · Σ KL / B`` (mdistiller's reduction).
 
     TCKD is the KL between the binary (target, rest) distributions; NCKD the KL between the softmaxes
-    over the non-target classes only.
+    over the non-target classes only. ``standardize``: z-score both logits per sample first
+    (logit standardization, :func:`standardize_logits`), then divide by ``T``.
     """
     with full_precision(student_logits):
-        s = student_logits.float() / T
-        t = teacher_logits.float() / T
+        s, t = wide(student_logits), wide(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        s, t = s / T, t / T
         b, c = s.shape
         gt = F.one_hot(labels, c).bool()
         b_s = _binary(F.softmax(s, dim=1), gt)
@@ -50,6 +60,14 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, T:
         else:
             nckd = s.new_zeros(())
     return tckd, nckd
+
+
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 1.0,
+             beta: float = 8.0, T: float = 4.0, standardize: bool = False) -> Tensor:
+    """``alpha · TCKD + beta · NCKD`` (mdistiller's ``dkd_loss``; its CIFAR-100 defaults α=1, β=8, T=4),
+    without the warm-up ramp (:func:`dkd_warmup`)."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, T, standardize)
+    return alpha * tckd + beta * nckd
 
 
 def dkd_warmup(progress: float, warmup: int) -> float:
@@ -66,11 +84,14 @@ class DKD(DistillLoss):
     def __init__(self, cfg: DKDConfig, ctx: DistillContext):
         super().__init__()
         self.weight, self.alpha, self.beta, self.T, self.warmup = cfg.weight, cfg.alpha, cfg.beta, cfg.T, cfg.warmup
+        self.standardize = cfg.logit_std
+        if cfg.logit_std:
+            self.T = cfg.logit_std_T
+            self.alpha, self.beta = cfg.alpha * cfg.logit_std_weight, cfg.beta * cfg.logit_std_weight
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
-        tckd, nckd = dkd_parts(s.logits, t.logits, batch.labels, self.T)
-        ramp = dkd_warmup(step.progress, self.warmup)
-        return {"dkd": (self.weight * ramp) * (self.alpha * tckd + self.beta * nckd)}
+        loss = dkd_loss(s.logits, t.logits, batch.labels, self.alpha, self.beta, self.T, self.standardize)
+        return {"dkd": (self.weight * dkd_warmup(step.progress, self.warmup)) * loss}
 
 
 KNOBS = (
@@ -83,6 +104,16 @@ KNOBS = (
        requires="distill.methods~dkd"),
     knob("dkd.weight", "distill.dkd.weight", "float", ["dkd weight", "dkd loss weight"], "overall DKD weight", off_value=0.0,
        requires="distill.methods~dkd"),
+    knob("dkd.logit_std", "distill.dkd.logit_std", "bool",
+       ["dkd logit standardization", "logit standardization dkd", "logit standardization on dkd", "dkd z score"],
+       "logit standardization on DKD (Sun et al. 2024): z-score both logits, T -> dkd.logit_std_T, "
+       "alpha and beta times dkd.logit_std_weight", off_value=False, on_value=True, requires="distill.methods~dkd"),
+    knob("dkd.logit_std_T", "distill.dkd.logit_std_T", "float",
+       ["dkd logit standardization temperature", "dkd logit std temperature", "dkd base temperature"],
+       "base temperature of DKD with logit standardization (2)", requires="distill.dkd.logit_std=True"),
+    knob("dkd.logit_std_weight", "distill.dkd.logit_std_weight", "float",
+       ["dkd logit standardization weight", "dkd logit std weight", "dkd kd weight with logit standardization"],
+       "factor on DKD's alpha and beta with logit standardization (9)", requires="distill.dkd.logit_std=True"),
 )
 
 register(MethodSpec(

@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision, match_spatial, stage_index
+from kdlab.distillers._common import full_precision, match_spatial, stage_index, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -37,7 +37,7 @@ class HintRegressor(nn.Module):
 def hint_loss(regressed: Tensor, target: Tensor) -> Tensor:
     """Mean squared error over all elements (RepDistiller's HintLoss = ``nn.MSELoss()``)."""
     with full_precision(regressed):
-        return F.mse_loss(regressed.float(), target.float())
+        return F.mse_loss(wide(regressed), wide(target))
 
 
 class FitNet(DistillLoss):

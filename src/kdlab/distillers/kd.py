@@ -7,21 +7,39 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, standardize_logits, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
 
 class KDConfig(Strict):
-    weight: float | None = Field(None, ge=0, description="None = 0.9 when KD is the only method, else 1")
+    weight: float | None = Field(None, ge=0, description="None = 0.9 when KD is the only method, else 1 "
+                                 "(with logit_std: logit_std_weight)")
     T: float = Field(4.0, gt=0)
+    logit_std: bool = Field(False, description="logit standardization (Sun et al., CVPR 2024): z-score the "
+                            "student and teacher logits per sample before the temperature softmax")
+    logit_std_T: float = Field(2.0, gt=0, description="the temperature used instead of T when logit_std is on "
+                               "(the reference's --base-temp 2)")
+    logit_std_weight: float = Field(9.0, ge=0, description="the weight an unset `weight` resolves to when "
+                                    "logit_std is on (the reference's KD_WEIGHT 9)")
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
-    """``T² · Σ_i KL(softmax(t_i/T) ‖ softmax(s_i/T)) / B`` (RepDistiller's DistillKL reduction)."""
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float | Tensor = 4.0,
+            standardize: bool = False) -> Tensor:
+    """``T² · Σ_i KL(softmax(t_i/T) ‖ softmax(s_i/T)) / B`` (RepDistiller's DistillKL reduction).
+
+    ``standardize``: z-score both logits per sample first (:func:`standardize_logits`, logit
+    standardization). ``T`` may be a tensor (CTKD's learnable temperature): the gradient reaches it
+    through the softmaxes and the T² factor.
+    """
     with full_precision(student_logits):
-        log_ps = F.log_softmax(student_logits.float() / T, dim=1)
-        log_pt = F.log_softmax(teacher_logits.float() / T, dim=1)
+        s, t = wide(student_logits), wide(teacher_logits)
+        if standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        if isinstance(T, Tensor):  # a learnable temperature computes in the logits' dtype (grad flows through)
+            T = T.to(s.dtype)
+        log_ps = F.log_softmax(s / T, dim=1)
+        log_pt = F.log_softmax(t / T, dim=1)
         kl = F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
         return kl * (T * T) / student_logits.shape[0]
 
@@ -32,11 +50,13 @@ class KD(DistillLoss):
 
     def __init__(self, cfg: KDConfig, ctx: DistillContext):
         super().__init__()
-        self.T = cfg.T
-        self.weight = 1.0 if cfg.weight is None else cfg.weight
+        self.standardize = cfg.logit_std
+        self.T = cfg.logit_std_T if cfg.logit_std else cfg.T
+        default = cfg.logit_std_weight if cfg.logit_std else 1.0
+        self.weight = default if cfg.weight is None else cfg.weight
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
-        return {"kd": self.weight * kd_loss(s.logits, t.logits, self.T)}
+        return {"kd": self.weight * kd_loss(s.logits, t.logits, self.T, self.standardize)}
 
 
 KNOBS = (
@@ -50,12 +70,26 @@ KNOBS = (
         "kl divergence weight", "soft label loss weight", "soft target weight", "alpha", "distillation weight",
         "weight of the soft labels", "kd coefficient"],
        "weight of the KD term (REMOVE: 0)", off_value=0.0),
+    knob("kd.logit_std", "distill.kd.logit_std", "bool",
+       ["logit standardization", "kd logit standardization", "logit standardization kd", "z score logit standardization",
+        "z score of the logits", "logit z score", "standardized logits", "ls kd", "lskd"],
+       "logit standardization on KD (Sun et al. 2024): z-score both logits per sample, T -> kd.logit_std_T, "
+       "unset weight -> kd.logit_std_weight", off_value=False, on_value=True),
+    knob("kd.logit_std_T", "distill.kd.logit_std_T", "float",
+       ["logit standardization temperature", "logit standardization base temperature", "kd logit std temperature"],
+       "base temperature of KD with logit standardization (2)", requires="distill.kd.logit_std=True"),
+    knob("kd.logit_std_weight", "distill.kd.logit_std_weight", "float",
+       ["logit standardization kd weight", "kd weight with logit standardization", "kd logit std weight"],
+       "KD weight with logit standardization when distill.kd.weight is unset (9)", requires="distill.kd.logit_std=True"),
 )
 
 def _resolve(block: KDConfig, methods: list[str]) -> KDConfig:
-    """An unset weight is 0.9 when KD is the only method (RepDistiller's ``-a 0.9``), else 1."""
+    """An unset weight is 0.9 when KD is the only method (RepDistiller's ``-a 0.9``), else 1; with logit
+    standardization it is ``logit_std_weight`` (9, the reference's KD_WEIGHT) whatever the methods."""
     if block.weight is not None:
         return block
+    if block.logit_std:
+        return block.model_copy(update={"weight": block.logit_std_weight})
     return block.model_copy(update={"weight": 0.9 if methods == ["kd"] else 1.0})
 
 

@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -30,8 +30,8 @@ def _conditional(x: Tensor) -> Tensor:
 def pkt_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     """``mean_{i,j} P_t[i,j] · log((P_t[i,j] + ε) / (P_s[i,j] + ε))`` over the B×B entries, ε = 1e-7."""
     with full_precision(f_s):
-        p_s = _conditional(f_s.flatten(1).float())
-        p_t = _conditional(f_t.flatten(1).float())
+        p_s = _conditional(wide(f_s.flatten(1)))
+        p_t = _conditional(wide(f_t.flatten(1)))
         return (p_t * torch.log((p_t + _EPS) / (p_s + _EPS))).mean()
 
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -41,14 +41,20 @@ def _angles(x: Tensor) -> Tensor:
 def rkd_losses(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     """Unweighted (distance, angle) smooth-L1 losses; the teacher side carries no gradient."""
     with full_precision(f_s):
-        s = f_s.flatten(1).float()
-        t = f_t.flatten(1).float().detach()
+        s = wide(f_s.flatten(1))
+        t = wide(f_t.flatten(1)).detach()
         with torch.no_grad():
             t_d = _normalised_distances(t)
             t_a = _angles(t)
         loss_d = F.smooth_l1_loss(_normalised_distances(s), t_d)
         loss_a = F.smooth_l1_loss(_angles(s), t_a)
     return loss_d, loss_a
+
+
+def rkd_loss(f_s: Tensor, f_t: Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0) -> Tensor:
+    """``distance_weight · L_dist + angle_weight · L_angle`` (RepDistiller's RKDLoss weights 25 / 50)."""
+    loss_d, loss_a = rkd_losses(f_s, f_t)
+    return distance_weight * loss_d + angle_weight * loss_a
 
 
 class RKD(DistillLoss):

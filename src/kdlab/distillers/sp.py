@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.config import Strict
-from kdlab.distillers._common import full_precision
+from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.registry import MethodSpec, knob, register
 
@@ -20,8 +20,8 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     """``‖rownorm(F_t F_tᵀ) − rownorm(F_s F_sᵀ)‖²_F / B²`` with F the flattened features."""
     with full_precision(f_s):
         b = f_s.shape[0]
-        s = f_s.flatten(1).float()
-        t = f_t.flatten(1).float()
+        s = wide(f_s.flatten(1))
+        t = wide(f_t.flatten(1))
         g_s = F.normalize(s @ s.t(), dim=1)
         g_t = F.normalize(t @ t.t(), dim=1)
         return (g_t - g_s).pow(2).sum() / (b * b)

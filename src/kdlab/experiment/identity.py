@@ -44,6 +44,14 @@ ADDED_LATER: dict[str, Any] = {
     "objective.intra.eta": 0.1,
     "objective.intra.target_ratio": 0.7,
     "objective.intra.ratio_gain": 2.0,
+    "distill.kd.logit_std": False,
+    "distill.kd.logit_std_T": 2.0,
+    "distill.kd.logit_std_weight": 9.0,
+    "distill.dkd.logit_std": False,
+    "distill.dkd.logit_std_T": 2.0,
+    "distill.dkd.logit_std_weight": 9.0,
+    "distill.ctkd": {"weight": None, "t_start": 1.0, "t_end": 20.0, "init": 1.0, "lambda_max": 1.0,
+                     "lambda_epochs": 10},
 }
 
 #: the sections a teacher run depends on (the student parts of its config never change it)
