@@ -44,6 +44,13 @@ ADDED_LATER: dict[str, Any] = {
     "objective.intra.eta": 0.1,
     "objective.intra.target_ratio": 0.7,
     "objective.intra.ratio_gain": 2.0,
+    "distill.cocord.proj_layers": 2,
+    "distill.cocord.proj_bn": True,
+    "distill.cocord.pred_layers": 2,
+    "distill.cocord.pred_bn": True,
+    "distill.cocord.teacher_proj_layers": None,
+    "distill.cocord.teacher_proj_hidden": None,
+    "distill.cocord.teacher_proj_bn": None,
 }
 
 #: the sections a teacher run depends on (the student parts of its config never change it)
