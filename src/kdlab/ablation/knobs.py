@@ -77,14 +77,21 @@ def _adam_takes_its_lr(overrides: dict, base) -> dict:
     return out
 
 
+def _head_requirement() -> str:
+    """The projection head ``objective.head`` exists only for the objectives that build it (not the CE teacher)."""
+    return "objective.kind=" + "|".join(s.name for s in registry.objectives() if s.builds_head)
+
+
+_HEAD = _head_requirement()
+
 _COMMON: tuple[Knob, ...] = (
-    # ---------------------------------------------------------------- teacher objective (any kind)
+    # ---------------------------------------------------------------- teacher objective (with a head)
     _k("head.kind", "objective.head.kind", "choice",
        ["projection head", "projection head architecture", "projection head depth", "projector", "projector architecture",
         "embedding head", "head architecture", "projection mlp", "number of projection layers", "head depth",
         "projection network", "projection head type"],
        "projection head P of the teacher embedding e = normalize(P(h)): none, linear, mlp2 (default), mlp3",
-       scope="intra", off_value="none",
+       scope="intra", off_value="none", requires=_HEAD,
        choices={"none": ("none", "no projection", "no head", "identity", "without projection head", "backbone features",
                          "raw features", "pooled features directly", "no projector"),
                 "linear": ("linear", "linear projection", "single layer", "single layer mlp", "one layer", "1 layer mlp",
@@ -96,20 +103,23 @@ _COMMON: tuple[Knob, ...] = (
        ["embedding dimension", "projection dimension", "projection head output dimension", "output dimension of the projection head",
         "embedding size", "feature dimension of the embedding", "embedding dim", "projection dim", "contrastive feature dimension",
         "dimension of the embedding space"],
-       "embedding size of the projection head output", scope="intra"),
+       "embedding size of the projection head output", scope="intra", requires=_HEAD),
     _k("head.hidden", "objective.head.hidden", "int",
        ["projection head width", "hidden width", "hidden dimension", "hidden units", "hidden layer size",
         "width of the projection head", "projector hidden dimension", "head width"],
-       "hidden width of the projection head (None: backbone feature size)", scope="intra"),
+       "hidden width of the projection head (None: backbone feature size)", scope="intra", requires=_HEAD),
     _k("head.bn", "objective.head.bn", "bool",
        ["batch normalization in the projection head", "projection head batch norm", "bn in the head", "head batchnorm",
         "batch norm in projector", "projection head normalization"],
-       "BatchNorm between the projection head's layers", scope="intra", off_value=False, on_value=True),
+       "BatchNorm between the projection head's layers", scope="intra", off_value=False, on_value=True,
+       requires=_HEAD),
     _k("view_augment", "data.view_augment", "augment",
        ["augmentation policy", "view augmentation", "augmentation of the views", "augmentation for the contrastive views",
         "contrastive augmentation", "augmentations for positive pairs", "positive pair augmentation", "view generation",
         "augmentation strategy", "data augmentation for contrastive learning", "augmentation pipeline", "augmentations",
-        "augmentation", "data augmentation", "view transformations"],
+        "augmentation", "data augmentation", "view transformations", "augmentation for creating positive pairs",
+        "data augmentation for positive pairs", "random augmentation for positive pairs", "positive pairs",
+        "augmented views", "augmentations of the views"],
        "augmentations producing the extra contrastive views (crop, flip, rrc, color_jitter, grayscale, blur, cutout)",
        scope="intra"),
     # ---------------------------------------------------------------- student distillation (any method)

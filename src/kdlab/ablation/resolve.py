@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -484,6 +485,7 @@ def methods_named(text: str) -> list[str]:
 
 
 def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
+    """Whether the knob acts on the run ``cfg`` (its ``requires``), and what it needs, for the refusal."""
     if not knob.requires:
         return True, ""
     if "~" in knob.requires:
@@ -492,14 +494,62 @@ def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
         return item in (cur or []), f"{path} to contain {item} (base: {cur})"
     path, want = knob.requires.split("=", 1)
     cur = get_path(cfg, path)
-    return str(cur) == want, f"{path}={want} (base: {cur})"
+    options = want.split("|")
+    need = f"{path}={want}" if len(options) == 1 else f"{path} to be one of {', '.join(options)}"
+    return str(cur) in options, f"{need} (base: {cur})"
+
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+_RANGE = re.compile(r"^\s*(?:from\s+|between\s+)?(" + _NUM + r")\s*(?:to|\.\.|and|\s-\s)\s*(" + _NUM + r")\b(.*)$")
+_RANGE_WORDS = {"log", "scale", "logarithmic", "logarithmically", "spaced", "linear", "linearly", "uniform",
+                "uniformly", "points", "point", "values", "value", "steps", "settings", "grid", "sweep", "on", "a",
+                "with", "in", "total", "evenly", "equally", "geometric", "geometrically", "over", "range"}
+
+
+def _range_values(raw: str, knob: Knob) -> list[str] | None:
+    """A numeric range written as prose ("1e-3 to 1e-1, log scale, 5 points", "0.1 to 0.9, 5 values") as its
+    values; None when the text is no range. Raises ValueError naming what cannot be read."""
+    if knob.kind not in ("float", "int"):
+        return None
+    t = ascii_text(clean_inline(raw))
+    m = _RANGE.match(t)
+    if not m:
+        return None
+    lo, hi = float(m[1]), float(m[2])
+    rest = m[3]
+    words = set(re.findall(r"[a-z]+", re.sub(r"\d+", " ", rest)))
+    unread = words - _RANGE_WORDS
+    if unread:
+        raise ValueError(f"range {raw!r}: cannot read {', '.join(sorted(unread))}")
+    count = re.findall(r"(\d+)\s*(?:points?|values?|steps?|settings)", rest)
+    log = bool(words & {"log", "logarithmic", "logarithmically", "geometric", "geometrically"})
+    if count:
+        n = int(count[0])
+    elif log and lo > 0 and hi > 0 and float(f"{math.log10(hi / lo):.9g}").is_integer():
+        n = int(round(abs(math.log10(hi / lo)))) + 1  # one point per decade
+    else:
+        raise ValueError(f"range {raw!r} gives no number of points (say e.g. '{m[1]} to {m[2]}, 5 points')")
+    if n < 2 or (log and (lo <= 0 or hi <= 0)):
+        raise ValueError(f"range {raw!r}: needs 2 or more points{' and positive ends for a log scale' if log else ''}")
+    steps = [i / (n - 1) for i in range(n)]
+    vals = [lo * (hi / lo) ** f for f in steps] if log else [lo + (hi - lo) * f for f in steps]
+    out = [str(int(round(v))) if knob.kind == "int" else f"{float(f'{v:.3g}'):g}" for v in vals]
+    return list(dict.fromkeys(out))
 
 
 def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | None) -> list[str]:
     """The replacement values, with an inline list that does not parse as one value ("linear, 3-layer MLP,
-    none", "16, 256, 1k", "0.1 or 0.5") split into its items when every item parses for the knob."""
+    none", "16, 256, 1k", "0.1 or 0.5") split into its items when every item parses for the knob, and a
+    range ("1e-3 to 1e-1, log scale, 5 points") written out as its points."""
     out: list[str] = []
     for raw in values:
+        try:
+            points = _range_values(raw, knob)
+        except ValueError:
+            points = None  # kept whole: parse_value says why it cannot be read
+        if points:
+            out += points
+            continue
         try:
             parse_value(knob, raw, base)
             whole = True
@@ -560,10 +610,11 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
         s, phrase = idx.score(k.name, q, qw)
         if s <= 0:
             continue
-        s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
+        own = knob_method(k)
+        if not (named and own in named):  # a method the part names brings its knobs whatever the plan's paper
+            s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
         if named and k.kind != "methods":
             # "PKT loss weight" is PKT's weight, not the intra-class loss weight
-            own = knob_method(k)
             s *= 1.4 if own in named else (0.6 if own is not None else 0.75)
         vocab = idx.vocab[k.name]
         if both_stages:
@@ -573,7 +624,7 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
         elif ("teacher" in q or "student" in q) and k.stage == "both" and k.also and "teacher" not in vocab and "student" not in vocab:
             # "learning rate of the student": student.lr, not the knob that sets both stages
             s *= 0.6
-        if not _requires_ok(k, base)[0]:
+        if not _requires_ok(k, base)[0] and not (ab.action == "ADD" and _addable_requirement(k, base)):
             s *= 0.6
         if ab.action == "REMOVE":
             s *= (1.1 if k.kind == "bool" else 1.0) if k.removable() else 0.4
@@ -600,7 +651,6 @@ _FILLER = {"default", "baseline", "original", "paper", "epoch", "epochs", "sampl
            "fixed", "ie", "i", "x", "ours", "proposed", "used", "in", "is", "as", "and", "queue", "size", "weight",
            "frozen", "freeze", "no", "momentum", "update", "updates", "standard", "typical", "higher", "lower", "larger",
            "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy"}
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
 
 
 def _is_off_word(raw: str) -> bool:
@@ -641,6 +691,7 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     elif re.search(r":\s*" + _NUM, t):
         t = t.rsplit(":", 1)[1]
     matches = list(re.finditer(r"(?<![\w.])(" + _NUM + r")(\s*%|\s*k\b)?", t))
+    _range_values(text, knob)  # a range that cannot be written out says why
     if len(matches) != 1:
         raise ValueError(f"expected one number, found {len(matches) or 'none'} in {text!r}")
     m = matches[0]
@@ -699,6 +750,11 @@ def _parse_choice(text: str, knob: Knob) -> str:
     for c in choices:
         if compact == re.sub(r"[^a-z0-9]", "", str(c).lower()):
             return c
+    named = _find_phrases(text, {c: tuple(ps) for c, ps in choices.items()})
+    if len(named) == 1:  # "fixed-size teacher queue (CoCoRD)", "full dataset memory bank"
+        return named[0]
+    if len(named) > 1:
+        raise ValueError(f"{text!r} names more than one of {', '.join(map(str, choices))}: {', '.join(map(str, named))}")
     idx = _choice_index(knob.name, tuple((c, tuple(ps)) for c, ps in choices.items()))
     ranked = idx.rank(text)
     if ranked and ranked[0][1] > 0.5 and (len(ranked) == 1 or ranked[0][1] > 1.15 * ranked[1][1]):
@@ -831,14 +887,49 @@ def _parse_pair(text: str) -> tuple[str, str]:
     return a0, a1  # teacher first, as in "resnet32x4 -> resnet8x4"
 
 
+#: words that make a value "the base's own" ("the default", "baseline (current)", "as in the paper")
+_BASE_WORDS = {"default", "baseline", "current", "original", "unchanged", "reference", "base"}
+_BASE_FILLER = {"the", "value", "setting", "config", "as", "in", "paper", "s", "our", "kdlab", "is", "keep", "kept"}
+
+
+def _names_the_base_value(text: str) -> bool:
+    words = set(re.findall(r"[a-z]+", ascii_text(text)))
+    return bool(words & _BASE_WORDS) and words <= _BASE_WORDS | _BASE_FILLER and not re.search(r"\d", text)
+
+
+def _without_remarks(text: str) -> str:
+    """The value without its parenthetical or bracketed remarks ("queue (CoCoRD)", "linear [current]")."""
+    return re.sub(r"\s+", " ", re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", text)).strip(" ,;:-")
+
+
 def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> Any:
-    """Parse one replacement text to the knob's type (ValueError with a readable message if it does not)."""
+    """Parse one replacement text to the knob's type (ValueError with a readable message if it does not).
+
+    Prose is read too: "the default" / "baseline (current)" is the base's value; a remark in parentheses or
+    brackets (a method name, "current", "ours") is dropped when the value does not read with it."""
     text = clean_inline(raw)
+    if base is not None and _names_the_base_value(text):
+        value = effective_base_value(knob, base)
+        if value is not None:
+            return tuple(value) if knob.kind == "pair" else value
 
     def generic(t: str) -> Any:
         return _parse_by_kind(t, knob, base)
 
-    return knob.parse(text, generic) if knob.parse is not None else generic(text)
+    def read(t: str) -> Any:
+        return knob.parse(t, generic) if knob.parse is not None else generic(t)
+
+    try:
+        return read(text)
+    except ValueError:
+        bare = _without_remarks(text)
+        if not bare or bare == text:
+            raise
+        try:
+            return read(bare)
+        except ValueError:
+            pass
+        raise
 
 
 def _parse_by_kind(text: str, knob: Knob, base: ExperimentConfig | None) -> Any:
@@ -910,8 +1001,10 @@ def _build(base_tree: dict, overrides: dict[str, Any]) -> ExperimentConfig:
     return build_config(base_tree, list(overrides.items()))
 
 
-def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[list[Variant], list[str]]:
-    """The variants of one ablation on the base, and the errors (empty when all is well)."""
+def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
+                  added: dict[str, Any] | None = None) -> tuple[list[Variant], list[str]]:
+    """The variants of one ablation on the base, and the errors (empty when all is well). ``added``: overrides
+    every variant carries (the component an ADD needs, e.g. the distiller whose knob it sets)."""
     errors: list[str] = []
     specs: list[tuple[str, Any, str, dict[str, Any]]] = []  # (label, value, raw, overrides)
     base_tree = base.model_dump(mode="json")
@@ -1000,7 +1093,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
     base_ident = run_identity(base, "student")
     seen = set()
     for label, value, raw, ov in specs:
-        ov = _companions(ov, base)
+        ov = _companions({**(added or {}), **ov}, base)
         try:
             cfg = _build(base_tree, ov)
         except ConfigError as exc:
@@ -1093,10 +1186,11 @@ def _unsupported_index() -> PhraseIndex:
     return PhraseIndex({k: (k,) for k in UNSUPPORTED})
 
 
-def _unsupported(ab: Ablation) -> str | None:
+def _unsupported(ab: Ablation, least: float = 0.9) -> str | None:
+    """What to say when the part names something kdlab cannot do (``least``: the score that counts)."""
     q = tokens(ab.part) or tokens(ab.name)
     ranked = sorted(((k, _unsupported_index().score(k, q)[0]) for k in UNSUPPORTED), key=lambda x: -x[1])
-    return UNSUPPORTED[ranked[0][0]] if ranked and ranked[0][1] >= 0.9 else None
+    return UNSUPPORTED[ranked[0][0]] if ranked and ranked[0][1] >= least else None
 
 
 def _describe(k: Knob, s: float) -> str:
@@ -1136,6 +1230,15 @@ def _nested(ab: Ablation, k1: Knob, v1: list[Variant], k2: Knob, v2: list[Varian
     return not _requires_ok(k2, v1[0].config)[0] or not _requires_ok(k1, v2[0].config)[0]
 
 
+def _more_specific(ab: Ablation, best: Knob, other: Knob) -> bool:
+    """The best knob reads words of the part that the other knob's vocabulary lacks, and not the reverse
+    ("teacher projection head BN": the teacher side's knob, not both sides'; "augmentation for positive
+    pairs": the view augmentation, not the main view's)."""
+    q = set(tokens(ab.part) or tokens(ab.name))
+    vocab = _knob_index().vocab
+    return bool((q & vocab[best.name]) - vocab[other.name]) and not (q & vocab[other.name]) - vocab[best.name]
+
+
 def _enabling_override(knob: Knob, base: ExperimentConfig) -> str:
     """The ``key=value`` override that satisfies ``knob.requires`` on this base."""
     assert knob.requires
@@ -1143,7 +1246,16 @@ def _enabling_override(knob: Knob, base: ExperimentConfig) -> str:
         path, item = knob.requires.split("~", 1)
         cur = list(get_path(base, path) or [])
         return f"{path}=[{','.join(cur + [item])}]"
-    return knob.requires
+    return knob.requires.split("|", 1)[0]
+
+
+def _addable_requirement(knob: Knob, base: ExperimentConfig) -> dict[str, Any]:
+    """For an ADD onto a knob the base does not use: the override that adds the component it needs, when kdlab
+    can add it (a distiller to ``distill.methods``), else {}."""
+    if not knob.requires or "~" not in knob.requires:
+        return {}
+    path, item = knob.requires.split("~", 1)
+    return {path: list(get_path(base, path) or []) + [item]}
 
 
 def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig,
@@ -1177,7 +1289,9 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                 break
             v1, _ = make_variants(ab, knob, base)
             v2, e2 = make_variants(ab, k2, base)
-            same = not e2 and [v.overrides for v in v1] == [v.overrides for v in v2]
+            if e2 or _more_specific(ab, knob, k2):
+                continue  # a reading whose values do not read, or that misses words the best one reads, competes not
+            same = [v.overrides for v in v1] == [v.overrides for v in v2]
             if not same and not (set(k2.paths) & set(knob.paths)) and not _nested(ab, knob, v1, k2, v2):
                 close = tuple(_describe(k, s) for k, s, _ in ranked[:4])
                 return unresolved(Problem(
@@ -1185,17 +1299,21 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                     close, f"--map \"{ab.name}={knob.path}\" (or the one you mean)"))
     problems: list[Problem] = []
     ok, need = _requires_ok(knob, base)
-    if not ok and not mapped:
+    added = _addable_requirement(knob, base) if not ok and ab.action == "ADD" else {}
+    if not ok and not added:  # a knob that cannot act on the run would train the base again under another name
         enable = _enabling_override(knob, base)
         problems.append(Problem(
-            f"{knob.name} ({knob.path}) has no effect on this base: it needs {need}",
+            f"{knob.name} ({knob.path}) has no effect on this base run: it needs {need}",
             fix=f"add the override {enable} after the plan (kdlab ablate PLAN {enable}), pass another --base, "
                 f"or --map \"{ab.name}=<knob>\""))
-    variants, verr = make_variants(ab, knob, base)
+    variants, verr = make_variants(ab, knob, base, added)
     other = "" if mapped else f"; or --map \"{ab.name}=<knob>\" if {knob.name} is not the part you mean"
     problems += [Problem(e, fix=f"correct the value in the plan{other}") for e in verr]
     if not variants and not verr:
         problems.append(Problem("no variant to run"))
+    why = _unsupported(ab, least=0.5) if problems and not mapped else None
+    if why:  # "ADD mixup" found the augmentation knob but names nothing it can hold: say what kdlab lacks
+        return unresolved(Problem(f"cannot run {ab.part!r}: {why}"))
     if problems:
         return unresolved(*problems)
     configs = [base] + [v.config for v in variants]

@@ -255,6 +255,64 @@ def _parse_pred(text: str, generic) -> str:
     return generic(text)
 
 
+_DEPTH_WORDS = {"one": 1, "single": 1, "two": 2, "three": 3, "four": 4}
+
+
+def _parse_depth(text: str, generic) -> int:
+    """A head's depth as plans write it: "linear" is 1 layer, "MLP"/"non-linear" the release's 2, "3-layer
+    perceptron" 3; a number of layers as a number. Words about batch norm belong to the ``*_bn`` knobs: a
+    value that turns BN off is refused rather than read as a depth alone."""
+    raw = unicodedata.normalize("NFKC", text).lower()
+    if re.search(r"\b(without|no|w/o)\s+(bn|batch[\s-]*norm)", raw):
+        raise ValueError(f"{text!r} also switches batch norm off: ablate it with the head's batch-norm knob "
+                         "(cocord.proj_bn / cocord.pred_bn) as its own ablation")
+    m = re.search(r"\b(\d+|one|single|two|three|four)[\s-]*(layers?|fc|linear layers)\b", raw)
+    if m:
+        return int(m[1]) if m[1].isdigit() else _DEPTH_WORDS[m[1]]
+    if re.search(r"\bnon[\s-]*linear|\bmlp\b|perceptron", raw):
+        return 2
+    if re.search(r"\blinear\b", raw):
+        return 1
+    return generic(text)
+
+
+def _parse_dictionary(text: str, generic):
+    """A value of the teacher dictionary (its size or kind). A dictionary filled by another network is neither:
+    its keys are the teacher's (through the teacher projector), so the plan means another teacher or head."""
+    raw = unicodedata.normalize("NFKC", text).lower()
+    if re.search(r"architecture|encoder|network|backbone|model", raw):
+        raise ValueError(f"{text!r}: CoCoRD's dictionary holds the teacher's keys, it has no architecture of its "
+                         "own; to fill it from another network vary the teacher (--map \"NAME=teacher.arch\" "
+                         "with architectures as values) or its head (--map \"NAME=cocord.teacher_proj_layers\")")
+    return generic(text)
+
+
+_PROJ = ("projection head", "projection heads", "projector", "projectors", "projection head architecture",
+         "projection head depth", "projector depth", "projector architecture", "number of projector layers",
+         "projection heads for both student and teacher", "two layer perceptron projection heads",
+         "student and teacher projection heads", "mlp projection heads", "number of layers in the projection head",
+         "projection mlp", "linear vs mlp projector")
+_PRED = ("predictor", "prediction head", "predictor depth", "predictor architecture", "prediction head architecture",
+         "number of predictor layers", "prediction mlp", "linear vs mlp predictor", "student predictor")
+_TEACHER_PROJ = ("teacher projection head", "teacher projector", "teacher projection head architecture",
+                 "teacher projector depth", "teacher projection head depth", "teacher side projection head")
+
+
+def _head_knobs(side: str, path: str, aliases: tuple[str, ...], what: str, bn_off: bool = True) -> tuple:
+    """Depth and batch-norm knobs of one CoCoRD head (``proj``, ``pred`` or ``teacher_proj``)."""
+    req = "distill.methods~cocord"
+    return (
+        knob(f"cocord.{side}_layers", f"distill.cocord.{path}_layers", "int", aliases,
+             f"Linear layers of {what} (1: linear, 2: the release's MLP, 3: ...); a plan may say linear, MLP, "
+             "n-layer perceptron", scope="cocord", requires=req, parse=_parse_depth),
+        knob(f"cocord.{side}_bn", f"distill.cocord.{path}_bn", "bool",
+             [f"batch normalization in the {a}" for a in aliases[:3]] + [f"{a} batch norm" for a in aliases[:3]]
+             + [f"bn in the {a}" for a in aliases[:2]],
+             f"BatchNorm after each hidden layer of {what} (REMOVE: off)", scope="cocord", requires=req,
+             off_value=False, on_value=True),
+    )
+
+
 KNOBS = (
     knob("cocord.queue_size", "distill.cocord.queue_size", "int",
        ["dictionary size", "dictionary size n", "n", "queue size", "queue length", "size of the queue", "memory queue size",
@@ -262,15 +320,23 @@ KNOBS = (
         "size of the teacher dictionary", "number of keys", "k", "dictionary length", "memory size", "queue capacity",
         "queue of teacher keys", "teacher keys",
         "negative sample queue size", "number of negative samples"],
-       "N, teacher keys kept in the CoCoRD queue (negatives of InfoNCE)",
-       scope="cocord", requires="distill.methods~cocord"),
+       "N, teacher keys kept in the CoCoRD queue (negatives of InfoNCE; REMOVE: in-batch negatives, no dictionary)",
+       scope="cocord", requires="distill.methods~cocord", off_value="batch", off_path="distill.cocord.memory",
+       parse=_parse_dictionary),
     knob("cocord.memory", "distill.cocord.memory", "choice",
        ["memory type", "dictionary type", "memory structure", "queue or memory bank", "negative storage",
-        "dictionary implementation", "memory bank", "type of dictionary", "negative memory"],
-       "where CoCoRD's negatives live: a FIFO queue of teacher keys or a per-sample memory bank",
-       scope="cocord", requires="distill.methods~cocord",
-       choices={"queue": ("queue", "fifo queue", "dictionary queue", "moco style queue", "moco queue", "fifo"),
-                "bank": ("bank", "memory bank", "crd style memory bank", "per sample memory", "instance memory bank")}),
+        "dictionary implementation", "memory bank", "type of dictionary", "negative memory", "source of negatives",
+        "negative samples source", "teacher dictionary"],
+       "where CoCoRD's negatives live: a FIFO queue of teacher keys, a per-sample memory bank, or the batch's "
+       "other keys only (REMOVE: batch, no dictionary)",
+       scope="cocord", requires="distill.methods~cocord", off_value="batch", parse=_parse_dictionary,
+       choices={"queue": ("queue", "fifo queue", "dictionary queue", "moco style queue", "moco queue", "fifo",
+                          "teacher queue", "fixed size queue", "fixed size teacher queue"),
+                "bank": ("bank", "memory bank", "crd style memory bank", "per sample memory", "instance memory bank",
+                         "full dataset memory bank", "dataset memory bank"),
+                "batch": ("batch", "in batch negatives", "in batch", "batch negatives", "no queue", "no dictionary",
+                          "no memory", "without dictionary", "current batch only", "simclr style negatives",
+                          "other samples in the batch")}),
     knob("cocord.m_c", "distill.cocord.m_c", "float",
        ["mc", "m_c", "momentum", "momentum coefficient", "teacher momentum", "momentum of the teacher projection head", "momentum coefficient of the teacher head",
         "momentum coefficient of the teacher projection head", "momentum update for the teacher projection head",
@@ -322,6 +388,14 @@ KNOBS = (
     knob("cocord.pred_hidden", "distill.cocord.pred_hidden", "int",
        ["predictor hidden dimension", "predictor width", "prediction head width", "hidden width of the predictor"],
        "hidden width of CoCoRD's predictor", scope="cocord", requires="distill.methods~cocord"),
+    knob("cocord.teacher_proj_hidden", "distill.cocord.teacher_proj_hidden", "int",
+       ["teacher projector hidden dimension", "teacher projector width", "teacher projection head width",
+        "hidden width of the teacher projector"],
+       "hidden width of CoCoRD's teacher projector alone (default: the student's)", scope="cocord",
+       requires="distill.methods~cocord"),
+    *_head_knobs("proj", "proj", _PROJ, "CoCoRD's projectors (student and slow student; the other side's follows unless set apart)"),
+    *_head_knobs("pred", "pred", _PRED, "CoCoRD's predictor"),
+    *_head_knobs("teacher_proj", "teacher_proj", _TEACHER_PROJ, "CoCoRD's teacher projector alone (default: the student's)"),
 )
 
 register(MethodSpec(
