@@ -59,7 +59,7 @@ class Knob:
     ``off_value``/``off_path``: what REMOVE sets (default path: ``path``). ``on_value``/``on_path``: ADD.
     ``also``: further paths that receive the same value (``lr`` sets both stages).
     ``requires``: which runs the knob acts on: ``"path=value"``, ``"path=a|b|c"`` (one of) or ``"path~item"``
-    (list contains); ``None``: every run of its stage (``stage``). A plan's change of a knob that does not act on
+    (list contains), several joined by ``&``; ``None``: every run of its stage (``stage``). A plan's change of a knob that does not act on
     the base run is refused (ADD excepted where the requirement is a component kdlab can add: a distiller).
     ``parse``: ``(text, generic) -> value`` reads a plan's value text for this knob, usually by rewriting the
     text and calling ``generic`` (the parser of the knob's kind); raises ValueError.

@@ -224,3 +224,15 @@ def test_ranges_are_written_out():
         ["256", "512", "1024", "2048", "4096"]
     assert expand_values(knob_by_name("intra.delta"), ["0.1 to 0.9, 5 values"], INTRA) == \
         ["0.1", "0.3", "0.5", "0.7", "0.9"]
+
+
+def test_dictionary_size_does_not_act_without_a_dictionary(tmp_path):
+    """With in-batch negatives there is no queue: its size would change nothing, so the ablation is refused."""
+    p = tmp_path / "n.jsonl"
+    p.write_text(json.dumps({"name": "N", "ablated_part": "dictionary size N (CoCoRD)", "action": "REPLACE",
+                             "replacement": ["1024"], "metrics": []}) + "\n")
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan(p), overrides=["distill.cocord.memory=batch"])
+    assert ("cocord.queue_size (distill.cocord.queue_size) has no effect on this base run: it needs "
+            "distill.cocord.memory to be one of queue, bank (base: batch)") in str(err.value)
+    assert "add the override distill.cocord.memory=queue after the plan" in str(err.value)

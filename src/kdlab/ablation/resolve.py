@@ -466,8 +466,9 @@ def _knob_index() -> PhraseIndex:
 
 def knob_method(knob: Knob) -> str | None:
     """The distillation method a knob belongs to (``dkd`` for ``distill.dkd.alpha``), or None."""
-    if knob.requires and knob.requires.startswith("distill.methods~"):
-        return knob.requires.split("~", 1)[1]
+    m = re.search(r"(?:^|&)\s*distill\.methods~(\w+)", knob.requires or "")
+    if m:
+        return m[1]
     parts = knob.path.split(".")
     if parts[0] == "distill" and len(parts) > 2 and parts[1] in METHOD_NAMES:
         return parts[1]
@@ -484,19 +485,32 @@ def methods_named(text: str) -> list[str]:
     return found
 
 
+def _unmet(knob: Knob, cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """The conditions of ``knob.requires`` (joined by ``&``) that ``cfg`` does not meet, each as (what it
+    needs, the ``key=value`` override that meets it, the overrides that add the component or {} when kdlab
+    cannot add it: only a distiller can be added)."""
+    out = []
+    for cond in (c.strip() for c in (knob.requires or "").split("&") if c.strip()):
+        if "~" in cond:
+            path, item = cond.split("~", 1)
+            cur = list(get_path(cfg, path) or [])
+            if item not in cur:
+                out.append((f"{path} to contain {item} (base: {cur})", f"{path}=[{','.join(cur + [item])}]",
+                            {path: cur + [item]}))
+            continue
+        path, want = cond.split("=", 1)
+        cur = get_path(cfg, path)
+        options = want.split("|")
+        if str(cur) not in options:
+            need = f"{path}={want}" if len(options) == 1 else f"{path} to be one of {', '.join(options)}"
+            out.append((f"{need} (base: {cur})", f"{path}={options[0]}", {}))
+    return out
+
+
 def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
     """Whether the knob acts on the run ``cfg`` (its ``requires``), and what it needs, for the refusal."""
-    if not knob.requires:
-        return True, ""
-    if "~" in knob.requires:
-        path, item = knob.requires.split("~", 1)
-        cur = get_path(cfg, path)
-        return item in (cur or []), f"{path} to contain {item} (base: {cur})"
-    path, want = knob.requires.split("=", 1)
-    cur = get_path(cfg, path)
-    options = want.split("|")
-    need = f"{path}={want}" if len(options) == 1 else f"{path} to be one of {', '.join(options)}"
-    return str(cur) in options, f"{need} (base: {cur})"
+    unmet = _unmet(knob, cfg)
+    return not unmet, " and ".join(need for need, _, _ in unmet)
 
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
@@ -1240,22 +1254,17 @@ def _more_specific(ab: Ablation, best: Knob, other: Knob) -> bool:
 
 
 def _enabling_override(knob: Knob, base: ExperimentConfig) -> str:
-    """The ``key=value`` override that satisfies ``knob.requires`` on this base."""
-    assert knob.requires
-    if "~" in knob.requires:
-        path, item = knob.requires.split("~", 1)
-        cur = list(get_path(base, path) or [])
-        return f"{path}=[{','.join(cur + [item])}]"
-    return knob.requires.split("|", 1)[0]
+    """The ``key=value`` overrides that satisfy ``knob.requires`` on this base."""
+    return " ".join(fix for _, fix, _ in _unmet(knob, base))
 
 
 def _addable_requirement(knob: Knob, base: ExperimentConfig) -> dict[str, Any]:
-    """For an ADD onto a knob the base does not use: the override that adds the component it needs, when kdlab
-    can add it (a distiller to ``distill.methods``), else {}."""
-    if not knob.requires or "~" not in knob.requires:
+    """For an ADD onto a knob the base does not use: the overrides that add the components it needs, when
+    kdlab can add every one of them (a distiller to ``distill.methods``), else {}."""
+    unmet = _unmet(knob, base)
+    if not unmet or not all(add for _, _, add in unmet):
         return {}
-    path, item = knob.requires.split("~", 1)
-    return {path: list(get_path(base, path) or []) + [item]}
+    return {k: v for _, _, add in unmet for k, v in add.items()}
 
 
 def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig,
