@@ -236,3 +236,12 @@ def test_dictionary_size_does_not_act_without_a_dictionary(tmp_path):
     assert ("cocord.queue_size (distill.cocord.queue_size) has no effect on this base run: it needs "
             "distill.cocord.memory to be one of queue, bank (base: batch)") in str(err.value)
     assert "add the override distill.cocord.memory=queue after the plan" in str(err.value)
+
+
+def test_between_is_a_range_and_a_bare_and_is_not():
+    from kdlab.ablation.resolve import expand_values
+
+    tau = knob_by_name("cocord.tau")
+    assert expand_values(tau, ["between 0.1 and 0.3, 3 points"], COCORD) == ["0.1", "0.2", "0.3"]
+    with pytest.raises(ValueError, match="expected one number, found 2"):
+        parse_value(tau, "0.1 and 0.5", COCORD)

@@ -514,7 +514,8 @@ def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
 
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
-_RANGE = re.compile(r"^\s*(?:from\s+|between\s+)?(" + _NUM + r")\s*(?:to|\.\.|and|\s-\s)\s*(" + _NUM + r")\b(.*)$")
+_RANGE = re.compile(r"^\s*(?:from\s+)?(" + _NUM + r")\s*(?:to|\.\.|\s-\s)\s*(" + _NUM + r")\b(.*)$"
+                    r"|^\s*between\s+(" + _NUM + r")\s+and\s+(" + _NUM + r")\b(.*)$")
 _RANGE_WORDS = {"log", "scale", "logarithmic", "logarithmically", "spaced", "linear", "linearly", "uniform",
                 "uniformly", "points", "point", "values", "value", "steps", "settings", "grid", "sweep", "on", "a",
                 "with", "in", "total", "evenly", "equally", "geometric", "geometrically", "over", "range"}
@@ -529,8 +530,8 @@ def _range_values(raw: str, knob: Knob) -> list[str] | None:
     m = _RANGE.match(t)
     if not m:
         return None
-    lo, hi = float(m[1]), float(m[2])
-    rest = m[3]
+    first, last, rest = m.groups()[:3] if m[1] is not None else m.groups()[3:]
+    lo, hi = float(first), float(last)
     words = set(re.findall(r"[a-z]+", re.sub(r"\d+", " ", rest)))
     unread = words - _RANGE_WORDS
     if unread:
@@ -542,7 +543,7 @@ def _range_values(raw: str, knob: Knob) -> list[str] | None:
     elif log and lo > 0 and hi > 0 and float(f"{math.log10(hi / lo):.9g}").is_integer():
         n = int(round(abs(math.log10(hi / lo)))) + 1  # one point per decade
     else:
-        raise ValueError(f"range {raw!r} gives no number of points (say e.g. '{m[1]} to {m[2]}, 5 points')")
+        raise ValueError(f"range {raw!r} gives no number of points (say e.g. '{first} to {last}, 5 points')")
     if n < 2 or (log and (lo <= 0 or hi <= 0)):
         raise ValueError(f"range {raw!r}: needs 2 or more points{' and positive ends for a log scale' if log else ''}")
     steps = [i / (n - 1) for i in range(n)]
@@ -935,15 +936,14 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
 
     try:
         return read(text)
-    except ValueError:
+    except ValueError as exc:
         bare = _without_remarks(text)
-        if not bare or bare == text:
-            raise
-        try:
-            return read(bare)
-        except ValueError:
-            pass
-        raise
+        if bare and bare != text:
+            try:
+                return read(bare)
+            except ValueError:
+                pass
+        raise exc
 
 
 def _parse_by_kind(text: str, knob: Knob, base: ExperimentConfig | None) -> Any:
