@@ -245,3 +245,30 @@ def test_between_is_a_range_and_a_bare_and_is_not():
     assert expand_values(tau, ["between 0.1 and 0.3, 3 points"], COCORD) == ["0.1", "0.2", "0.3"]
     with pytest.raises(ValueError, match="expected one number, found 2"):
         parse_value(tau, "0.1 and 0.5", COCORD)
+
+
+def test_a_method_knob_acts_only_where_the_method_is_used(tmp_path):
+    """The ratio schedule's target acts on an intra-class teacher with the ratio schedule: on a SupCon teacher
+    both conditions fail, and the refusal names both overrides that would make it act."""
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"name": "R", "ablated_part": "target intra inter ratio", "action": "REPLACE",
+                             "replacement": ["0.5"], "metrics": []}) + "\n")
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan(p), maps=["R=intra.target_ratio"], overrides=["objective.kind=supcon"])
+    text = str(err.value)
+    assert ("it needs objective.kind=intra (base: supcon) and objective.intra.lambda_schedule=ratio "
+            "(base: constant)") in text
+    assert "add the override objective.kind=intra objective.intra.lambda_schedule=ratio after the plan" in text
+    grid = resolve_plan(parse_plan(p), maps=["R=intra.target_ratio"], overrides=["objective.intra.lambda_schedule=ratio"])
+    assert [v.overrides for v in grid.ablations[0].variants] == [{"objective.intra.target_ratio": 0.5}]
+
+
+def test_every_method_knob_in_its_own_block_requires_the_method():
+    from kdlab import registry
+    from kdlab.ablation.knobs import KNOBS
+
+    by_name = {k.name: k for k in KNOBS}
+    for spec in registry.all_specs():
+        for k in spec.knobs:
+            if k.path.startswith(spec.section + "."):
+                assert spec.requirement in (by_name[k.name].requires or ""), k.name

@@ -13,7 +13,7 @@ every value is validated by building the config.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -252,6 +252,14 @@ def _methods_knob() -> Knob:
               "([] = CE only)", off_value=[])
 
 
+def _acting_with(spec: registry.MethodSpec, k: Knob) -> Knob:
+    """A method's knob inside its own config block acts only on runs that use the method (``kd.T`` does nothing
+    to a CoCoRD-only student): its ``requires`` starts with the method's requirement, whatever the plugin says."""
+    if not k.path.startswith(spec.section + ".") or spec.requirement in (k.requires or ""):
+        return k
+    return replace(k, requires=f"{spec.requirement} & {k.requires}" if k.requires else spec.requirement)
+
+
 def _assemble() -> tuple[Knob, ...]:
     """Every knob: the teacher objectives' own, the common teacher knobs, the distillers' own, the common
     student knobs, then schedule, data and architecture knobs."""
@@ -260,8 +268,8 @@ def _assemble() -> tuple[Knob, ...]:
         head = k.path.split(".")[0]
         by_section["teacher" if head in ("objective",) or k.name == "view_augment" else
                    "student" if head == "distill" else "rest"].append(k)
-    objective_knobs = [k for s in registry.objectives() for k in s.knobs]
-    distiller_knobs = [k for s in registry.distillers() for k in s.knobs]
+    objective_knobs = [_acting_with(s, k) for s in registry.objectives() for k in s.knobs]
+    distiller_knobs = [_acting_with(s, k) for s in registry.distillers() for k in s.knobs]
     return tuple(objective_knobs + [_objective_kind_knob()] + by_section["teacher"] + distiller_knobs
                  + [_methods_knob()] + by_section["student"] + by_section["rest"])
 
