@@ -272,3 +272,12 @@ def test_every_method_knob_in_its_own_block_requires_the_method():
         for k in spec.knobs:
             if k.path.startswith(spec.section + "."):
                 assert spec.requirement in (by_name[k.name].requires or ""), k.name
+
+
+def test_explain_says_which_runs_the_knob_acts_on():
+    from kdlab.ablation.explain import format_explain
+
+    text = format_explain(resolve_plan(parse_plan(PLANS / "outside_intra_head.md")))
+    assert "    acts on:     teacher runs where objective.kind=intra|simclr|supcon" in text
+    text = format_explain(resolve_plan(parse_plan(PLANS / "outside_cocord_memory.md")))
+    assert "    acts on:     student runs where distill.methods~cocord" in text
