@@ -58,7 +58,9 @@ class Knob:
     ``choices``: for ``choice`` knobs, value -> phrases a plan may use for it.
     ``off_value``/``off_path``: what REMOVE sets (default path: ``path``). ``on_value``/``on_path``: ADD.
     ``also``: further paths that receive the same value (``lr`` sets both stages).
-    ``requires``: ``"path=value"`` or ``"path~item"`` (list contains): the knob only acts when this holds.
+    ``requires``: which runs the knob acts on: ``"path=value"``, ``"path=a|b|c"`` (one of) or ``"path~item"``
+    (list contains), several joined by ``&``; ``None``: every run of its stage (``stage``). A plan's change of a knob that does not act on
+    the base run is refused (ADD excepted where the requirement is a component kdlab can add: a distiller).
     ``parse``: ``(text, generic) -> value`` reads a plan's value text for this knob, usually by rewriting the
     text and calling ``generic`` (the parser of the knob's kind); raises ValueError.
     ``companions``: ``(overrides, base) -> extra overrides`` that must accompany a value of this knob for the
@@ -153,6 +155,12 @@ class MethodSpec:
         """The loss terms the method's module returns (logged as ``train_<term>``) with their roles
         (``contrastive``, ``prediction``, ``kd``, ...); a method that declares none logs one term, its name."""
         return dict(self.terms) if self.terms else {self.name: (self.name,)}
+
+    @property
+    def builds_head(self) -> bool:
+        """Whether a teacher trained with this objective builds the projection head ``objective.head``: an
+        objective with a term does (``TeacherObjective`` builds the head for its term), the CE teacher does not."""
+        return self.role == "objective" and self.config is not None
 
     @property
     def section(self) -> str:

@@ -52,3 +52,16 @@ def test_a_finished_stage_folder_of_version_1_is_reused_and_a_different_config_r
         run_teacher(load_config("demo", tiny_overrides + ["objective.kind=ce", "teacher.epochs=2"]), run)
     assert "already holds a finished teacher run of a different config" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_stage_folder_of_an_earlier_identity_version_is_reused_by_its_recorded_tree(tmp_path, tiny_overrides):
+    cfg = load_config("demo", tiny_overrides + ["objective.kind=ce", "teacher.epochs=1"])
+    run = tmp_path / "teacher"
+    first = run_teacher(cfg, run)
+    path = run / "summary.json"
+    s = json.loads(path.read_text())
+    s["identity_version"], s["identity"] = 2, "an-earlier-rule"  # its tree is kept: today's rule applies to it
+    path.write_text(json.dumps(s))
+    again = run_teacher(cfg, run)
+    assert again["metrics"]["top1"] == first["metrics"]["top1"]
+    assert json.loads(path.read_text())["identity"] == run_identity(cfg, "teacher")

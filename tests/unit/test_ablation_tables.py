@@ -242,9 +242,9 @@ def test_a_plan_runs_what_resolves_and_lists_what_does_not(tmp_path, capsys):
     assert r.exit_code == 0
     assert [a.ablation.name for a in r.grid.ablations] == ["Dictionary size sweep"]
     assert len(Store(out).records()) == 3  # base + 256 + 2048, one seed
-    # first in the output (after the one-line note that the embedded default is a smoke test), and at the end
-    lines = text.splitlines()
-    assert lines[0].startswith("note: the embedded default") and lines[2].startswith("NOT RUN: 1 of 2 ablations")
+    # first in the output (after the smoke-test note of the embedded digits default), and again at the end
+    assert text.split("\n", 1)[0].startswith("note: the embedded default")
+    assert text.split("\n", 1)[1].lstrip("\n").startswith("NOT RUN: 1 of 2 ablations could not be resolved")
     assert "- ablation #2 'Classifier dropout' (line 17): cannot place the ablated part" in text
     assert text.rstrip().splitlines()[-1].startswith("NOT RUN: 1 ablation of the plan (#2 'Classifier dropout')")
     md = (out / "report.md").read_text()

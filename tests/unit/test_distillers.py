@@ -508,7 +508,7 @@ def test_cocord_bank_mask_drops_the_anchors_own_entry():
     torch.manual_seed(3)
     expected_idx = torch.randint(0, 5, (3,))
     torch.manual_seed(3)
-    negatives, mask = term._negatives(index)
+    negatives, mask = term._negatives(index, None)
     assert torch.equal(negatives, term.bank[expected_idx])
     assert torch.equal(mask, expected_idx[None, :] == index[:, None])
 

@@ -11,6 +11,7 @@ import pytest
 from kdlab.ablation import run_plan
 from kdlab.sweep.store import Store, StoreError
 from kdlab.experiment.identity import (
+    IDENTITY_VERSION,
     identity_tree,
     legacy_run_key,
     legacy_teacher_key,
@@ -53,6 +54,18 @@ def test_keys_added_later_are_listed_with_the_schema_default():
 
     defaults = build_config({})
     assert {k: get_path(defaults, k) for k in ADDED_LATER} == ADDED_LATER
+
+
+def test_settings_of_methods_a_run_does_not_use_do_not_count():
+    kd_only = load_config("demo", ["distill.methods=[kd]", "objective.kind=ce"])
+    for override in ("distill.dkd.beta=2", "distill.cocord.tau=0.5", "objective.intra.delta=0.1"):
+        other = load_config("demo", ["distill.methods=[kd]", "objective.kind=ce", override])
+        assert run_identity(other, "student") == run_identity(kd_only, "student"), override
+        assert run_identity(other, "teacher") == run_identity(kd_only, "teacher"), override
+    tree = identity_tree(kd_only)
+    assert set(tree["distill"]) == {"methods", "ce_weight", "kd"} and "intra" not in tree["objective"]
+    with_dkd = load_config("demo", ["distill.methods=[kd,dkd]", "distill.dkd.beta=2"])
+    assert run_identity(with_dkd) != run_identity(load_config("demo", ["distill.methods=[kd,dkd]"]))
 
 
 def test_a_variant_is_a_student_without_its_seed():
@@ -103,7 +116,7 @@ def test_a_store_of_version_1_is_upgraded_and_nothing_is_run_again(tmp_path):
     again = run_plan(PLANS / "tiny.jsonl", seeds=1, out=out, stages=FAKE, jobs=1, echo=lines.append, overrides=TINY)
     assert again.exit_code == 0 and again.executed == []
     assert sum("upgraded" in line for line in lines) == len(names)
-    assert Store(out).version() == 2
+    assert Store(out).version() == IDENTITY_VERSION
     assert {k: r["metrics"] for k, r in Store(out).records().items()} == before
     for rec in Store(out).records().values():  # records point at the renamed teacher folders
         assert rec["teacher_key"] is None or (out / "teachers" / rec["teacher_key"]).is_dir()

@@ -1,7 +1,7 @@
 """``kdlab ablate PLAN --explain``: how each ablation of a plan was read, and why; nothing runs.
 
 Per ablation, in the plan's order: the knob chosen and the words of the ablated part that chose it (the
-knob alias that scored best, and the part's words it matched), the runner-up knobs with their scores, the
+knob alias that scored best, and the part's words it matched), the runs it acts on, the runner-up knobs with their scores, the
 values as read (the plan's text -> the value -> the config overrides), the metrics, and the warnings. An
 ablation that does not resolve shows its problems and the fix instead of a knob.
 """
@@ -45,6 +45,12 @@ def _head(index: int, ab: Ablation) -> str:
         f" with {list(ab.replacements)}" if ab.replacements else "")
 
 
+def _acts_on(a: ResolvedAblation) -> str:
+    """Which runs the knob changes: its stage, and the condition (``requires``) the base meets."""
+    stage = {"both": "teacher and student"}.get(a.knob.stage, a.knob.stage)
+    return f"{stage} runs" + (f" where {a.knob.requires}" if a.knob.requires else "")
+
+
 def _explain_resolved(a: ResolvedAblation) -> list[str]:
     text = a.ablation.part or a.ablation.name
     if a.phrase:
@@ -55,6 +61,7 @@ def _explain_resolved(a: ResolvedAblation) -> list[str]:
     lines = [
         f"    knob:        {a.knob.name} = {' + '.join(a.knob.paths)} ({a.knob.description})",
         f"    chosen by:   {chosen}",
+        f"    acts on:     {_acts_on(a)}",
         f"    runners-up:  {_runners_up(a.candidates, a.knob.name)}",
         f"    base value:  {format_value(a.base_value)}" + (f"; {a.base_note}" if a.base_note else ""),
         "    values read:",

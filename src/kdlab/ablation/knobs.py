@@ -13,7 +13,7 @@ every value is validated by building the config.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -77,14 +77,21 @@ def _adam_takes_its_lr(overrides: dict, base) -> dict:
     return out
 
 
+def _head_requirement() -> str:
+    """The projection head ``objective.head`` exists only for the objectives that build it (not the CE teacher)."""
+    return "objective.kind=" + "|".join(s.name for s in registry.objectives() if s.builds_head)
+
+
+_HEAD = _head_requirement()
+
 _COMMON: tuple[Knob, ...] = (
-    # ---------------------------------------------------------------- teacher objective (any kind)
+    # ---------------------------------------------------------------- teacher objective (with a head)
     _k("head.kind", "objective.head.kind", "choice",
        ["projection head", "projection head architecture", "projection head depth", "projector", "projector architecture",
         "embedding head", "head architecture", "projection mlp", "number of projection layers", "head depth",
         "projection network", "projection head type"],
        "projection head P of the teacher embedding e = normalize(P(h)): none, linear, mlp2 (default), mlp3",
-       scope="intra", off_value="none",
+       scope="intra", off_value="none", requires=_HEAD,
        choices={"none": ("none", "no projection", "no head", "identity", "without projection head", "backbone features",
                          "raw features", "pooled features directly", "no projector"),
                 "linear": ("linear", "linear projection", "single layer", "single layer mlp", "one layer", "1 layer mlp",
@@ -96,20 +103,23 @@ _COMMON: tuple[Knob, ...] = (
        ["embedding dimension", "projection dimension", "projection head output dimension", "output dimension of the projection head",
         "embedding size", "feature dimension of the embedding", "embedding dim", "projection dim", "contrastive feature dimension",
         "dimension of the embedding space"],
-       "embedding size of the projection head output", scope="intra"),
+       "embedding size of the projection head output", scope="intra", requires=_HEAD),
     _k("head.hidden", "objective.head.hidden", "int",
        ["projection head width", "hidden width", "hidden dimension", "hidden units", "hidden layer size",
         "width of the projection head", "projector hidden dimension", "head width"],
-       "hidden width of the projection head (None: backbone feature size)", scope="intra"),
+       "hidden width of the projection head (None: backbone feature size)", scope="intra", requires=_HEAD),
     _k("head.bn", "objective.head.bn", "bool",
        ["batch normalization in the projection head", "projection head batch norm", "bn in the head", "head batchnorm",
         "batch norm in projector", "projection head normalization"],
-       "BatchNorm between the projection head's layers", scope="intra", off_value=False, on_value=True),
+       "BatchNorm between the projection head's layers", scope="intra", off_value=False, on_value=True,
+       requires=_HEAD),
     _k("view_augment", "data.view_augment", "augment",
        ["augmentation policy", "view augmentation", "augmentation of the views", "augmentation for the contrastive views",
         "contrastive augmentation", "augmentations for positive pairs", "positive pair augmentation", "view generation",
         "augmentation strategy", "data augmentation for contrastive learning", "augmentation pipeline", "augmentations",
-        "augmentation", "data augmentation", "view transformations"],
+        "augmentation", "data augmentation", "view transformations", "augmentation for creating positive pairs",
+        "data augmentation for positive pairs", "random augmentation for positive pairs", "positive pairs",
+        "augmented views", "augmentations of the views"],
        "augmentations producing the extra contrastive views (crop, flip, rrc, color_jitter, grayscale, blur, cutout)",
        scope="intra"),
     # ---------------------------------------------------------------- student distillation (any method)
@@ -242,6 +252,14 @@ def _methods_knob() -> Knob:
               "([] = CE only)", off_value=[])
 
 
+def _acting_with(spec: registry.MethodSpec, k: Knob) -> Knob:
+    """A method's knob inside its own config block acts only on runs that use the method (``kd.T`` does nothing
+    to a CoCoRD-only student): its ``requires`` starts with the method's requirement, whatever the plugin says."""
+    if not k.path.startswith(spec.section + ".") or spec.requirement in (k.requires or ""):
+        return k
+    return replace(k, requires=f"{spec.requirement} & {k.requires}" if k.requires else spec.requirement)
+
+
 def _assemble() -> tuple[Knob, ...]:
     """Every knob: the teacher objectives' own, the common teacher knobs, the distillers' own, the common
     student knobs, then schedule, data and architecture knobs."""
@@ -250,8 +268,8 @@ def _assemble() -> tuple[Knob, ...]:
         head = k.path.split(".")[0]
         by_section["teacher" if head in ("objective",) or k.name == "view_augment" else
                    "student" if head == "distill" else "rest"].append(k)
-    objective_knobs = [k for s in registry.objectives() for k in s.knobs]
-    distiller_knobs = [k for s in registry.distillers() for k in s.knobs]
+    objective_knobs = [_acting_with(s, k) for s in registry.objectives() for k in s.knobs]
+    distiller_knobs = [_acting_with(s, k) for s in registry.distillers() for k in s.knobs]
     return tuple(objective_knobs + [_objective_kind_knob()] + by_section["teacher"] + distiller_knobs
                  + [_methods_knob()] + by_section["student"] + by_section["rest"])
 

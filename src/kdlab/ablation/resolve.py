@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -398,9 +399,10 @@ TERM_PHRASES: dict[str, tuple[str, ...]] = {
     "sp_loss": ("sp loss", "similarity preserving loss"),
     "pkt_loss": ("pkt loss", "probabilistic knowledge transfer loss"),
 }
-#: loss terms a plugin declares that have no phrases above: "<method> loss" for each name a plan uses for it
+#: loss terms of plugins without phrases above: "<method> loss" (one phrase, so that "loss" alone keeps naming
+#: the total training loss)
 for _spec in registry.all_specs():
-    TERM_PHRASES.setdefault(f"{_spec.name}_loss", tuple(f"{p} loss" for p in _spec.phrases[:3]))
+    TERM_PHRASES.setdefault(f"{_spec.name}_loss", (f"{_spec.name} loss",))
 METRICS.update(TERM_PHRASES)
 _METRIC_KEYS = {"stability": ("loss_std", "loss_spikes"), "topk": ("top1", "top5")}
 METRICS["topk"] = ("top k accuracy", "top k", "top1 top5 accuracy", "top1 and top5")
@@ -418,6 +420,9 @@ def map_metric(name: str) -> MetricSpec:
     q = tokens(name)
     if not q:
         return MetricSpec(name, (), stage)
+    exact = [k for k, phrases in METRICS.items() if " ".join(q) in (" ".join(tokens(p)) for p in phrases)]
+    if len(exact) == 1:  # a metric's own name ("loss", "top-1 accuracy") needs no scoring
+        return MetricSpec(name, _METRIC_KEYS.get(exact[0], (exact[0],)), stage)
     idx = _metric_index()
     ranked = sorted(((k, idx.score(k, q)[0]) for k in METRICS), key=lambda x: -x[1])
     best, score = ranked[0]
@@ -467,8 +472,9 @@ def _knob_index() -> PhraseIndex:
 
 def knob_method(knob: Knob) -> str | None:
     """The distillation method a knob belongs to (``dkd`` for ``distill.dkd.alpha``), or None."""
-    if knob.requires and knob.requires.startswith("distill.methods~"):
-        return knob.requires.split("~", 1)[1]
+    m = re.search(r"(?:^|&)\s*distill\.methods~(\w+)", knob.requires or "")
+    if m:
+        return m[1]
     parts = knob.path.split(".")
     if parts[0] == "distill" and len(parts) > 2 and parts[1] in METHOD_NAMES:
         return parts[1]
@@ -485,23 +491,86 @@ def methods_named(text: str) -> list[str]:
     return found
 
 
-def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
-    if not knob.requires:
-        return True, ""
-    if "~" in knob.requires:
-        path, item = knob.requires.split("~", 1)
+def _unmet(knob: Knob, cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """The conditions of ``knob.requires`` (joined by ``&``) that ``cfg`` does not meet, each as (what it
+    needs, the ``key=value`` override that meets it, the overrides that add the component or {} when kdlab
+    cannot add it: only a distiller can be added)."""
+    out = []
+    for cond in (c.strip() for c in (knob.requires or "").split("&") if c.strip()):
+        if "~" in cond:
+            path, item = cond.split("~", 1)
+            cur = list(get_path(cfg, path) or [])
+            if item not in cur:
+                out.append((f"{path} to contain {item} (base: {cur})", f"{path}=[{','.join(cur + [item])}]",
+                            {path: cur + [item]}))
+            continue
+        path, want = cond.split("=", 1)
         cur = get_path(cfg, path)
-        return item in (cur or []), f"{path} to contain {item} (base: {cur})"
-    path, want = knob.requires.split("=", 1)
-    cur = get_path(cfg, path)
-    return str(cur) == want, f"{path}={want} (base: {cur})"
+        options = want.split("|")
+        if str(cur) not in options:
+            need = f"{path}={want}" if len(options) == 1 else f"{path} to be one of {', '.join(options)}"
+            out.append((f"{need} (base: {cur})", f"{path}={options[0]}", {}))
+    return out
+
+
+def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
+    """Whether the knob acts on the run ``cfg`` (its ``requires``), and what it needs, for the refusal."""
+    unmet = _unmet(knob, cfg)
+    return not unmet, " and ".join(need for need, _, _ in unmet)
+
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+_RANGE = re.compile(r"^\s*(?:from\s+)?(" + _NUM + r")\s*(?:to|\.\.|\s-\s)\s*(" + _NUM + r")\b(.*)$"
+                    r"|^\s*between\s+(" + _NUM + r")\s+and\s+(" + _NUM + r")\b(.*)$")
+_RANGE_WORDS = {"log", "scale", "logarithmic", "logarithmically", "spaced", "linear", "linearly", "uniform",
+                "uniformly", "points", "point", "values", "value", "steps", "settings", "grid", "sweep", "on", "a",
+                "with", "in", "total", "evenly", "equally", "geometric", "geometrically", "over", "range"}
+
+
+def _range_values(raw: str, knob: Knob) -> list[str] | None:
+    """A numeric range written as prose ("1e-3 to 1e-1, log scale, 5 points", "0.1 to 0.9, 5 values") as its
+    values; None when the text is no range. Raises ValueError naming what cannot be read."""
+    if knob.kind not in ("float", "int"):
+        return None
+    t = ascii_text(clean_inline(raw))
+    m = _RANGE.match(t)
+    if not m:
+        return None
+    first, last, rest = m.groups()[:3] if m[1] is not None else m.groups()[3:]
+    lo, hi = float(first), float(last)
+    words = set(re.findall(r"[a-z]+", re.sub(r"\d+", " ", rest)))
+    unread = words - _RANGE_WORDS
+    if unread:
+        raise ValueError(f"range {raw!r}: cannot read {', '.join(sorted(unread))}")
+    count = re.findall(r"(\d+)\s*(?:points?|values?|steps?|settings)", rest)
+    log = bool(words & {"log", "logarithmic", "logarithmically", "geometric", "geometrically"})
+    if count:
+        n = int(count[0])
+    elif log and lo > 0 and hi > 0 and float(f"{math.log10(hi / lo):.9g}").is_integer():
+        n = int(round(abs(math.log10(hi / lo)))) + 1  # one point per decade
+    else:
+        raise ValueError(f"range {raw!r} gives no number of points (say e.g. '{first} to {last}, 5 points')")
+    if n < 2 or (log and (lo <= 0 or hi <= 0)):
+        raise ValueError(f"range {raw!r}: needs 2 or more points{' and positive ends for a log scale' if log else ''}")
+    steps = [i / (n - 1) for i in range(n)]
+    vals = [lo * (hi / lo) ** f for f in steps] if log else [lo + (hi - lo) * f for f in steps]
+    out = [str(int(round(v))) if knob.kind == "int" else f"{float(f'{v:.3g}'):g}" for v in vals]
+    return list(dict.fromkeys(out))
 
 
 def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | None) -> list[str]:
     """The replacement values, with an inline list that does not parse as one value ("linear, 3-layer MLP,
-    none", "16, 256, 1k", "0.1 or 0.5") split into its items when every item parses for the knob."""
+    none", "16, 256, 1k", "0.1 or 0.5") split into its items when every item parses for the knob, and a
+    range ("1e-3 to 1e-1, log scale, 5 points") written out as its points."""
     out: list[str] = []
     for raw in values:
+        try:
+            points = _range_values(raw, knob)
+        except ValueError:
+            points = None  # kept whole: parse_value says why it cannot be read
+        if points:
+            out += points
+            continue
         try:
             parse_value(knob, raw, base)
             whole = True
@@ -562,10 +631,11 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
         s, phrase = idx.score(k.name, q, qw)
         if s <= 0:
             continue
-        s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
+        own = knob_method(k)
+        if not (named and own in named):  # a method the part names brings its knobs whatever the plan's paper
+            s *= 1.25 if k.scope == scope else (1.0 if k.scope == "common" else 0.35)
         if named and k.kind != "methods":
             # "PKT loss weight" is PKT's weight, not the intra-class loss weight
-            own = knob_method(k)
             s *= 1.4 if own in named else (0.6 if own is not None else 0.75)
         vocab = idx.vocab[k.name]
         if both_stages:
@@ -575,7 +645,7 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
         elif ("teacher" in q or "student" in q) and k.stage == "both" and k.also and "teacher" not in vocab and "student" not in vocab:
             # "learning rate of the student": student.lr, not the knob that sets both stages
             s *= 0.6
-        if not _requires_ok(k, base)[0]:
+        if not _requires_ok(k, base)[0] and not (ab.action == "ADD" and _addable_requirement(k, base)):
             s *= 0.6
         if ab.action == "REMOVE":
             s *= (1.1 if k.kind == "bool" else 1.0) if k.removable() else 0.4
@@ -602,7 +672,6 @@ _FILLER = {"default", "baseline", "original", "paper", "epoch", "epochs", "sampl
            "fixed", "ie", "i", "x", "ours", "proposed", "used", "in", "is", "as", "and", "queue", "size", "weight",
            "frozen", "freeze", "no", "momentum", "update", "updates", "standard", "typical", "higher", "lower", "larger",
            "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy"}
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
 
 
 def _is_off_word(raw: str) -> bool:
@@ -643,6 +712,7 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     elif re.search(r":\s*" + _NUM, t):
         t = t.rsplit(":", 1)[1]
     matches = list(re.finditer(r"(?<![\w.])(" + _NUM + r")(\s*%|\s*k\b)?", t))
+    _range_values(text, knob)  # a range that cannot be written out says why
     if len(matches) != 1:
         raise ValueError(f"expected one number, found {len(matches) or 'none'} in {text!r}")
     m = matches[0]
@@ -701,6 +771,11 @@ def _parse_choice(text: str, knob: Knob) -> str:
     for c in choices:
         if compact == re.sub(r"[^a-z0-9]", "", str(c).lower()):
             return c
+    named = _find_phrases(text, {c: tuple(ps) for c, ps in choices.items()})
+    if len(named) == 1:  # "fixed-size teacher queue (CoCoRD)", "full dataset memory bank"
+        return named[0]
+    if len(named) > 1:
+        raise ValueError(f"{text!r} names more than one of {', '.join(map(str, choices))}: {', '.join(map(str, named))}")
     idx = _choice_index(knob.name, tuple((c, tuple(ps)) for c, ps in choices.items()))
     ranked = idx.rank(text)
     if ranked and ranked[0][1] > 0.5 and (len(ranked) == 1 or ranked[0][1] > 1.15 * ranked[1][1]):
@@ -833,14 +908,48 @@ def _parse_pair(text: str) -> tuple[str, str]:
     return a0, a1  # teacher first, as in "resnet32x4 -> resnet8x4"
 
 
+#: words that make a value "the base's own" ("the default", "baseline (current)", "as in the paper")
+_BASE_WORDS = {"default", "baseline", "current", "original", "unchanged", "reference", "base"}
+_BASE_FILLER = {"the", "value", "setting", "config", "as", "in", "paper", "s", "our", "kdlab", "is", "keep", "kept"}
+
+
+def _names_the_base_value(text: str) -> bool:
+    words = set(re.findall(r"[a-z]+", ascii_text(text)))
+    return bool(words & _BASE_WORDS) and words <= _BASE_WORDS | _BASE_FILLER and not re.search(r"\d", text)
+
+
+def _without_remarks(text: str) -> str:
+    """The value without its parenthetical or bracketed remarks ("queue (CoCoRD)", "linear [current]")."""
+    return re.sub(r"\s+", " ", re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", text)).strip(" ,;:-")
+
+
 def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> Any:
-    """Parse one replacement text to the knob's type (ValueError with a readable message if it does not)."""
+    """Parse one replacement text to the knob's type (ValueError with a readable message if it does not).
+
+    Prose is read too: "the default" / "baseline (current)" is the base's value; a remark in parentheses or
+    brackets (a method name, "current", "ours") is dropped when the value does not read with it."""
     text = clean_inline(raw)
+    if base is not None and _names_the_base_value(text):
+        value = effective_base_value(knob, base)
+        if value is not None:
+            return tuple(value) if knob.kind == "pair" else value
 
     def generic(t: str) -> Any:
         return _parse_by_kind(t, knob, base)
 
-    return knob.parse(text, generic) if knob.parse is not None else generic(text)
+    def read(t: str) -> Any:
+        return knob.parse(t, generic) if knob.parse is not None else generic(t)
+
+    try:
+        return read(text)
+    except ValueError as exc:
+        bare = _without_remarks(text)
+        if bare and bare != text:
+            try:
+                return read(bare)
+            except ValueError:
+                pass
+        raise exc
 
 
 def _parse_by_kind(text: str, knob: Knob, base: ExperimentConfig | None) -> Any:
@@ -912,8 +1021,10 @@ def _build(base_tree: dict, overrides: dict[str, Any]) -> ExperimentConfig:
     return build_config(base_tree, list(overrides.items()))
 
 
-def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[list[Variant], list[str]]:
-    """The variants of one ablation on the base, and the errors (empty when all is well)."""
+def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
+                  added: dict[str, Any] | None = None) -> tuple[list[Variant], list[str]]:
+    """The variants of one ablation on the base, and the errors (empty when all is well). ``added``: overrides
+    every variant carries (the component an ADD needs, e.g. the distiller whose knob it sets)."""
     errors: list[str] = []
     specs: list[tuple[str, Any, str, dict[str, Any]]] = []  # (label, value, raw, overrides)
     base_tree = base.model_dump(mode="json")
@@ -1002,7 +1113,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig) -> tuple[lis
     base_ident = run_identity(base, "student")
     seen = set()
     for label, value, raw, ov in specs:
-        ov = _companions(ov, base)
+        ov = _companions({**(added or {}), **ov}, base)
         try:
             cfg = _build(base_tree, ov)
         except ConfigError as exc:
@@ -1095,10 +1206,11 @@ def _unsupported_index() -> PhraseIndex:
     return PhraseIndex({k: (k,) for k in UNSUPPORTED})
 
 
-def _unsupported(ab: Ablation) -> str | None:
+def _unsupported(ab: Ablation, least: float = 0.9) -> str | None:
+    """What to say when the part names something kdlab cannot do (``least``: the score that counts)."""
     q = tokens(ab.part) or tokens(ab.name)
     ranked = sorted(((k, _unsupported_index().score(k, q)[0]) for k in UNSUPPORTED), key=lambda x: -x[1])
-    return UNSUPPORTED[ranked[0][0]] if ranked and ranked[0][1] >= 0.9 else None
+    return UNSUPPORTED[ranked[0][0]] if ranked and ranked[0][1] >= least else None
 
 
 def _describe(k: Knob, s: float) -> str:
@@ -1138,14 +1250,27 @@ def _nested(ab: Ablation, k1: Knob, v1: list[Variant], k2: Knob, v2: list[Varian
     return not _requires_ok(k2, v1[0].config)[0] or not _requires_ok(k1, v2[0].config)[0]
 
 
+def _more_specific(ab: Ablation, best: Knob, other: Knob) -> bool:
+    """The best knob reads words of the part that the other knob's vocabulary lacks, and not the reverse
+    ("teacher projection head BN": the teacher side's knob, not both sides'; "augmentation for positive
+    pairs": the view augmentation, not the main view's)."""
+    q = set(tokens(ab.part) or tokens(ab.name))
+    vocab = _knob_index().vocab
+    return bool((q & vocab[best.name]) - vocab[other.name]) and not (q & vocab[other.name]) - vocab[best.name]
+
+
 def _enabling_override(knob: Knob, base: ExperimentConfig) -> str:
-    """The ``key=value`` override that satisfies ``knob.requires`` on this base."""
-    assert knob.requires
-    if "~" in knob.requires:
-        path, item = knob.requires.split("~", 1)
-        cur = list(get_path(base, path) or [])
-        return f"{path}=[{','.join(cur + [item])}]"
-    return knob.requires
+    """The ``key=value`` overrides that satisfy ``knob.requires`` on this base."""
+    return " ".join(fix for _, fix, _ in _unmet(knob, base))
+
+
+def _addable_requirement(knob: Knob, base: ExperimentConfig) -> dict[str, Any]:
+    """For an ADD onto a knob the base does not use: the overrides that add the components it needs, when
+    kdlab can add every one of them (a distiller to ``distill.methods``), else {}."""
+    unmet = _unmet(knob, base)
+    if not unmet or not all(add for _, _, add in unmet):
+        return {}
+    return {k: v for _, _, add in unmet for k, v in add.items()}
 
 
 def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig,
@@ -1179,7 +1304,9 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                 break
             v1, _ = make_variants(ab, knob, base)
             v2, e2 = make_variants(ab, k2, base)
-            same = not e2 and [v.overrides for v in v1] == [v.overrides for v in v2]
+            if e2 or _more_specific(ab, knob, k2):
+                continue  # a reading whose values do not read, or that misses words the best one reads, competes not
+            same = [v.overrides for v in v1] == [v.overrides for v in v2]
             if not same and not (set(k2.paths) & set(knob.paths)) and not _nested(ab, knob, v1, k2, v2):
                 close = tuple(_describe(k, s) for k, s, _ in ranked[:4])
                 return unresolved(Problem(
@@ -1187,17 +1314,21 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                     close, f"--map \"{ab.name}={knob.path}\" (or the one you mean)"))
     problems: list[Problem] = []
     ok, need = _requires_ok(knob, base)
-    if not ok and not mapped:
+    added = _addable_requirement(knob, base) if not ok and ab.action == "ADD" else {}
+    if not ok and not added:  # a knob that cannot act on the run would train the base again under another name
         enable = _enabling_override(knob, base)
         problems.append(Problem(
-            f"{knob.name} ({knob.path}) has no effect on this base: it needs {need}",
+            f"{knob.name} ({knob.path}) has no effect on this base run: it needs {need}",
             fix=f"add the override {enable} after the plan (kdlab ablate PLAN {enable}), pass another --base, "
                 f"or --map \"{ab.name}=<knob>\""))
-    variants, verr = make_variants(ab, knob, base)
+    variants, verr = make_variants(ab, knob, base, added)
     other = "" if mapped else f"; or --map \"{ab.name}=<knob>\" if {knob.name} is not the part you mean"
     problems += [Problem(e, fix=f"correct the value in the plan{other}") for e in verr]
     if not variants and not verr:
         problems.append(Problem("no variant to run"))
+    why = _unsupported(ab, least=0.5) if problems and not mapped else None
+    if why:  # "ADD mixup" found the augmentation knob but names nothing it can hold: say what kdlab lacks
+        return unresolved(Problem(f"cannot run {ab.part!r}: {why}"))
     if problems:
         return unresolved(*problems)
     configs = [base] + [v.config for v in variants]

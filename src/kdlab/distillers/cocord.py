@@ -2,17 +2,22 @@
 
 Networks (``s`` the online student, ``s̄`` its slow-moving EMA copy, ``g`` the frozen teacher):
 
-* student projector ``P`` (Linear → BN → ReLU → Linear) and predictor ``Q`` (same shape, ``pred_hidden`` wide);
+* student projector ``P`` (Linear → BN → ReLU → Linear by default; ``proj_layers`` Linear layers, 1 = a
+  linear projection, BN after each hidden layer unless ``proj_bn`` is off) and predictor ``Q`` (same shape,
+  ``pred_layers``/``pred_hidden``/``pred_bn``);
 * slow projector ``P̄`` = EMA(m_r) of ``P``; slow student ``s̄`` = EMA(m_r) of ``s`` (all parameters);
 * teacher projector ``P_t`` = EMA(m_c) of ``P``. When the teacher's pooled size differs from the
   student's, ``P_t`` has its own input layer (random init, never updated) and only the layers whose
-  shapes match ``P``'s follow the EMA; ``m_c = 1`` freezes the whole head.
+  shapes match ``P``'s follow the EMA; ``m_c = 1`` freezes the whole head. ``teacher_proj_layers``,
+  ``teacher_proj_hidden`` and ``teacher_proj_bn`` give ``P_t`` a shape of its own (None: the student's); it
+  then starts like a cross-architecture head (own layers random, matching layers copied and EMA-updated).
 
 Views (the official 3-view loader: ``im_sq, im_sk, im_tk``): view 0 is the query view (CE/KD logits and
 the contrastive query), view 1 the key view of the prediction loss, view 2 the teacher's key view.
 
     q  = normalize(P(s(x0)))            k⁺ = normalize(P_t(g(x2)))
-    L_ctr  = CE([q·k⁺, q·k_1, …, q·k_K] / τ, 0)        k_i: the queue (or bank samples) of teacher keys
+    L_ctr  = CE([q·k⁺, q·k_1, …, q·k_K] / τ, 0)        k_i: the queue (or bank samples) of teacher keys;
+                                                        ``memory=batch``: the other images' keys of the batch
     D(u, v) = 2 − 2 cos(u, v)
     forward:  D(Q(P(s(x0))), P̄(s̄(x1)))      reverse: D(Q(P(s(x1))), P̄(s̄(x0)))
     L_pred = mean over the batch of forward + reverse (``both``), or of one of them
@@ -44,17 +49,36 @@ class CoCoRDConfig(Strict):
     m_c: float = Field(0.999, ge=0, le=1, description="teacher projector EMA of the student projector")
     m_r: float = Field(0.9, ge=0, le=1, description="slow-moving student EMA")
     pred: Literal["both", "forward", "reverse"] = "both"
-    memory: Literal["queue", "bank"] = "queue"
+    memory: Literal["queue", "bank", "batch"] = Field(
+        "queue", description="negatives: a FIFO queue of teacher keys, a per-sample memory bank, or the batch's "
+                             "other keys only (no dictionary)")
     proj_dim: int = Field(2048, ge=1)
     proj_hidden: int = Field(2048, ge=1)
+    proj_layers: int = Field(2, ge=1, description="Linear layers of the projector (1: a linear projection)")
+    proj_bn: bool = Field(True, description="BatchNorm after each hidden layer of the projector")
     pred_hidden: int = Field(512, ge=1)
+    pred_layers: int = Field(2, ge=1, description="Linear layers of the predictor (1: linear)")
+    pred_bn: bool = Field(True, description="BatchNorm after each hidden layer of the predictor")
+    teacher_proj_layers: int | None = Field(None, ge=1, description="the teacher projector's own depth (None: proj_layers)")
+    teacher_proj_hidden: int | None = Field(None, ge=1, description="its own hidden width (None: proj_hidden)")
+    teacher_proj_bn: bool | None = Field(None, description="its own BatchNorm switch (None: proj_bn)")
+
+    def teacher_head(self) -> tuple[int, int, bool]:
+        """(layers, hidden, bn) of the teacher projector."""
+        return (self.proj_layers if self.teacher_proj_layers is None else self.teacher_proj_layers,
+                self.proj_hidden if self.teacher_proj_hidden is None else self.teacher_proj_hidden,
+                self.proj_bn if self.teacher_proj_bn is None else self.teacher_proj_bn)
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Linear → BatchNorm1d → ReLU → Linear (the release's projector and predictor shape)."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
-    )
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, bn: bool = True) -> nn.Sequential:
+    """``layers`` Linear layers, each hidden one followed by BatchNorm1d (if ``bn``) and ReLU; the default is
+    the release's projector and predictor shape, Linear → BatchNorm1d → ReLU → Linear; ``layers=1`` is linear."""
+    mods: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(width, hidden)] + ([nn.BatchNorm1d(hidden)] if bn else []) + [nn.ReLU(inplace=True)]
+        width = hidden
+    return nn.Sequential(*mods, nn.Linear(width, out_dim))
 
 
 def prediction_distance(u: Tensor, v: Tensor) -> Tensor:
@@ -91,9 +115,10 @@ def _matching_layers(src: nn.Module, dst: nn.Module) -> list[int]:
 
 class CoCoRD(DistillLoss):
     """Config (``distill.cocord.*``): ``ctr_weight`` (1), ``pred_weight`` (4), ``queue_size`` (K=2048),
-    ``tau`` (0.1), ``m_c`` (0.999), ``m_r`` (0.9), ``pred`` (both|forward|reverse), ``memory`` (queue|bank),
-    ``proj_dim`` (2048), ``proj_hidden`` (2048), ``pred_hidden`` (512). The CE weight is
-    ``distill.ce_weight``."""
+    ``tau`` (0.1), ``m_c`` (0.999), ``m_r`` (0.9), ``pred`` (both|forward|reverse), ``memory``
+    (queue|bank|batch), ``proj_dim`` (2048), ``proj_hidden`` (2048), ``proj_layers`` (2), ``proj_bn`` (on),
+    ``pred_hidden`` (512), ``pred_layers`` (2), ``pred_bn`` (on), ``teacher_proj_*`` (the student's). The CE
+    weight is ``distill.ce_weight``."""
 
     views = 3
     needs_teacher = False  # the teacher sees view 2 only (its own forward below)
@@ -105,14 +130,15 @@ class CoCoRD(DistillLoss):
                              "(or pass DistillContext.student)")
         self.cfg = cfg
         s_dim, t_dim = ctx.student_probe.pooled_dim, ctx.teacher_probe.pooled_dim
-        self.projector = mlp(s_dim, cfg.proj_hidden, cfg.proj_dim)
-        self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
+        self.projector = mlp(s_dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers, cfg.proj_bn)
+        self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim, cfg.pred_layers, cfg.pred_bn)
         self.slow_student = frozen_copy(ctx.student)
         self.slow_projector = frozen_copy(self.projector)
-        if t_dim == s_dim:
+        t_layers, t_hidden, t_bn = cfg.teacher_head()
+        if t_dim == s_dim and (t_layers, t_hidden, t_bn) == (cfg.proj_layers, cfg.proj_hidden, cfg.proj_bn):
             self.teacher_projector = frozen_copy(self.projector)
-        else:  # own input layer (random init); the matching layers start from the student projector
-            head = mlp(t_dim, cfg.proj_hidden, cfg.proj_dim)
+        else:  # own shape (random init); the layers whose shapes match start from the student projector
+            head = mlp(t_dim, t_hidden, cfg.proj_dim, t_layers, t_bn)
             for i in _matching_layers(self.projector, head):
                 head[i].load_state_dict(self.projector[i].state_dict())
             self.teacher_projector = head.requires_grad_(False)
@@ -120,7 +146,9 @@ class CoCoRD(DistillLoss):
         object.__setattr__(self, "_online", ctx.student)  # not registered: the student belongs to Distillation
 
         d, k = cfg.proj_dim, cfg.queue_size
-        if cfg.memory == "queue":
+        if cfg.memory == "batch":
+            pass  # in-batch negatives: nothing is kept between steps
+        elif cfg.memory == "queue":
             self.register_buffer("queue", F.normalize(torch.randn(k, d), dim=1))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
             self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
@@ -143,7 +171,7 @@ class CoCoRD(DistillLoss):
 
         with full_precision(q0):
             query = F.normalize(wide(q0), dim=1)
-            negatives, mask = self._negatives(batch.index)
+            negatives, mask = self._negatives(batch.index, key)
             negatives = negatives.to(query.dtype)
             loss_ctr, logits = info_nce(query, key, negatives, self.cfg.tau, mask)
         pred = self.cfg.pred
@@ -165,7 +193,9 @@ class CoCoRD(DistillLoss):
             self._push(key, batch.index)
         return {"cocord_ctr": self.cfg.ctr_weight * loss_ctr, "cocord_pred": self.cfg.pred_weight * loss_pred}
 
-    def _negatives(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _negatives(self, index: Tensor, key: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.cfg.memory == "batch":  # the other images' teacher keys; an image's own key is its positive
+            return key, torch.eye(key.shape[0], dtype=torch.bool, device=key.device)
         if self.cfg.memory == "queue":
             return self.queue.detach().float().clone(), None  # a copy: the queue is updated in place below
         k = self.cfg.queue_size
@@ -175,6 +205,8 @@ class CoCoRD(DistillLoss):
 
     @torch.no_grad()
     def _push(self, keys: Tensor, index: Tensor) -> None:
+        if self.cfg.memory == "batch":
+            return
         keys, index = gather_cat(keys), gather_cat(index)  # data parallel: the keys of every rank, in rank order
         if self.cfg.memory == "bank":
             self.bank.index_copy_(0, index, keys.to(self.bank.dtype))
@@ -201,7 +233,9 @@ class CoCoRD(DistillLoss):
         hits, rows = self._hits.tolist()
         self._hits.zero_()
         out = {"cocord_ctr_acc": hits / rows} if rows else {}
-        if self.cfg.memory == "queue":
+        if self.cfg.memory == "batch":
+            pass
+        elif self.cfg.memory == "queue":
             out["cocord_queue_ptr"] = float(self.queue_ptr)
             out["cocord_queue_fill"] = float(self.queue_fill) / self.queue.shape[0]
         else:
@@ -222,6 +256,64 @@ def _parse_pred(text: str, generic) -> str:
     return generic(text)
 
 
+_DEPTH_WORDS = {"one": 1, "single": 1, "two": 2, "three": 3, "four": 4}
+
+
+def _parse_depth(text: str, generic) -> int:
+    """A head's depth as plans write it: "linear" is 1 layer, "MLP"/"non-linear" the release's 2, "3-layer
+    perceptron" 3; a number of layers as a number. Words about batch norm belong to the ``*_bn`` knobs: a
+    value that turns BN off is refused rather than read as a depth alone."""
+    raw = unicodedata.normalize("NFKC", text).lower()
+    if re.search(r"\b(without|no|w/o)\s+(bn|batch[\s-]*norm)", raw):
+        raise ValueError(f"{text!r} also switches batch norm off: ablate it with the head's batch-norm knob "
+                         "(cocord.proj_bn / cocord.pred_bn) as its own ablation")
+    m = re.search(r"\b(\d+|one|single|two|three|four)[\s-]*(layers?|fc|linear layers)\b", raw)
+    if m:
+        return int(m[1]) if m[1].isdigit() else _DEPTH_WORDS[m[1]]
+    if re.search(r"\bnon[\s-]*linear|\bmlp\b|perceptron", raw):
+        return 2
+    if re.search(r"\blinear\b", raw):
+        return 1
+    return generic(text)
+
+
+def _parse_dictionary(text: str, generic):
+    """A value of the teacher dictionary (its size or kind). A dictionary filled by another network is neither:
+    its keys are the teacher's (through the teacher projector), so the plan means another teacher or head."""
+    raw = unicodedata.normalize("NFKC", text).lower()
+    if re.search(r"architecture|encoder|network|backbone|model", raw):
+        raise ValueError(f"{text!r}: CoCoRD's dictionary holds the teacher's keys, it has no architecture of its "
+                         "own; to fill it from another network vary the teacher (--map \"NAME=teacher.arch\" "
+                         "with architectures as values) or its head (--map \"NAME=cocord.teacher_proj_layers\")")
+    return generic(text)
+
+
+_PROJ = ("projection head", "projection heads", "projector", "projectors", "projection head architecture",
+         "projection head depth", "projector depth", "projector architecture", "number of projector layers",
+         "projection heads for both student and teacher", "two layer perceptron projection heads",
+         "student and teacher projection heads", "mlp projection heads", "number of layers in the projection head",
+         "projection mlp", "linear vs mlp projector")
+_PRED = ("predictor", "prediction head", "predictor depth", "predictor architecture", "prediction head architecture",
+         "number of predictor layers", "prediction mlp", "linear vs mlp predictor", "student predictor")
+_TEACHER_PROJ = ("teacher projection head", "teacher projector", "teacher projection head architecture",
+                 "teacher projector depth", "teacher projection head depth", "teacher side projection head")
+
+
+def _head_knobs(side: str, path: str, aliases: tuple[str, ...], what: str, bn_off: bool = True) -> tuple:
+    """Depth and batch-norm knobs of one CoCoRD head (``proj``, ``pred`` or ``teacher_proj``)."""
+    req = "distill.methods~cocord"
+    return (
+        knob(f"cocord.{side}_layers", f"distill.cocord.{path}_layers", "int", aliases,
+             f"Linear layers of {what} (1: linear, 2: the release's MLP, 3: ...); a plan may say linear, MLP, "
+             "n-layer perceptron", scope="cocord", requires=req, parse=_parse_depth),
+        knob(f"cocord.{side}_bn", f"distill.cocord.{path}_bn", "bool",
+             [f"batch normalization in the {a}" for a in aliases[:3]] + [f"{a} batch norm" for a in aliases[:3]]
+             + [f"bn in the {a}" for a in aliases[:2]],
+             f"BatchNorm after each hidden layer of {what} (REMOVE: off)", scope="cocord", requires=req,
+             off_value=False, on_value=True),
+    )
+
+
 KNOBS = (
     knob("cocord.queue_size", "distill.cocord.queue_size", "int",
        ["dictionary size", "dictionary size n", "n", "queue size", "queue length", "size of the queue", "memory queue size",
@@ -229,15 +321,23 @@ KNOBS = (
         "size of the teacher dictionary", "number of keys", "k", "dictionary length", "memory size", "queue capacity",
         "queue of teacher keys", "teacher keys",
         "negative sample queue size", "number of negative samples"],
-       "N, teacher keys kept in the CoCoRD queue (negatives of InfoNCE)",
-       scope="cocord", requires="distill.methods~cocord"),
+       "N, teacher keys kept in the CoCoRD queue (negatives of InfoNCE; REMOVE: in-batch negatives, no dictionary)",
+       scope="cocord", requires="distill.methods~cocord & distill.cocord.memory=queue|bank", off_value="batch",
+       off_path="distill.cocord.memory", parse=_parse_dictionary),
     knob("cocord.memory", "distill.cocord.memory", "choice",
        ["memory type", "dictionary type", "memory structure", "queue or memory bank", "negative storage",
-        "dictionary implementation", "memory bank", "type of dictionary", "negative memory"],
-       "where CoCoRD's negatives live: a FIFO queue of teacher keys or a per-sample memory bank",
-       scope="cocord", requires="distill.methods~cocord",
-       choices={"queue": ("queue", "fifo queue", "dictionary queue", "moco style queue", "moco queue", "fifo"),
-                "bank": ("bank", "memory bank", "crd style memory bank", "per sample memory", "instance memory bank")}),
+        "dictionary implementation", "memory bank", "type of dictionary", "negative memory", "source of negatives",
+        "negative samples source", "teacher dictionary"],
+       "where CoCoRD's negatives live: a FIFO queue of teacher keys, a per-sample memory bank, or the batch's "
+       "other keys only (REMOVE: batch, no dictionary)",
+       scope="cocord", requires="distill.methods~cocord", off_value="batch", parse=_parse_dictionary,
+       choices={"queue": ("queue", "fifo queue", "dictionary queue", "moco style queue", "moco queue", "fifo",
+                          "teacher queue", "fixed size queue", "fixed size teacher queue"),
+                "bank": ("bank", "memory bank", "crd style memory bank", "per sample memory", "instance memory bank",
+                         "full dataset memory bank", "dataset memory bank"),
+                "batch": ("batch", "in batch negatives", "in batch", "batch negatives", "no queue", "no dictionary",
+                          "no memory", "without dictionary", "current batch only", "simclr style negatives",
+                          "other samples in the batch")}),
     knob("cocord.m_c", "distill.cocord.m_c", "float",
        ["mc", "m_c", "momentum", "momentum coefficient", "teacher momentum", "momentum of the teacher projection head", "momentum coefficient of the teacher head",
         "momentum coefficient of the teacher projection head", "momentum update for the teacher projection head",
@@ -289,6 +389,14 @@ KNOBS = (
     knob("cocord.pred_hidden", "distill.cocord.pred_hidden", "int",
        ["predictor hidden dimension", "predictor width", "prediction head width", "hidden width of the predictor"],
        "hidden width of CoCoRD's predictor", scope="cocord", requires="distill.methods~cocord"),
+    knob("cocord.teacher_proj_hidden", "distill.cocord.teacher_proj_hidden", "int",
+       ["teacher projector hidden dimension", "teacher projector width", "teacher projection head width",
+        "hidden width of the teacher projector"],
+       "hidden width of CoCoRD's teacher projector alone (default: the student's)", scope="cocord",
+       requires="distill.methods~cocord"),
+    *_head_knobs("proj", "proj", _PROJ, "CoCoRD's projectors (student and slow student; the other side's follows unless set apart)"),
+    *_head_knobs("pred", "pred", _PRED, "CoCoRD's predictor"),
+    *_head_knobs("teacher_proj", "teacher_proj", _TEACHER_PROJ, "CoCoRD's teacher projector alone (default: the student's)"),
 )
 
 register(MethodSpec(

@@ -8,8 +8,10 @@ list, :data:`NOT_IDENTITY`, plus keys added to the schema after runs were record
 default (:data:`ADDED_LATER`), so that the folders and records of earlier runs are still found.
 
 Identities written before this module (version 1: each caller hashed with its own ignore list) are
-recognised by :func:`legacy_stage_hash` and :func:`legacy_run_key`, so run folders and stores of earlier
-versions are reused or refused with a reason, never retrained over silently.
+recognised by :func:`legacy_stage_hash` and :func:`legacy_run_key`; version 2 counted the blocks of methods a
+run does not use, version 3 does not. Run folders record the identity tree they were computed from, and stores
+are renamed to the current keys when opened, so runs of earlier versions are reused or refused with a reason,
+never retrained over silently.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import hashlib
 import json
 from typing import Any, Iterable, Literal
 
+from kdlab import registry
 from kdlab.experiment.schema import ExperimentConfig
 
 __all__ = ["IDENTITY_VERSION", "NOT_IDENTITY", "ADDED_LATER", "identity_tree", "run_identity", "Stage"]
 
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3
 Stage = Literal["teacher", "student", "variant"]
 
 #: what does not make a run different: its display name and output folder, where it runs and how it logs
@@ -50,8 +53,13 @@ ADDED_LATER: dict[str, Any] = {
     "distill.dkd.logit_std": False,
     "distill.dkd.logit_std_T": 2.0,
     "distill.dkd.logit_std_weight": 9.0,
-    "distill.ctkd": {"weight": None, "t_start": 1.0, "t_end": 20.0, "init": 1.0, "lambda_max": 1.0,
-                     "lambda_epochs": 10},
+    "distill.cocord.proj_layers": 2,
+    "distill.cocord.proj_bn": True,
+    "distill.cocord.pred_layers": 2,
+    "distill.cocord.pred_bn": True,
+    "distill.cocord.teacher_proj_layers": None,
+    "distill.cocord.teacher_proj_hidden": None,
+    "distill.cocord.teacher_proj_bn": None,
 }
 
 #: the sections a teacher run depends on (the student parts of its config never change it)
@@ -71,11 +79,28 @@ def _drop(tree: dict, dotted: str, only_if: Any = ...) -> None:
         del node[leaf]
 
 
+def _drop_unused_methods(tree: dict) -> None:
+    """The settings of a method a run does not use cannot change it: keep the blocks of the distillers in
+    ``distill.methods`` and of the teacher objective ``objective.kind`` only (so a new plugin, which adds a
+    block to every config, changes no run's identity)."""
+    distill, objective = tree.get("distill"), tree.get("objective")
+    if isinstance(distill, dict):
+        used = set(distill.get("methods") or [])
+        for name in [s.name for s in registry.distillers()]:
+            if name not in used:
+                distill.pop(name, None)
+    if isinstance(objective, dict):
+        for name in [s.name for s in registry.objectives()]:
+            if name != objective.get("kind"):
+                objective.pop(name, None)
+
+
 def identity_tree(cfg: ExperimentConfig | dict, stage: Stage = "student") -> dict:
     """The part of a resolved config that identifies a run of ``stage``: the config tree without
-    :data:`NOT_IDENTITY`, without :data:`ADDED_LATER` keys at their default, for a teacher only its
-    sections, for a variant without the seed."""
+    :data:`NOT_IDENTITY`, without :data:`ADDED_LATER` keys at their default, without the blocks of methods it
+    does not use, for a teacher only its sections, for a variant without the seed."""
     tree = _tree(cfg)
+    _drop_unused_methods(tree)
     for dotted in NOT_IDENTITY:
         _drop(tree, dotted)
     for dotted, default in ADDED_LATER.items():
@@ -98,8 +123,18 @@ def run_identity(cfg: ExperimentConfig | dict, stage: Stage = "student") -> str:
 
 
 # ------------------------------------------------------------------------------- version 1 (reading)
+#: the method blocks every version-1 config held (plugins added since then are left out of its hashes)
+V1_BLOCKS = {"distill": ("kd", "rkd", "fitnet", "at", "sp", "pkt", "dkd", "crd", "cocord"),
+             "objective": ("intra", "supcon", "simclr")}
+
+
 def _legacy_tree(cfg: ExperimentConfig | dict, runtime_ignore: Iterable[str]) -> dict:
     tree = _tree(cfg)
+    for section, kept in V1_BLOCKS.items():
+        node = tree.get(section)
+        if isinstance(node, dict):
+            for name in [s.name for s in registry.all_specs() if s.name not in kept]:
+                node.pop(name, None)
     for dotted, default in ADDED_LATER.items():
         _drop(tree, dotted, default)
     if isinstance(tree.get("runtime"), dict):

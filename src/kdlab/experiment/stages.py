@@ -65,11 +65,13 @@ SUMMARY = "summary.json"
 
 
 def same_run(summary: dict, cfg: ExperimentConfig, stage: str) -> bool:
-    """Whether a stage folder's summary is a run of ``cfg`` at ``stage`` (identities of either version)."""
+    """Whether a stage folder's summary is a run of ``cfg`` at ``stage``, whatever identity version wrote it."""
     if summary.get("stage") != stage:
         return False
-    if "identity" in summary:
-        return summary["identity"] == run_identity(cfg, stage)
+    if summary.get("identity_version") == IDENTITY_VERSION:
+        return summary.get("identity") == run_identity(cfg, stage)
+    if isinstance(summary.get("config"), dict):  # an earlier identity tree: today's rule applied to it
+        return run_identity(summary["config"], stage) == run_identity(cfg, stage)
     return summary.get("config_hash") == legacy_stage_hash(cfg)
 
 
@@ -203,8 +205,10 @@ def find_teacher(cfg: ExperimentConfig, out: Path) -> dict | None:
 def _teacher_identity(summary: dict, run_dir: Path) -> str | None:
     """A teacher folder's identity: recorded in its summary, or computed from its config.yaml when an earlier
     version wrote it."""
-    if "identity" in summary:
+    if summary.get("identity_version") == IDENTITY_VERSION:
         return summary["identity"]
+    if isinstance(summary.get("config"), dict):
+        return run_identity(summary["config"], "teacher")
     try:
         previous = yaml.safe_load((run_dir / "config.yaml").read_text())
         return run_identity(previous, "teacher") if isinstance(previous, dict) else None
@@ -231,7 +235,7 @@ def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundl
                 f"{run_dir} already holds a finished {done.get('stage')} run of a different config; pass a new "
                 "out=... or name=... (or --run-dir), or delete the folder to start over"
             )
-        if "identity" not in done:  # written by an earlier version: record the identity it now has
+        if done.get("identity_version") != IDENTITY_VERSION:  # an earlier version's: record today's identity
             done.update(_identity_fields(cfg, stage))
             atomic_write_json(run_dir / SUMMARY, done)
         return done

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kdlab.experiment.identity import IDENTITY_VERSION
 from kdlab.sweep.execute import (
     STAGES_MODULE,
     ExecutionSummary,
@@ -88,7 +89,7 @@ def run_sweep(
     result = SweepResult(grid, out, run_keys=run_keys(record))
     store = Store(out)
     for old, new in store.upgrade():
-        say(f"upgraded {out}/{old} -> {new} (run identity v2)")
+        say(f"upgraded {out}/{old} -> {new} (run identity v{IDENTITY_VERSION})")
     store.write_grid(record)
     store.write_names(readable_names(record))
     result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,

@@ -14,7 +14,7 @@ Layout of an output folder::
 
 ``key`` is the run identity of the resolved student config and ``tkey`` that of its teacher stage
 (``kdlab.experiment.identity``: one rule for what counts). ``OUT/store.json`` records the identity version;
-a folder written before it (version 1 keys) is renamed to the current keys when a run opens it
+a folder written under an earlier version (no store.json: version 1) is renamed to the current keys when a run opens it
 (:meth:`Store.upgrade`), and a folder whose records cannot be read that way is refused with the reason.
 
 Claims: before it launches a run, the orchestrator creates ``claim.json`` with ``O_CREAT | O_EXCL`` while
@@ -193,8 +193,8 @@ class Store:
 
     # -- identity version
     def version(self) -> int | None:
-        """The identity version of the folder's keys: 2 and up from store.json, 1 for a folder with runs but
-        no store.json, None for a new folder."""
+        """The identity version of the folder's keys: from store.json, 1 for a folder with runs but no
+        store.json, None for a new folder."""
         meta = read_json(self.root / STORE)
         if isinstance(meta, dict):
             return int(meta.get("identity_version", 1))
@@ -211,7 +211,7 @@ class Store:
             raise StoreError(f"{self.root} was written by a newer kdlab (identity version {version}); "
                              "update kdlab or use another --out")
         renamed: list[tuple[str, str]] = []
-        if version == 1:
+        if version is not None and version < IDENTITY_VERSION:
             moves = {}  # old path -> new path, teachers first (student records name them)
             for sub, stage in (("teachers", "teacher"), ("runs", "student")):
                 for folder in sorted(p for p in (self.root / sub).glob("*") if p.is_dir()):
