@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from kdlab import registry
 from kdlab.analysis.curves import markdown_table, plot_curves, read_history, text_table
 from kdlab.config import ConfigError
 from kdlab.engine.checkpoint import (  # noqa: F401  (read_card, card_recipe: re-exported)
@@ -68,21 +69,19 @@ def describe_run(run_dir: Path, name: tuple[str, str] | None = None) -> dict[str
     readable name and the knobs its variant changes, for an ablation run (:func:`ablation_names`)."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) or {}
-    cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg = summary.get("config")  # the identifying config section the run recorded
+    if not isinstance(cfg, dict):  # a run still going (or of an earlier version): its resolved config.yaml
+        cfg_path = run_dir / "config.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
     stage = summary.get("stage") or ("student" if "student" in run_dir.name else "teacher")
     obj, distill = cfg.get("objective", {}), cfg.get("distill", {})
     if stage == "teacher":
-        kind = obj.get("kind", "?")
-        method = kind
-        block = obj.get(kind, {}) if kind != "ce" else {}
-        knobs = {k: v for k, v in block.items() if k in ("lambda_", "delta", "margin", "tau")}
-        if kind == "intra":
-            knobs["cache"] = block.get("cache", {}).get("size") if block.get("cache", {}).get("enabled") else "off"
+        method = obj.get("kind", "?")
+        knobs = _changed(registry.spec(method, "objective") if method != "?" else None, obj.get(method))
     else:
         methods = distill.get("methods", [])
         method = "+".join(methods) if methods else "ce (alone)"
-        knobs = {"T": distill.get("kd", {}).get("T")} if "kd" in methods else {}
+        knobs = {f"{m}.{k}": v for m in methods for k, v in _changed(registry.spec(m, "distiller"), distill.get(m)).items()}
     metrics = summary.get("metrics") or {}
     history = read_history(run_dir)
     return {
@@ -99,6 +98,24 @@ def describe_run(run_dir: Path, name: tuple[str, str] | None = None) -> dict[str
         "time_s": metrics.get("train_time_s"),
         "epochs": f"{history[-1]['epoch'] if history else 0}/{(cfg.get(stage) or {}).get('epochs', '?')}",
     }
+
+
+def _changed(spec, block: Any) -> dict[str, Any]:
+    """The settings of a method's block that differ from the plugin's defaults (nested blocks flattened)."""
+    if spec is None or spec.config is None or not isinstance(block, dict):
+        return {}
+    out: dict[str, Any] = {}
+
+    def walk(given: dict, default: dict, prefix: str) -> None:
+        for k, v in given.items():
+            d = default.get(k)
+            if isinstance(v, dict) and isinstance(d, dict):
+                walk(v, d, f"{prefix}{k}.")
+            elif k in default and v != d:
+                out[f"{prefix}{k}"] = v
+
+    walk(block, spec.config().model_dump(mode="json"), "")
+    return out
 
 
 def list_runs(root: Path, filters: list[str] = ()) -> list[dict[str, Any]]:

@@ -65,3 +65,15 @@ def test_a_stage_folder_of_an_earlier_identity_version_is_reused_by_its_recorded
     again = run_teacher(cfg, run)
     assert again["metrics"]["top1"] == first["metrics"]["top1"]
     assert json.loads(path.read_text())["identity"] == run_identity(cfg, "teacher")
+
+
+def test_run_listings_read_the_recorded_config_and_show_what_differs_from_the_method_defaults(tmp_path, tiny_overrides):
+    from kdlab.runs import describe_run
+
+    cfg = load_config("demo", tiny_overrides + ["objective.kind=intra", "objective.intra.delta=0.3", "teacher.epochs=1"])
+    run = tmp_path / "teacher"
+    run_teacher(cfg, run)
+    (run / "config.yaml").unlink()  # the listing needs only the summary's recorded section
+    row = describe_run(run)
+    assert row["method"] == "intra" and row["arch"] == "resnet8" and row["seed"] == 0 and row["status"] == "done"
+    assert "delta=0.3" in row["knobs"] and "cache.size=8" in row["knobs"] and "tau" not in row["knobs"]
