@@ -57,7 +57,7 @@ def test_runs_listing_and_filters(teacher_run, capsys):
     root, _, _ = teacher_run
     assert main(["runs", str(root), "--filter", "stage=teacher"]) == 0
     out = capsys.readouterr().out
-    assert "intra" in out and "lambda_=0.02" in out and "done" in out
+    assert "intra" in out and "delta=-0.5" in out and "done" in out  # settings that differ from the defaults
     assert main(["runs", str(root), "--filter", "nosuchkey=1"]) == 2
 
 
