@@ -14,6 +14,7 @@ packages (each imports every module in its folder), which is what registers them
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
@@ -26,6 +27,7 @@ __all__ = [
     "MethodSpec",
     "register",
     "load_plugins",
+    "import_plugins",
     "spec",
     "distillers",
     "objectives",
@@ -182,6 +184,14 @@ def register(method: MethodSpec) -> MethodSpec:
         raise ValueError(f"method {method.name!r} registered twice")
     _SPECS[method.name] = method
     return method
+
+
+def import_plugins(package: str, path) -> None:
+    """Import every public module of a plugin package (its ``__init__`` calls this with ``__name__`` and
+    ``__path__``): each method module registers itself on import, so a new method is a new file."""
+    for module in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")
 
 
 def load_plugins() -> None:

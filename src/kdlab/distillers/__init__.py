@@ -5,9 +5,6 @@ importing this package imports them all, so a new distiller is one new file here
 docs/METHODS.md gives each loss, its defaults and their references.
 """
 
-import importlib as _importlib
-import pkgutil as _pkgutil
-
 from kdlab.distillers.base import (
     DistillContext,
     DistillLoss,
@@ -16,9 +13,8 @@ from kdlab.distillers.base import (
     distiller_names,
 )
 from kdlab.distillers.composite import Distillation
+from kdlab.registry import import_plugins
 
-for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _m.name.startswith("_"):
-        _importlib.import_module(f"{__name__}.{_m.name}")
+import_plugins(__name__, __path__)
 
 __all__ = ["DistillContext", "DistillLoss", "Distillation", "StepContext", "build_distill_loss", "distiller_names"]

@@ -5,19 +5,16 @@ importing this package imports them all, so a new teacher objective is one new f
 (docs/ARCHITECTURE.md). docs/METHOD.md writes the intra-class loss out.
 """
 
-import importlib as _importlib
-import pkgutil as _pkgutil
-
 from kdlab.objectives.teacher import (
     HeadConfig,
     ObjectiveContext,
+    ObjectiveStep,
     ObjectiveTerm,
     TeacherObjective,
     build_head,
 )
+from kdlab.registry import import_plugins
 
-for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _m.name.startswith("_"):
-        _importlib.import_module(f"{__name__}.{_m.name}")
+import_plugins(__name__, __path__)
 
 __all__ = ["HeadConfig", "ObjectiveContext", "ObjectiveStep", "ObjectiveTerm", "TeacherObjective", "build_head"]
