@@ -37,18 +37,18 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path, tiny_overri
     data = DataBundle(cfg)
     straight = run_teacher(cfg, tmp_path / "straight", data)
 
-    real_epoch = trainer_mod.Trainer._train_epoch
+    real_step = trainer_mod.Trainer.train_step
 
-    def interrupted_in_third_epoch(self, epoch):
-        if epoch == 2:
+    def interrupted_in_third_epoch(self, epoch, step, batch):
+        if epoch == 2 and step == 1:
             raise Interrupted("simulated kill during epoch 3")
-        return real_epoch(self, epoch)
+        return real_step(self, epoch, step, batch)
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", interrupted_in_third_epoch)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupted_in_third_epoch)
     with pytest.raises(Interrupted):
         run_teacher(cfg, tmp_path / "resumed", data)
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", real_epoch)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real_step)
     resumed = run_teacher(cfg, tmp_path / "resumed", data)
 
     assert resumed["status"] == "done"

@@ -44,8 +44,8 @@ class StepContext:
 
 
 class DistillLoss(nn.Module):
-    #: augmented views of each image the term needs (CoCoRD: 3)
-    views: int = 1
+    """A distiller's loss module (the views per image it reads are declared on its ``MethodSpec``)."""
+
     #: whether ``forward`` reads ``t`` (the teacher's output on view 0). When no term of a
     #: ``Distillation`` does, the teacher's view-0 forward is skipped and ``t`` is passed as ``None``.
     needs_teacher: bool = True

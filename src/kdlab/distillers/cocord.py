@@ -120,7 +120,6 @@ class CoCoRD(DistillLoss):
     ``pred_hidden`` (512), ``pred_layers`` (2), ``pred_bn`` (on), ``teacher_proj_*`` (the student's). The CE
     weight is ``distill.ce_weight``."""
 
-    views = 3
     needs_teacher = False  # the teacher sees view 2 only (its own forward below)
 
     def __init__(self, cfg: CoCoRDConfig, ctx: DistillContext):
@@ -401,6 +400,7 @@ KNOBS = (
 
 register(MethodSpec(
     name="cocord", role="distiller", config=CoCoRDConfig, build=CoCoRD, knobs=KNOBS, scope="cocord",
+    views=lambda block: 3,  # the query view, the key view of the prediction loss, the teacher's key view
     summary="Fu et al., BMVC 2023: contrastive + consistency distillation with a slow-moving student",
     phrases=('cocord', 'contrastive consistent representation distillation', 'consistent representation distillation'),
     terms={"cocord_ctr": ("cocord", "contrastive"), "cocord_pred": ("cocord", "prediction")},

@@ -39,6 +39,11 @@ def resolved_block(cfg, name: str):
     return resolve(block, list(cfg.methods)) if resolve else block
 
 
+def distill_views(cfg) -> int:
+    """Augmented views per image the methods of ``cfg`` (the ``distill`` section) read: the most any needs."""
+    return max([1] + [registry.spec(name, "distiller").views(resolved_block(cfg, name)) for name in cfg.methods])
+
+
 class Distillation(TrainMethod):
     """Student + frozen teacher + the terms of ``cfg.methods`` (``cfg``: the ``distill`` section).
 
@@ -60,7 +65,7 @@ class Distillation(TrainMethod):
         for name in cfg.methods:
             terms[name] = build_distill_loss(name, resolved_block(cfg, name), ctx)
         self.terms = nn.ModuleDict(terms)
-        self.views = max([1] + [term.views for term in terms.values()])
+        self.views = distill_views(cfg)
         self.needs_teacher = any(term.needs_teacher for term in terms.values())
 
     # ------------------------------------------------------------------------------ networks
@@ -76,6 +81,12 @@ class Distillation(TrainMethod):
     @property
     def model(self) -> nn.Module:
         return self.student
+
+    def share_teacher(self, teacher: nn.Module) -> None:
+        """Forward the frozen teacher through ``teacher`` from now on (a :class:`~kdlab.engine.group.SharedForward`
+        around a network with the same weights, shared by a group of students)."""
+        teacher.eval()
+        object.__setattr__(self, "_teacher", teacher)
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)

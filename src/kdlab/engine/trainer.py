@@ -8,6 +8,7 @@ A non-finite loss stops the run with the step it happened at, keeping the last g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -15,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,22 @@ class StageInfo:
     input_shape: tuple[int, int, int]
     dataset: str
     config: dict = field(default_factory=dict)
+
+
+@dataclass
+class _EpochSums:
+    """What an epoch accumulates on the device (read back once, at its end)."""
+
+    losses: Tensor  # one entry per step
+    correct: Tensor
+    started: float
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    seen: int = 0
+    lr: float = 0.0
+
+    @classmethod
+    def new(cls, steps: int, device: torch.device) -> "_EpochSums":
+        return cls(torch.zeros(steps, device=device), torch.zeros((), device=device), time.perf_counter())
 
 
 class Trainer:
@@ -168,89 +186,110 @@ class Trainer:
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> dict:
         """Train from ``start_epoch`` to ``epochs``; returns the summary metrics."""
-        old_handlers = self._install_signal_handlers()
+        self.open_progress()
+        try:
+            with stop_signals_caught(self._note_signal):
+                for epoch in range(self.start_epoch, self.epochs):
+                    self._train_epoch(epoch)
+        finally:
+            self.close()
+        return self.summary()
+
+    def _train_epoch(self, epoch: int) -> None:
+        self.begin_epoch(epoch)
+        for step, batch in enumerate(self.progress.steps(self.train_loader, epoch)):
+            self.train_step(epoch, step, batch)
+            if self._should_stop(step):  # the previous epoch's checkpoint stands
+                raise Interrupted(f"stopped by {self._stop_cause()} during epoch {epoch + 1}; "
+                                  f"run the same command again to resume from epoch {epoch}")
+        self.finish_epoch(self.end_epoch(epoch))
+        if any_rank(self._stop_signal is not None, self.rt.device):  # every rank reaches this
+            raise Interrupted(f"stopped by {self._stop_cause()} after epoch {epoch + 1}; "
+                              "run the same command again to resume")
+
+    def _note_signal(self, signum: int) -> None:
+        self._stop_signal = signum
+
+    # The pieces of an epoch, also driven one step at a time by a group of students (engine.group).
+    def open_progress(self) -> None:
         label = f"{self.run_dir.parent.name}/{self.run_dir.name}"
         self.progress = RunProgress(label, self.epochs, self.start_epoch, self.rt.progress)
-        try:
-            for epoch in range(self.start_epoch, self.epochs):
-                record = self._train_epoch(epoch)
-                if record is None:  # a signal arrived mid-epoch: the previous epoch's checkpoint stands
-                    raise Interrupted(f"stopped by {self._stop_cause()} during epoch {epoch + 1}; "
-                                      f"run the same command again to resume from epoch {epoch}")
-                record.update(self.evaluate())
-                record["peak_mem_mb"] = peak_memory_mb(self.rt.device)
-                improved = record["test_top1"] > self.best["top1"]
-                if improved:
-                    self.best = {"top1": record["test_top1"], "epoch": epoch + 1}
-                self.history.append(record)
-                self.progress.epoch(record)
-                if self.main:
-                    if improved:
-                        save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
-                    with naming(self.metrics_path), open(self.metrics_path, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                    self.events.epoch(record)
-                    save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
-                if any_rank(self._stop_signal is not None, self.rt.device):  # every rank reaches this
-                    raise Interrupted(f"stopped by {self._stop_cause()} after epoch {epoch + 1}; "
-                                      "run the same command again to resume")
-        finally:
-            self._restore_signal_handlers(old_handlers)
-            self.progress.close()
-            self.events.close()
+
+    def close(self) -> None:
+        self.progress.close()
+        self.events.close()
+
+    def summary(self) -> dict:
         return summarize(self.history, extra_state_bytes=self.method.extra_state_bytes())
 
-    def _train_epoch(self, epoch: int) -> dict | None:
-        """Train one epoch; the epoch's record, or None when a stop signal cut it short."""
-        method, loader, rt = self.method, self.train_loader, self.rt
-        method.train()
-        loader.set_epoch(epoch)
-        steps = len(loader)
-        step_losses = torch.zeros(steps, device=rt.device)
-        term_sums: dict[str, Tensor] = {}
-        correct = torch.zeros((), device=rt.device)
-        seen = 0
-        start = time.perf_counter()
-        for step, batch in enumerate(self.progress.steps(loader, epoch)):
-            progress = epoch + step / steps
-            lr = lr_at(self.optim_cfg, self.epochs, progress)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            with rt.autocast():
-                logits, terms = self._forward(batch, progress)
-                loss = sum(terms.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            method.after_step()
-            step_losses[step] = loss.detach()
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, 0.0) + v.detach().float()
-            correct += (logits.detach().argmax(1) == batch.labels).sum()
-            seen += batch.labels.shape[0]
-            if step % 25 == 24 or step == steps - 1:  # one host sync every 25 steps
-                self._check_finite(step_losses, epoch, step)
-                loss_now = float(step_losses[step])
-                self.events.step(epoch * steps + step, loss_now, lr)
-                self.progress.step(loss_now)
-            if self._should_stop(step):
-                return None
+    def begin_epoch(self, epoch: int) -> None:
+        """Switch to train mode and reset the epoch's accumulators (the loader's epoch is set here too)."""
+        self.method.train()
+        self.train_loader.set_epoch(epoch)
+        self._acc = _EpochSums.new(len(self.train_loader), self.rt.device)
+
+    def train_step(self, epoch: int, step: int, batch) -> None:
+        """One optimizer step on ``batch``; raises :class:`DivergedError` at a sync point after a non-finite loss."""
+        method, acc = self.method, self._acc
+        steps = acc.losses.shape[0]
+        lr = acc.lr = lr_at(self.optim_cfg, self.epochs, epoch + step / steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.rt.autocast():
+            logits, terms = self._forward(batch, epoch + step / steps)
+            loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        method.after_step()
+        acc.losses[step] = loss.detach()
+        for k, v in terms.items():
+            acc.terms[k] = acc.terms.get(k, 0.0) + v.detach().float()
+        acc.correct += (logits.detach().argmax(1) == batch.labels).sum()
+        acc.seen += batch.labels.shape[0]
+        if step % 25 == 24 or step == steps - 1:  # one host sync every 25 steps
+            self._check_finite(acc.losses, epoch, step)
+            loss_now = float(acc.losses[step])
+            self.events.step(epoch * steps + step, loss_now, lr)
+            self.progress.step(loss_now)
+
+    def end_epoch(self, epoch: int) -> dict:
+        """The finished epoch's training record (test metrics are added by :meth:`finish_epoch`)."""
+        acc, rt = self._acc, self.rt
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
-        elapsed = time.perf_counter() - start
-        losses = step_losses.float().cpu()
-        record = {
+        elapsed = time.perf_counter() - acc.started
+        losses = acc.losses.float().cpu()
+        steps = losses.shape[0]
+        return {
             "epoch": epoch + 1,
-            "lr": lr,
+            "lr": acc.lr,
             "train_loss": float(losses.mean()),
-            **{f"train_{k}": float(v) / steps for k, v in term_sums.items()},
-            "train_top1": 100.0 * float(correct) / max(seen, 1),
+            **{f"train_{k}": float(v) / steps for k, v in acc.terms.items()},
+            "train_top1": 100.0 * float(acc.correct) / max(acc.seen, 1),
             **epoch_loss_stats(losses),
             "epoch_time_s": elapsed,
             "step_time_ms": 1000.0 * elapsed / steps,
-            **method.epoch_stats(),
+            **self.method.epoch_stats(),
         }
-        return record
+
+    def finish_epoch(self, record: dict) -> None:
+        """Evaluate, then record the epoch: metrics.jsonl, events, best.pt and last.pt (rank 0 writes)."""
+        record.update(self.evaluate())
+        record["peak_mem_mb"] = peak_memory_mb(self.rt.device)
+        epoch = record["epoch"] - 1
+        improved = record["test_top1"] > self.best["top1"]
+        if improved:
+            self.best = {"top1": record["test_top1"], "epoch": epoch + 1}
+        self.history.append(record)
+        self.progress.epoch(record)
+        if self.main:
+            if improved:
+                save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "best.pt", keep_previous=False)
+            with naming(self.metrics_path), open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self.events.epoch(record)
+            save_checkpoint(self._state(epoch + 1), self.ckpt_dir / "last.pt")
 
     def _should_stop(self, step: int) -> bool:
         """A signal arrived: stop now when alone, or at the next 25-step sync point with every rank."""
@@ -310,23 +349,21 @@ class Trainer:
             "test_ece": expected_calibration_error(calibration),
         }
 
-    # --------------------------------------------------------------------------------- signals
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            self._stop_signal = signum
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
-        return old
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+@contextlib.contextmanager
+def stop_signals_caught(note: Callable[[int], None]):
+    """Inside, SIGINT and SIGTERM call ``note(signum)`` instead of stopping the process, so the loop can stop
+    at a point where its checkpoint is whole. Off the main thread, signals stay with the caller."""
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, lambda signum, frame: note(signum))
+        except ValueError:
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def divergence_advice(info: StageInfo) -> str:

@@ -16,6 +16,7 @@ checkpoint resumes from it. That is what makes a killed run or a killed sweep ch
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +41,7 @@ from kdlab.data import (
     load_dataset,
 )
 from kdlab.distillers import Distillation, DistillContext
+from kdlab.distillers.composite import distill_views
 from kdlab.engine.checkpoint import (
     CheckpointError,
     atomic_write_json,
@@ -46,6 +49,7 @@ from kdlab.engine.checkpoint import (
     load_checkpoint,
     read_card,
 )
+from kdlab.engine.group import SharedForward, StudentGroup
 from kdlab.engine.metrics import summarize
 from kdlab.engine.owner import OWNER, me
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
@@ -228,63 +232,173 @@ def read_summary(run_dir: Path) -> dict | None:
 
 def _run_stage(stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None,
                teacher_checkpoint: Path | None) -> dict:
-    done = read_summary(run_dir)
-    if done is not None and done.get("status") == "done":
-        if not same_run(done, cfg, stage):
-            raise ConfigError(
-                f"{run_dir} already holds a finished {done.get('stage')} run of a different config; pass a new "
-                "out=... or name=... (or --run-dir), or delete the folder to start over"
-            )
-        if done.get("identity_version") != IDENTITY_VERSION:  # an earlier version's: record today's identity
-            done.update(_identity_fields(cfg, stage))
-            atomic_write_json(run_dir / SUMMARY, done)
+    done = _finished_summary(stage, cfg, run_dir)
+    if done is not None:
         return done
-    started = time.time()
-    rt = resolve_runtime(cfg.runtime)
-    if rt.dist.is_main:
-        _prepare_run_dir(run_dir, cfg, stage)
-    seed_everything(cfg.seed)
-    data = data or DataBundle(cfg)
-    spec: StageConfig = cfg.teacher if stage == "teacher" else cfg.student
-    in_shape = data.train.image_shape
-    num_classes = data.train.num_classes
-    net = build_model(spec.arch, num_classes=num_classes, in_channels=in_shape[0])
-    if spec.checkpoint:  # start from given weights (a resumed run then restores its own checkpoint)
-        load_weights(net, _weights_of(Path(spec.checkpoint)), model_name=spec.arch)
-    if stage == "teacher":
-        method, views = _teacher_method(cfg.objective, cfg, net, data.train)
-    else:
-        method, views = _student_method(cfg, net, data.train, teacher_checkpoint, rt)
-    method = rt.prepare_model(method)
-    train_loader, test_loader = data.loaders(cfg, rt, views)
-    info = StageInfo(stage, spec.arch, num_classes, in_shape, data.train.name, cfg.model_dump(mode="json"))
-    trainer = Trainer(method, train_loader, test_loader, epochs=spec.epochs, optim=spec.optim, runtime=rt,
-                      run_dir=run_dir, info=info, tensorboard=cfg.runtime.tensorboard)
-    warning = trainer.resume()
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    last = run_dir / "checkpoints" / "last.pt"
-    summary = {"status": "running", "error": None, "stage": stage, **_identity_fields(cfg, stage),
-               "arch": spec.arch, "run_dir": str(run_dir), "checkpoint": str(last), "teacher_checkpoint":
-               str(teacher_checkpoint) if teacher_checkpoint else None}
+    run = _StageRun.build(stage, cfg, run_dir, data, teacher_checkpoint)
     try:
-        metrics = trainer.fit()
-        metrics.update(final_geometry(method.model, test_loader, num_classes, cfg.distill.kd.T, rt))
-        summary.update(status="done", metrics=metrics)
+        metrics = run.trainer.fit()
     except (DivergedError, Interrupted) as exc:
+        return run.stopped(exc)
+    return run.finished(metrics)
+
+
+def _finished_summary(stage: str, cfg: ExperimentConfig, run_dir: Path) -> dict | None:
+    """The summary of a finished run of ``cfg`` in ``run_dir`` (brought to today's identity), or None."""
+    done = read_summary(run_dir)
+    if done is None or done.get("status") != "done":
+        return None
+    if not same_run(done, cfg, stage):
+        raise ConfigError(
+            f"{run_dir} already holds a finished {done.get('stage')} run of a different config; pass a new "
+            "out=... or name=... (or --run-dir), or delete the folder to start over"
+        )
+    if done.get("identity_version") != IDENTITY_VERSION:  # an earlier version's: record today's identity
+        done.update(_identity_fields(cfg, stage))
+        atomic_write_json(run_dir / SUMMARY, done)
+    return done
+
+
+@dataclass
+class _StageRun:
+    """A stage built and resumed, ready to train: its trainer, and the summary its end will write."""
+
+    stage: str
+    cfg: ExperimentConfig
+    run_dir: Path
+    rt: Runtime
+    trainer: Trainer
+    num_classes: int
+    summary: dict
+    started: float
+
+    @classmethod
+    def build(cls, stage: str, cfg: ExperimentConfig, run_dir: Path, data: DataBundle | None,
+              teacher_checkpoint: Path | None, loaders=None) -> _StageRun:
+        """Seed, build the network and its method, the loaders (unless given) and the trainer, then resume."""
+        started = time.time()
+        rt = resolve_runtime(cfg.runtime)
+        if rt.dist.is_main:
+            _prepare_run_dir(run_dir, cfg, stage)
+        seed_everything(cfg.seed)
+        data = data or DataBundle(cfg)
+        spec: StageConfig = cfg.teacher if stage == "teacher" else cfg.student
+        in_shape = data.train.image_shape
+        num_classes = data.train.num_classes
+        net = build_model(spec.arch, num_classes=num_classes, in_channels=in_shape[0])
+        if spec.checkpoint:  # start from given weights (a resumed run then restores its own checkpoint)
+            load_weights(net, _weights_of(Path(spec.checkpoint)), model_name=spec.arch)
+        if stage == "teacher":
+            method, views = _teacher_method(cfg.objective, cfg, net, data.train)
+        else:
+            method, views = _student_method(cfg, net, data.train, teacher_checkpoint, rt)
+        method = rt.prepare_model(method)
+        train_loader, test_loader = loaders or data.loaders(cfg, rt, views)
+        info = StageInfo(stage, spec.arch, num_classes, in_shape, data.train.name, cfg.model_dump(mode="json"))
+        trainer = Trainer(method, train_loader, test_loader, epochs=spec.epochs, optim=spec.optim, runtime=rt,
+                          run_dir=run_dir, info=info, tensorboard=cfg.runtime.tensorboard)
+        warning = trainer.resume()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        summary = {"status": "running", "error": None, "stage": stage, **_identity_fields(cfg, stage),
+                   "arch": spec.arch, "run_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoints" / "last.pt"),
+                   "teacher_checkpoint": str(teacher_checkpoint) if teacher_checkpoint else None}
+        return cls(stage, cfg, run_dir, rt, trainer, num_classes, summary, started)
+
+    @property
+    def method(self):
+        return self.trainer.method
+
+    def finished(self, metrics: dict) -> dict:
+        """Training ended: add the final geometry, write the summary and metrics.csv."""
+        metrics.update(final_geometry(self.method.model, self.trainer.test_loader, self.num_classes,
+                                      self.cfg.distill.kd.T, self.rt))
+        self.summary.update(status="done", metrics=metrics)
+        return self._write()
+
+    def stopped(self, exc: BaseException, traceback: str = "") -> dict:
+        """Training stopped early: a signal (re-raised after the summary is written) or a failure."""
         interrupted = isinstance(exc, Interrupted)
+        last = self.run_dir / "checkpoints" / "last.pt"
+        error = str(exc) if isinstance(exc, (DivergedError, Interrupted)) else f"{type(exc).__name__}: {exc}"
         # a run stopped before its first epoch ended has no checkpoint to point to
-        summary.update(status="interrupted" if interrupted else "failed", error=str(exc), metrics=_partial(trainer),
-                       checkpoint=str(last) if last.exists() else None)
+        self.summary.update(status="interrupted" if interrupted else "failed", error=error,
+                            metrics=_partial(self.trainer), checkpoint=str(last) if last.exists() else None)
+        if traceback:
+            self.summary["traceback"] = traceback
         if interrupted:
-            if rt.dist.is_main:
-                atomic_write_json(run_dir / SUMMARY, summary)
+            if self.rt.dist.is_main:
+                atomic_write_json(self.run_dir / SUMMARY, self.summary)
+            raise exc
+        return self._write()
+
+    def _write(self) -> dict:
+        self.summary["wall_time_s"] = time.time() - self.started
+        if self.rt.dist.is_main:
+            _write_csv(self.run_dir / "metrics.csv", self.trainer.history)
+            atomic_write_json(self.run_dir / SUMMARY, self.summary)
+        return self.summary
+
+
+# ----------------------------------------------------------------------------------- student groups
+def group_key(cfg: ExperimentConfig, teacher_checkpoint: Path | str | None = None) -> str:
+    """Runs with equal keys read the same batches and distil the same frozen teacher, so they may train as one
+    :func:`run_student_group`: the seed, the data section, the number of views per image, the runtime, and the
+    teacher (its checkpoint, else its run identity). Student-alone runs (no teacher) have no key."""
+    if not cfg.distill.methods:
+        return ""
+    teacher = str(teacher_checkpoint or cfg.teacher.checkpoint or "") or run_identity(cfg, "teacher")
+    parts = {"seed": cfg.seed, "data": cfg.data.model_dump(mode="json"), "views": distill_views(cfg.distill),
+             "runtime": cfg.runtime.model_dump(mode="json"), "teacher": teacher, "teacher_arch": cfg.teacher.arch}
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def run_student_group(cfgs: list[ExperimentConfig], run_dirs: list[Path], teacher_checkpoint: Path | None = None,
+                      data: DataBundle | None = None) -> list[dict]:
+    """Train the student runs ``cfgs`` (one folder each) as one program and return their summaries in order.
+
+    Each batch is read and augmented once and the teacher forwards once per batch; each student has its own
+    network, heads, memories, optimizer, schedule, checkpoints and folder, and ends exactly as its separate
+    :func:`run_student` would (same initialisation, batches, teacher outputs and random draws). Finished runs are
+    returned as they are; a run that fails (non-finite loss, an error in its step) fails alone. A signal stops
+    every member at its last checkpoint and raises :class:`Interrupted` after each has written its summary.
+    """
+    if len(cfgs) != len(run_dirs):
+        raise ValueError("run_student_group needs one run folder per config")
+    keys = {group_key(c, teacher_checkpoint) for c in cfgs}
+    if len(keys) > 1 or "" in keys:
+        raise ConfigError("a student group needs runs that distil the same teacher with the same seed, data, views "
+                          "and runtime (kdlab.experiment.stages.group_key); run the others separately")
+    summaries: list[dict | None] = [_finished_summary("student", c, Path(d)) for c, d in zip(cfgs, run_dirs)]
+    todo = [i for i, s in enumerate(summaries) if s is None]
+    if todo:
+        data = data or DataBundle(cfgs[todo[0]])
+        runs: list[_StageRun] = []
+        group: StudentGroup | None = None
+        for i in todo:
+            run = _StageRun.build("student", cfgs[i], Path(run_dirs[i]), data, teacher_checkpoint,
+                                  group and (group.loader, runs[0].trainer.test_loader))
+            if group is None:
+                group = StudentGroup(run.trainer.train_loader, SharedForward(run.method.teacher))
+            group.add(run.trainer)  # now, before the next build draws: this run's random state is its own
+            run.method.share_teacher(group.shared)  # the teacher copy this run built (same weights) is dropped
+            runs.append(run)
+        try:
+            members = group.fit()
+        except Interrupted as exc:
+            for run in runs:
+                try:
+                    run.stopped(exc)
+                except Interrupted:
+                    pass
             raise
-    summary["wall_time_s"] = time.time() - started
-    if rt.dist.is_main:
-        _write_csv(run_dir / "metrics.csv", trainer.history)
-        atomic_write_json(run_dir / SUMMARY, summary)
-    return summary
+        for i, run, member in zip(todo, runs, members):
+            if member.alive:
+                summaries[i] = run.finished(member.metrics)
+                summaries[i]["group_size"] = len(runs)
+            else:
+                summaries[i] = run.stopped(member.error, member.traceback)
+    return [s for s in summaries if s is not None]
 
 
 @torch.no_grad()
@@ -433,5 +547,5 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-__all__ = ["DataBundle", "run_teacher", "run_student", "run_pipeline", "read_summary", "same_run", "default_run_dir", "find_teacher",
+__all__ = ["DataBundle", "run_teacher", "run_student", "run_student_group", "group_key", "run_pipeline", "read_summary", "same_run", "default_run_dir", "find_teacher",
            "load_teacher", "CheckpointError"]
