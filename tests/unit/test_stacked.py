@@ -141,6 +141,14 @@ def test_three_sgd_steps_float32_channels_last(strategy):
     assert_states_close(stacked, refs, F32)
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "vmap"])
+def test_per_copy_input_as_a_list_of_batches(strategy):
+    nets = make_nets("resnet8", k=2)
+    refs = copy.deepcopy(nets)
+    _, xs, _ = batches(shared=False, step=0, dtype=torch.float64, hw=8, k=2)
+    assert_outputs_close(stack_networks(nets, strategy)(xs), [r(xi) for r, xi in zip(refs, xs)], F64)
+
+
 def test_trained_parameters_really_moved():
     """Guard for the tests above: three steps change every copy, and the copies stay different."""
     nets = make_nets("resnet8")

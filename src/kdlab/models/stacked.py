@@ -224,6 +224,7 @@ class GroupedNets(StackedNets):
         if own:
             raise ValueError(f"grouped stacking cannot stack the top-level tensors {own}")
         self.body = body
+        self._stem = [next(m for m in body.modules() if isinstance(m, nn.Conv2d))]  # not a second registration
         self._keys = list(nets[0].state_dict().keys())
         if list(body.state_dict().keys()) != self._keys:  # the stacked layers keep every name
             raise ValueError("grouped stacking changed the state-dict keys (an unsupported layer type)")
@@ -233,7 +234,7 @@ class GroupedNets(StackedNets):
         if not shared:  # (k, B, C, H, W) -> (B, k·C, H, W): copy i's channels are block i
             k, b, c, h, w = x.shape
             x = x.transpose(0, 1).reshape(b, k * c, h, w)
-        stem = next(m for m in self.body.modules() if isinstance(m, nn.Conv2d)).weight
+        stem = self._stem[0].weight
         if stem.dim() == 4 and stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous():
             x = x.contiguous(memory_format=torch.channels_last)
         out: ModelOutput = self.body(x)
