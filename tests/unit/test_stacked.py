@@ -113,15 +113,20 @@ def train_both(arch: str, strategy: str, shared: bool, dtype, hw: int, steps: in
             o.zero_grad(set_to_none=True)
             F.cross_entropy(r(xi).logits, y).backward()
             o.step()
-    return stacked, refs
+    return stacked, refs, opt, ref_opts
 
 
 @pytest.mark.parametrize("strategy", ["grouped", "vmap"])
 @pytest.mark.parametrize("arch,shared", [("resnet8", True), ("resnet8", False), ("resnet20", False),
                                          ("resnet8x4", True), ("wrn_16_1", False)])
 def test_three_sgd_steps_equal_separate(arch, shared, strategy):
-    stacked, refs = train_both(arch, strategy, shared, torch.float64, hw=8)
+    stacked, refs, opt, ref_opts = train_both(arch, strategy, shared, torch.float64, hw=8)
     assert_states_close(stacked, refs, F64)  # parameters and BN running stats / num_batches_tracked
+    for i, (r, o) in enumerate(zip(refs, ref_opts)):  # each copy's momentum buffers (for its checkpoint)
+        state = stacked.copy_optimizer_state(opt, i)
+        assert list(state) == [n for n, _ in r.named_parameters()]
+        for n, p in r.named_parameters():
+            torch.testing.assert_close(state[n]["momentum_buffer"], o.state[p]["momentum_buffer"], **F64)
     # eval mode (running statistics) on a fresh batch gives each separate network's outputs
     stacked.eval()
     x, xs, _ = batches(shared, 99, torch.float64, hw=8)
@@ -137,7 +142,7 @@ def test_three_sgd_steps_equal_separate(arch, shared, strategy):
 
 @pytest.mark.parametrize("strategy", ["grouped", "vmap"])
 def test_three_sgd_steps_float32_channels_last(strategy):
-    stacked, refs = train_both("resnet8", strategy, False, torch.float32, hw=16, channels_last=True)
+    stacked, refs, _, _ = train_both("resnet8", strategy, False, torch.float32, hw=16, channels_last=True)
     assert_states_close(stacked, refs, F32)
 
 
@@ -153,7 +158,7 @@ def test_trained_parameters_really_moved():
     """Guard for the tests above: three steps change every copy, and the copies stay different."""
     nets = make_nets("resnet8")
     start = [copy.deepcopy(n.state_dict()) for n in nets]
-    stacked, _ = train_both("resnet8", "grouped", False, torch.float64, hw=8)
+    stacked, *_ = train_both("resnet8", "grouped", False, torch.float64, hw=8)
     after = [stacked.copy_state_dict(i) for i in range(K)]
     for s, a in zip(start, after):
         assert (s["conv1.weight"] - a["conv1.weight"]).abs().max() > 1e-4

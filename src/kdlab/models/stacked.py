@@ -30,7 +30,13 @@ Two strategies:
     ``randomness="error"`` (a copy's masks could not equal its separate run's anyway).
 
 State: :meth:`StackedNets.copy_state_dict` returns copy ``i``'s state dict with the separate network's keys
-(checkpoints stay RepDistiller-style); :meth:`StackedNets.write_back` loads every copy into k networks.
+(checkpoints stay RepDistiller-style); :meth:`StackedNets.write_back` loads every copy into k networks;
+:meth:`StackedNets.copy_grads` and :meth:`StackedNets.copy_optimizer_state` give copy ``i``'s gradients and
+optimizer state (momentum buffers) under the separate network's parameter names.
+
+Layout: ``to_channels_last()`` (not ``Module.to(memory_format=...)``, which cannot lay out vmap's 5-D stacks).
+Under vmap, channels-last inputs reach ``adaptive_avg_pool2d`` through a batching fallback (a PyTorch warning
+about ``as_strided_``); results are unaffected.
 """
 
 from __future__ import annotations
@@ -64,9 +70,27 @@ class StackedNets(nn.Module):
         """Copy ``i``'s state dict: the separate network's keys, in its order, as fresh tensors."""
         raise NotImplementedError
 
+    def stacked_parameters(self) -> dict[str, Tensor]:
+        """The stacked parameter holding each of the separate network's parameters, by its name there."""
+        raise NotImplementedError
+
+    def part(self, stacked: Tensor, i: int) -> Tensor:
+        """Copy ``i``'s slice (a view) of a tensor laid out like a stacked parameter (its grad, its momentum)."""
+        raise NotImplementedError
+
     def copy_grads(self, i: int) -> dict[str, Tensor | None]:
         """Copy ``i``'s gradients keyed by the separate network's parameter names (None where no gradient)."""
-        raise NotImplementedError
+        return {n: None if p.grad is None else self.part(p.grad, i).clone() for n, p in self.stacked_parameters().items()}
+
+    def copy_optimizer_state(self, optimizer: torch.optim.Optimizer, i: int) -> dict[str, dict[str, Tensor]]:
+        """Copy ``i``'s per-parameter optimizer state (SGD's ``momentum_buffer``, Adam's moments; scalars such as
+        ``step`` as they are) keyed by the separate network's parameter names, for checkpoints of the copy."""
+        out: dict[str, dict[str, Tensor]] = {}
+        for n, p in self.stacked_parameters().items():
+            state = optimizer.state.get(p, {})
+            out[n] = {key: self.part(v, i).clone() if isinstance(v, Tensor) and v.shape == p.shape else
+                      (v.clone() if isinstance(v, Tensor) else v) for key, v in state.items()}
+        return out
 
     def to_channels_last(self) -> StackedNets:
         """Lay the conv weights (and hence the inputs) out channels-last, in place; returns ``self``."""
@@ -252,8 +276,11 @@ class GroupedNets(StackedNets):
     def to_channels_last(self) -> GroupedNets:
         return self.to(memory_format=torch.channels_last)
 
-    def copy_grads(self, i: int) -> dict[str, Tensor | None]:
-        return {n: None if p.grad is None else p.grad.chunk(self.k)[i].clone() for n, p in self.body.named_parameters()}
+    def stacked_parameters(self) -> dict[str, Tensor]:
+        return dict(self.body.named_parameters())
+
+    def part(self, stacked: Tensor, i: int) -> Tensor:
+        return stacked.chunk(self.k)[i]
 
 
 # ------------------------------------------------------------------------------------------------- vmap
@@ -318,9 +345,11 @@ class VmapNets(StackedNets):
         self._channels_last = True
         return self
 
-    def copy_grads(self, i: int) -> dict[str, Tensor | None]:
-        grads = {n: getattr(self, m).grad for n, m in self._params.items()}
-        return {n: None if g is None else g[i].clone() for n, g in grads.items()}
+    def stacked_parameters(self) -> dict[str, Tensor]:
+        return {n: getattr(self, m) for n, m in self._params.items()}
+
+    def part(self, stacked: Tensor, i: int) -> Tensor:
+        return stacked[i]
 
 
 __all__ = ["GROUPED_FAMILIES", "GroupedNets", "StackedNets", "Strategy", "VmapNets", "stack_networks"]
