@@ -72,14 +72,15 @@ def assert_states_close(stacked, refs, tol) -> None:
 
 FORWARD_CASES = [(a, s) for a in ("resnet8", "resnet8x4", "wrn_16_1", "vgg8", "MobileNetV2") for s in ("grouped", "vmap")]
 FORWARD_CASES += [("ShuffleV1", "vmap"), ("ShuffleV2", "vmap")]  # channel shuffles: vmap only
+FORWARD_CASES += [("ResNet18", "grouped")]  # 11M parameters: one case, two copies
 
 
 @pytest.mark.parametrize("arch,strategy", FORWARD_CASES)
 def test_forward_and_gradients_equal_separate(arch, strategy):
-    nets = make_nets(arch)
+    nets = make_nets(arch, k=2 if arch == "ResNet18" else K)
     refs = copy.deepcopy(nets)
     stacked = stack_networks(nets, strategy)
-    x, xs, ys = batches(shared=False, step=0, dtype=torch.float64, hw=8)
+    x, xs, ys = batches(shared=False, step=0, dtype=torch.float64, hw=8, k=len(nets))
     outs = stacked(x)
     ref_outs = [r(xi) for r, xi in zip(refs, xs)]
     assert_outputs_close(outs, ref_outs, F64)
@@ -166,11 +167,12 @@ def test_trained_parameters_really_moved():
     assert (after[0]["fc.weight"] - after[1]["fc.weight"]).abs().max() > 1e-3
 
 
-def test_grouped_refuses_unsupported_architectures():
+def test_refuses_unsupported_architectures():
     with pytest.raises(ValueError, match=r"^grouped stacking does not support ShuffleNetV1 .*use strategy='vmap'$"):
         stack_networks(make_nets("ShuffleV1", k=2), "grouped")
-    with pytest.raises(ValueError, match="dropout"):
-        stack_networks(make_nets("wrn_16_1", k=2, drop_rate=0.3), "grouped")
+    for strategy in ("grouped", "vmap"):
+        with pytest.raises(ValueError, match=f"^{strategy} stacking does not support dropout"):
+            stack_networks(make_nets("wrn_16_1", k=2, drop_rate=0.3), strategy)
 
 
 def test_stacking_refuses_mixed_or_single_networks():

@@ -27,7 +27,8 @@ Two strategies:
     stacked buffers are passed in *batched* (``in_dims=0``): the in-place running-mean/var and
     ``num_batches_tracked`` updates then land in each copy's slice of the stacked buffer (an unbatched buffer
     with a batched input is what vmap refuses). Dropout in train mode is refused by vmap's default
-    ``randomness="error"`` (a copy's masks could not equal its separate run's anyway).
+    ``randomness="error"``; both strategies refuse networks with dropout (a copy's masks could not equal its
+    separate run's).
 
 State: :meth:`StackedNets.copy_state_dict` returns copy ``i``'s state dict with the separate network's keys
 (checkpoints stay RepDistiller-style); :meth:`StackedNets.write_back` loads every copy into k networks;
@@ -52,13 +53,14 @@ from torch import Tensor, nn
 from kdlab.models.base import ModelOutput
 from kdlab.models.mobilenetv2 import MobileNetV2
 from kdlab.models.resnet import CifarResNet
+from kdlab.models.resnetv2 import ResNetV2
 from kdlab.models.vgg import VGG
 from kdlab.models.wrn import WideResNet
 
 Strategy = Literal["grouped", "vmap"]
 
 # Families whose forward acts on each channel alone between its conv / BN / linear layers.
-GROUPED_FAMILIES: tuple[type[nn.Module], ...] = (CifarResNet, WideResNet, VGG, MobileNetV2)
+GROUPED_FAMILIES: tuple[type[nn.Module], ...] = (CifarResNet, WideResNet, ResNetV2, VGG, MobileNetV2)
 
 
 class StackedNets(nn.Module):
@@ -215,8 +217,13 @@ def _grouped_refusal(net: nn.Module) -> str | None:
         names = ", ".join(c.__name__ for c in GROUPED_FAMILIES)
         return (f"grouped stacking does not support {type(net).__name__} (its forward mixes channels or is unchecked; "
                 f"supported: {names}); use strategy='vmap'")
-    if any(getattr(m, "drop_rate", 0.0) > 0 for m in net.modules()):
-        return "grouped stacking does not support dropout (one mask stream for k copies != k separate runs)"
+    return _dropout_refusal(net, "grouped")
+
+
+def _dropout_refusal(net: nn.Module, strategy: str) -> str | None:
+    if any(getattr(m, "drop_rate", 0.0) > 0 or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+           for m in net.modules()):
+        return f"{strategy} stacking does not support dropout (a copy's masks could not equal its separate run's)"
     return None
 
 
@@ -301,6 +308,9 @@ class VmapNets(StackedNets):
     def __init__(self, nets: Sequence[nn.Module]):
         super().__init__()
         _check_same(nets)
+        why = _dropout_refusal(nets[0], "vmap")
+        if why:
+            raise ValueError(why)
         self.k = len(nets)
         params, buffers = torch.func.stack_module_state(list(nets))
         self._params = {n: _mangle(n) for n in params}
