@@ -155,6 +155,28 @@ def test_per_copy_input_as_a_list_of_batches(strategy):
     assert_outputs_close(stack_networks(nets, strategy)(xs), [r(xi) for r, xi in zip(refs, xs)], F64)
 
 
+@pytest.mark.parametrize("arch", ["resnet8", "MobileNetV2"])
+def test_grouped_pooled_is_what_the_logits_were_computed_from(arch):
+    """The gradnorm λ of the intra objective differentiates L_CE with respect to ``pooled``: a grouped copy's
+    ``pooled`` gives the separate network's gradient."""
+    nets = make_nets(arch, k=2)
+    refs = copy.deepcopy(nets)
+    x, xs, ys = batches(shared=False, step=0, dtype=torch.float64, hw=8, k=2)
+    outs = stack_networks(nets, "grouped")(x)
+    for o, r, xi, y in zip(outs, refs, xs, ys):
+        ro = r(xi)
+        got, = torch.autograd.grad(F.cross_entropy(o.logits, y), o.pooled)
+        want, = torch.autograd.grad(F.cross_entropy(ro.logits, y), ro.pooled)
+        torch.testing.assert_close(got, want, **F64)
+
+
+def test_vmap_pooled_is_not_an_ancestor_of_the_logits():
+    """The documented limit of the vmap strategy: a copy's outputs are slices of vmap's stacked outputs."""
+    outs = stack_networks(make_nets("resnet8", k=2), "vmap")(torch.randn(4, 3, 8, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="not have been used in the graph"):
+        torch.autograd.grad(outs[0].logits.sum(), outs[0].pooled)
+
+
 def test_trained_parameters_really_moved():
     """Guard for the tests above: three steps change every copy, and the copies stay different."""
     nets = make_nets("resnet8")

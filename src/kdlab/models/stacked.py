@@ -17,7 +17,7 @@ Two strategies:
     One network whose every channel dimension is the k copies' channels concatenated: a conv becomes a conv
     with ``k·groups`` groups and its weight the copies' weights concatenated along the output channels;
     BatchNorm over ``k·C`` channels is per channel, so its batch statistics and running statistics are each
-    copy's own; a linear layer is a batched matmul. The family's own ``forward`` runs unchanged on the wide
+    copy's own; a linear layer is k products, one per copy's slice of its input. The family's own ``forward`` runs unchanged on the wide
     tensors, which is exact only when everything between those layers acts on each channel alone (ReLU, sums,
     pooling, flatten of a 1×1 map), so only the families checked for that are accepted (:data:`GROUPED_FAMILIES`);
     anything else is refused with one line. The shared-input stem is a plain conv with ``k·C_out`` outputs.
@@ -28,7 +28,9 @@ Two strategies:
     ``num_batches_tracked`` updates then land in each copy's slice of the stacked buffer (an unbatched buffer
     with a batched input is what vmap refuses). Dropout in train mode is refused by vmap's default
     ``randomness="error"``; both strategies refuse networks with dropout (a copy's masks could not equal its
-    separate run's).
+    separate run's). Limit: a copy's outputs are slices of vmap's stacked outputs, so ``outs[i].pooled`` is not
+    an ancestor of ``outs[i].logits`` and ``autograd.grad(loss_i, outs[i].pooled)`` fails (the intra objective's
+    gradnorm λ needs it; the grouped strategy hands out the classifier's own input, where it works).
 
 State: :meth:`StackedNets.copy_state_dict` returns copy ``i``'s state dict with the separate network's keys
 (checkpoints stay RepDistiller-style); :meth:`StackedNets.write_back` loads every copy into k networks;
@@ -172,7 +174,13 @@ class _StackedConv2d(nn.Conv2d):
 
 
 class _StackedLinear(nn.Module):
-    """k linear layers on ``(B, k·D)`` → ``(B, k·N)`` as one batched matmul; weight ``(k·N, D)``, bias ``(k·N)``."""
+    """k linear layers on ``(B, k·D)`` → ``(B, k·N)``; weight ``(k·N, D)``, bias ``(k·N)``.
+
+    Each copy's product is its own ``F.linear`` on its own view of the input (the separate network's
+    computation, and cheap beside the convs). The views and outputs of the last call are kept in ``last`` so
+    that :class:`GroupedNets` can return, for the classifier, each copy's ``pooled`` as the very tensor its
+    logits were computed from: ``autograd.grad(loss_i, pooled_i)`` then works as on a separate network.
+    """
 
     def __init__(self, linears: Sequence[nn.Linear]):
         super().__init__()
@@ -181,16 +189,15 @@ class _StackedLinear(nn.Module):
         self.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]).clone())
         has_bias = linears[0].bias is not None
         self.bias = nn.Parameter(torch.cat([m.bias.detach() for m in linears]).clone()) if has_bias else None
+        self.last: tuple[Tensor, tuple[Tensor, ...], list[Tensor]] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        b, k = x.shape[0], self.k
-        xs = x.reshape(b, k, self.in_features).transpose(0, 1)  # (k, B, D)
-        w = self.weight.view(k, self.out_features, self.in_features).transpose(1, 2)  # (k, D, N)
-        if self.bias is None:
-            out = torch.bmm(xs, w)
-        else:
-            out = torch.baddbmm(self.bias.view(k, 1, self.out_features), xs, w)
-        return out.transpose(0, 1).reshape(b, k * self.out_features)
+        xs = x.unflatten(1, (self.k, self.in_features)).unbind(1)
+        ws = self.weight.chunk(self.k)
+        bs = self.bias.chunk(self.k) if self.bias is not None else [None] * self.k
+        outs = [F.linear(xi, wi, bi) for xi, wi, bi in zip(xs, ws, bs)]
+        self.last = (x, xs, outs)
+        return torch.cat(outs, 1)
 
 
 def _stacked_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
@@ -256,6 +263,7 @@ class GroupedNets(StackedNets):
             raise ValueError(f"grouped stacking cannot stack the top-level tensors {own}")
         self.body = body
         self._stem = [next(m for m in body.modules() if isinstance(m, nn.Conv2d))]  # not a second registration
+        self._head = [next((m for m in body.get_classifier().modules() if isinstance(m, _StackedLinear)), None)]
         self._keys = list(nets[0].state_dict().keys())
         if list(body.state_dict().keys()) != self._keys:  # the stacked layers keep every name
             raise ValueError("grouped stacking changed the state-dict keys (an unsupported layer type)")
@@ -271,6 +279,12 @@ class GroupedNets(StackedNets):
         out: ModelOutput = self.body(x)
         split = lambda t: t.unflatten(1, (self.k, -1)).unbind(1)
         logits, pooled = split(out.logits), split(out.pooled)
+        head = self._head[0]
+        if head is not None and head.last is not None:
+            fed, views, outs = head.last
+            head.last = None  # hold no graph between steps
+            if fed is out.pooled:  # the classifier read the pooled features: hand out its own views
+                pooled, logits = views, outs
         stages = [split(t) for t in out.stages]
         preacts = [split(t) for t in out.preacts]
         return [ModelOutput(logits[i], pooled[i], [s[i] for s in stages], [p[i] for p in preacts])
