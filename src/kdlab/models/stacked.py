@@ -17,10 +17,11 @@ Two strategies:
     One network whose every channel dimension is the k copies' channels concatenated: a conv becomes a conv
     with ``k·groups`` groups and its weight the copies' weights concatenated along the output channels;
     BatchNorm over ``k·C`` channels is per channel, so its batch statistics and running statistics are each
-    copy's own; a linear layer is k products, one per copy's slice of its input. The family's own ``forward`` runs unchanged on the wide
-    tensors, which is exact only when everything between those layers acts on each channel alone (ReLU, sums,
-    pooling, flatten of a 1×1 map), so only the families checked for that are accepted (:data:`GROUPED_FAMILIES`);
-    anything else is refused with one line. The shared-input stem is a plain conv with ``k·C_out`` outputs.
+    copy's own; a linear layer is k products, one per copy's slice of its input. The family's own ``forward``
+    runs unchanged on the wide tensors, which is exact only when everything between those layers acts on each
+    channel alone (ReLU, sums, pooling, flatten of a 1×1 map), so only the families checked for that are
+    accepted (:data:`GROUPED_FAMILIES`); anything else is refused with one line. The shared-input stem is a
+    plain conv with ``k·C_out`` outputs.
 ``"vmap"`` (:class:`VmapNets`)
     ``torch.func.stack_module_state`` stacks each parameter and buffer into a ``(k, ...)`` tensor and
     ``vmap(functional_call(...))`` maps the copy dimension over them. BatchNorm in train mode works because the
