@@ -10,6 +10,8 @@ Families (state-dict layouts match the RepDistiller / mdistiller CIFAR releases)
 * ``resnetv2``     -- ResNet18, ResNet34, ResNet50 (CIFAR stem, classifier ``linear``)
 
 Loading released checkpoints: :func:`kdlab.models.checkpoint.load_weights`.
+k networks of one architecture trained as one program (teacher groups):
+:func:`kdlab.models.stacked.stack_networks`.
 """
 
 from kdlab.models.base import ModelOutput, Probe, build_model, list_models, probe, register_model
