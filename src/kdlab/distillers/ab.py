@@ -125,6 +125,9 @@ KNOBS = (
          "weight of the activation-boundary loss", off_value=0.0, requires="distill.methods~ab"),
     knob("ab.margin", "distill.ab.margin", "float", ["ab margin", "activation boundary margin"],
          "margin of the activation-boundary loss (1)", requires="distill.methods~ab"),
+    knob("ab.init_epochs", "distill.ab.init_epochs", "int",
+         ["ab init epochs", "ab initialisation epochs", "ab initialization epochs", "activation boundary init epochs", "ab connector initialisation"],
+         "epochs of AB's initialisation phase before distillation (RepDistiller: 30; REMOVE: 0, no phase)", off_value=0, requires="distill.methods~ab"),
 )
 
 register(MethodSpec(

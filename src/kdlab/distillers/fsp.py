@@ -80,6 +80,9 @@ KNOBS = (
     knob("fsp.weight", "distill.fsp.weight", "float",
          ["fsp weight", "fsp loss weight", "flow of solution procedure weight"],
          "weight of the FSP loss", off_value=0.0, requires="distill.methods~fsp"),
+    knob("fsp.init_epochs", "distill.fsp.init_epochs", "int",
+         ["fsp init epochs", "fsp initialisation epochs", "fsp initialization epochs", "fsp initialisation phase"],
+         "epochs of FSP's initialisation phase before distillation (RepDistiller: 30; REMOVE: 0, no phase)", off_value=0, requires="distill.methods~fsp"),
 )
 
 register(MethodSpec(

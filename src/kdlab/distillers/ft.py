@@ -153,6 +153,9 @@ KNOBS = (
          "weight of the factor-transfer loss", off_value=0.0, requires="distill.methods~ft"),
     knob("ft.rate", "distill.ft.rate", "float", ["ft paraphrase rate", "factor transfer paraphrase rate", "paraphrase rate"],
          "paraphrase rate k of FT's paraphraser and translator (0.5)", requires="distill.methods~ft"),
+    knob("ft.init_epochs", "distill.ft.init_epochs", "int",
+         ["ft init epochs", "paraphraser epochs", "paraphraser training epochs", "factor transfer init epochs", "paraphraser pretraining"],
+         "epochs of FT's paraphraser training phase before distillation (RepDistiller: 30; REMOVE: 0, untrained paraphraser)", off_value=0, requires="distill.methods~ft"),
 )
 
 register(MethodSpec(
