@@ -166,3 +166,50 @@ def test_phase_survives_an_interruption_and_resume_of_the_student_stage(tmp_path
     b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["method"]
     for k, v in a.items():
         assert torch.equal(v, b[k]), k  # the resumed run is the uninterrupted one
+
+
+# ------------------------------------------------------------------ two ranks: gradients averaged
+def _phase_on_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        m = make_distillation(["ft"], ft={"init_epochs": 2})
+        phase = PrePhase(FixedLoader(seed=10 + rank), CPU, OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4),
+                         lambda record: None)
+        m.pre_train(phase)
+        torch.save(m.terms["ft"].paraphraser.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_average_the_phase_gradients(tmp_path):
+    """Each rank sees its own shard; with gradients averaged both end equal, and equal to one process that
+    sees both shards' batches side by side (the FT reconstruction loss is a mean, the paraphraser has no BN)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_phase_on_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+
+    both = FixedLoader(seed=10)
+    other = FixedLoader(seed=11)
+    both.batches = [Batch(views=[torch.cat([a.views[0], b.views[0]])], labels=torch.cat([a.labels, b.labels]),
+                          index=torch.cat([a.index, b.index])) for a, b in zip(both.batches, other.batches)]
+    single = make_distillation(["ft"], ft={"init_epochs": 2})
+    single.pre_train(PrePhase(both, CPU, OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4), lambda record: None))
+    alone = make_distillation(["ft"], ft={"init_epochs": 2})
+    alone.pre_train(PrePhase(FixedLoader(seed=10), CPU, OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4),
+                             lambda record: None))
+    ref, solo = single.terms["ft"].paraphraser.state_dict(), alone.terms["ft"].paraphraser.state_dict()
+    for k in r0:
+        assert torch.allclose(r0[k], ref[k], rtol=1e-4, atol=1e-6), k
+    assert any(not torch.allclose(r0[k], solo[k], rtol=1e-4, atol=1e-6) for k in r0)  # rank 1's data counted
