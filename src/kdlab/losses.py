@@ -20,7 +20,14 @@ from kdlab.distillers.at import at_loss
 from kdlab.distillers.cc import cc_loss
 from kdlab.distillers.cocord import info_nce, prediction_distance
 from kdlab.distillers.crd import crd_nce_loss, nce_loss
-from kdlab.distillers.ctkd import ctkd_lambda, ctkd_loss, ctkd_temperature, grad_reverse
+from kdlab.distillers.ctkd import (
+    ctkd_instance_kl,
+    ctkd_instance_loss,
+    ctkd_lambda,
+    ctkd_loss,
+    ctkd_temperature,
+    grad_reverse,
+)
 from kdlab.distillers.dkd import dkd_loss, dkd_parts
 from kdlab.distillers.fitnet import hint_loss as fitnet_loss
 from kdlab.distillers.fsp import fsp_loss
@@ -40,6 +47,7 @@ __all__ = [
     "kd_loss", "dkd_loss", "dkd_parts", "rkd_loss", "rkd_losses", "at_loss", "sp_loss", "pkt_loss",
     "fitnet_loss", "crd_nce_loss", "nce_loss", "info_nce", "prediction_distance", "intra_class_loss",
     "supcon_loss", "standardize_logits", "ctkd_loss", "ctkd_temperature", "ctkd_lambda", "grad_reverse",
+    "ctkd_instance_loss", "ctkd_instance_kl",
     "ab_loss", "cc_loss", "fsp_loss", "ft_loss", "kdsvd_loss", "nst_loss", "vid_loss", "ofd_loss", "ofd_margin",
     "hcl_loss",
 ]

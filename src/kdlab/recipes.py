@@ -10,6 +10,9 @@ alone, KD, RKD, CRD, DKD, CoCoRD, ...), the source of every number and the sourc
   last-epoch or best-epoch accuracy to match each source's protocol (RepDistiller: last epoch; mdistiller:
   best epoch, mean of several runs).
 * :func:`rows_to_markdown` renders those rows for a report.
+* :func:`run_overrides` / :func:`method_config` set a recipe up to run a column's method as its source ran it
+  (``distill.methods`` plus the reference file's ``runs``: RepDistiller's two-phase AB/FSP/FT, logit
+  standardization's switch, mdistiller's per-pair DKD β); :func:`column_for` names the column of a config.
 
 Example::
 
@@ -46,11 +49,30 @@ METHOD_COLUMNS: dict[str, tuple[str, ...]] = {
     "cocord": ("cocord",),
     "cocord_kd": ("cocord", "kd"),
     "kd_dot": (),  # KD trained with mdistiller's DOT optimiser; no kdlab method maps here
+    "ab": ("ab",),
+    "cc": ("cc",),
+    "fsp": ("fsp",),
+    "ft": ("ft",),
+    "kdsvd": ("kdsvd",),
+    "nst": ("nst",),
+    "vid": ("vid",),
+    "ofd": ("ofd",),
+    "reviewkd": ("reviewkd",),
+    "ctkd": ("ctkd",),
+    # KD / DKD with logit standardization: the same methods with a switch on (the reference file's `runs`), so a
+    # method list alone never selects these columns; name them ("kd_ls") or use column_for(cfg)
+    "kd_ls": ("kd",),
+    "dkd_ls": ("dkd",),
 }
 _LABELS = {
     "teacher": "teacher", "student": "student alone (CE)", "kd": "KD", "rkd": "RKD", "crd": "CRD",
     "crd_kd": "CRD+KD", "dkd": "DKD", "cocord": "CoCoRD", "cocord_kd": "CoCoRD+KD", "kd_dot": "KD+DOT",
+    "ab": "AB", "cc": "CC", "fsp": "FSP", "ft": "FT", "kdsvd": "KDSVD", "nst": "NST", "vid": "VID", "ofd": "OFD",
+    "reviewkd": "ReviewKD", "ctkd": "CTKD", "kd_ls": "KD+LS (logit standardization)",
+    "dkd_ls": "DKD+LS (logit standardization)",
 }
+#: columns that a method list alone does not identify: (column, method list, config path that must be true)
+_SWITCHED = (("kd_ls", ("kd",), "distill.kd.logit_std"), ("dkd_ls", ("dkd",), "distill.dkd.logit_std"))
 _ALIASES = {
     "t": "teacher", "s": "student", "ce": "student", "none": "student", "alone": "student",
     "vanilla": "student", "baseline": "student",
@@ -108,7 +130,11 @@ def reference_for(cfg_or_recipe_name: Any) -> dict | None:
          "student": "resnet8x4", "metric": "...", "top1": {"teacher": 79.42, "kd": 73.33, ...},
          "sources": {"kd": {"name": "repdistiller", "cite": "...", "protocol": "...",
                             "compare_with": "top1"}, ...},
-         "notes": [...], "file": "/.../configs/cifar100/reference.yaml"}
+         "notes": [...], "runs": {"ab": ["distill.ab.init_epochs=30", ...], ...},
+         "file": "/.../configs/cifar100/reference.yaml"}
+
+    ``runs``: per column, the overrides beyond its ``distill.methods`` with which the source ran the method
+    (see :func:`run_overrides`).
 
     ``top1`` values are percentages; ``None`` where the sources publish nothing.
     """
@@ -129,6 +155,10 @@ def _resolve(ref: dict, pair: str, entry: dict, path: Path) -> dict:
     columns = dict(ref.get("columns") or {})
     columns.update(entry.get("columns") or {})  # a pair may take a number from another source
     top1 = {k: (None if v is None else float(v)) for k, v in (entry.get("top1") or {}).items()}
+    # a file without its own `runs` section takes the method-level settings of the files that have one
+    runs = {k: list(v) for k, v in (ref["runs"] if "runs" in ref else _global_runs()).items()}
+    for k, v in (entry.get("runs") or {}).items():  # a pair's own settings go after the global ones
+        runs[k] = runs.get(k, []) + list(v)
     resolved = {}
     for key in top1:
         src = columns.get(key)
@@ -138,8 +168,65 @@ def _resolve(ref: dict, pair: str, entry: dict, path: Path) -> dict:
     return {
         "dataset": ref["dataset"], "pair": pair, "teacher": entry["teacher"], "student": entry["student"],
         "metric": ref.get("metric"), "top1": top1, "sources": resolved,
-        "notes": list(entry.get("notes") or []), "file": str(path),
+        "notes": list(entry.get("notes") or []), "runs": runs, "file": str(path),
     }
+
+
+# ----------------------------------------------------------------------------- a method on a recipe
+def run_overrides(cfg_or_recipe_name: Any, column: str | Sequence[str]) -> list[str]:
+    """The overrides that run the method of reference ``column`` on a recipe as its published number was
+    obtained: ``distill.methods=[...]`` (:data:`METHOD_COLUMNS`) followed by the reference file's ``runs`` for
+    the column (global, then the pair's own), e.g. for ``"ab"``: ``["distill.methods=[ab]",
+    "distill.ab.init_epochs=30", "distill.ab.weight=0"]``. ``"student"`` is ``distill.methods=[]``.
+
+    Put them after the recipe and before your own overrides (``kdlab distill RECIPE <these> data.root=...``),
+    or use :func:`method_config`. A column without a kdlab method (``teacher``, ``kd_dot``) is a ValueError.
+    """
+    key = method_key(column)
+    if key == "teacher" or (key != "student" and not METHOD_COLUMNS.get(key)):
+        raise ValueError(f"reference column {key!r} is not a distillation method kdlab runs "
+                         f"(methods: {', '.join(k for k, v in METHOD_COLUMNS.items() if v)}, or 'student')")
+    methods = METHOD_COLUMNS.get(key, ())
+    out = [f"distill.methods=[{','.join(methods)}]"]
+    ref = reference_for(cfg_or_recipe_name)
+    runs = ref["runs"] if ref is not None else _global_runs()  # no numbers for the pair: the method's settings
+    return out + list(runs.get(key, []))
+
+
+def _global_runs() -> dict[str, list[str]]:
+    """The ``runs`` sections of every reference file, merged (the first file that sets a column wins)."""
+    merged: dict[str, list[str]] = {}
+    for path in reference_files():
+        for key, value in (_read_reference(str(path)).get("runs") or {}).items():
+            merged.setdefault(key, list(value))
+    return merged
+
+
+def method_config(recipe: Any, column: str | Sequence[str], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """A recipe (name, path or config) with the method of reference ``column`` set up as its source ran it
+    (:func:`run_overrides`), then ``overrides``. ``method_config("cifar100/resnet32x4_resnet8x4", "ab",
+    ["data.root=/data/cifar-100-python"])``."""
+    cfg = _as_config(recipe)
+    return build_config(cfg, run_overrides(cfg, column) + list(overrides))
+
+
+def column_for(cfg_or_recipe_name: Any) -> str:
+    """The reference column a config's student run corresponds to: its ``distill.methods`` (see
+    :func:`method_key`), or ``kd_ls`` / ``dkd_ls`` when that method runs with logit standardization."""
+    cfg = _as_config(cfg_or_recipe_name)
+    methods = list(cfg.distill.methods)
+    tree = cfg.model_dump()
+    for column, wanted, switch in _SWITCHED:
+        if sorted(methods) == sorted(wanted) and _get(tree, switch):
+            return column
+    return method_key(methods)
+
+
+def _get(tree: Mapping, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 # ----------------------------------------------------------------------------------- expected vs got
@@ -233,11 +320,14 @@ def rows_to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 __all__ = [
     "METHOD_COLUMNS",
+    "column_for",
     "expected_vs_got",
     "list_recipes",
     "load_references",
+    "method_config",
     "method_key",
     "reference_files",
     "reference_for",
     "rows_to_markdown",
+    "run_overrides",
 ]

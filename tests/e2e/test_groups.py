@@ -22,7 +22,8 @@ SMALL = ["distill.crd.feat_dim=16", "distill.crd.nce_k=64", "distill.cocord.queu
          "distill.cocord.proj_dim=32", "distill.cocord.proj_hidden=32", "distill.cocord.pred_hidden=16"]
 
 # distillers that read logits, features, a memory bank with random negatives (CRD draws from the global
-# generator every step), pre-activations and connectors (OFD), and the multi-stage fusion of ReviewKD
+# generator every step), pre-activations and connectors (OFD), RKD's relations with another learning rate,
+# and FT's paraphraser phase before distillation
 GROUP = [
     ["distill.methods=[kd]", "distill.kd.T=4"],
     ["distill.methods=[kd]", "distill.kd.T=2"],
@@ -30,6 +31,7 @@ GROUP = [
     ["distill.methods=[crd,kd]"],
     ["distill.methods=[ofd]"],
     ["distill.methods=[rkd,kd]", "student.optim.lr=0.05"],
+    ["distill.methods=[ft]", "distill.ft.init_epochs=1"],  # an initialisation phase before the group's epochs
 ]
 
 

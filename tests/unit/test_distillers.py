@@ -858,3 +858,50 @@ def test_ctkd_loss_is_kd_at_the_current_temperature_and_theta_gets_the_reversed_
     assert torch.allclose(s.grad, s2.grad, rtol=1e-12, atol=1e-15)
     assert term.theta.grad.item() == pytest.approx(-0.5 * theta.grad.item(), rel=1e-12)
     assert term.stats() == {"ctkd_T": pytest.approx(T, rel=1e-12), "ctkd_lambda": pytest.approx(0.5)}
+
+
+def test_ctkd_instance_mode_starts_at_the_global_temperature_and_trains_its_mlp_through_the_reversal():
+    from kdlab.distillers.ctkd import ctkd_temperature
+
+    s = (torch.randn(4, 10, generator=torch.Generator().manual_seed(2)) * 3).double().requires_grad_(True)
+    t = (torch.randn(4, 10, generator=torch.Generator().manual_seed(3)) * 3).double()
+    m = make_distillation(["ctkd"], ctkd={"temperature": "instance", "instance_hidden": 8})
+    term = m.terms["ctkd"].double()
+    assert not hasattr(term, "theta") and any(p is term.instance.out.weight for p in m.trainable_parameters())
+    T0 = 1 + 20 / (1 + math.exp(-1.0))
+    assert float(term.temperature()) == pytest.approx(T0, rel=1e-12)  # zero output weight: θ_i = init for all
+    got = term(output(logits=s), output(logits=t), batch_of([s]), step_ctx(4.2))["ctkd"]  # λ = 0.5
+    total = 0.0
+    for rs, rt in zip(lst(s), lst(t)):  # the README's per-sample loss, all at T0 here
+        ps = softmax_row([v / T0 for v in rs])
+        qs = [v + 1e-7 for v in softmax_row([v / T0 for v in rt])]
+        total += T0 * T0 * sum(a * (math.log(a) - math.log(b)) for a, b in zip(qs, ps))
+    assert got.item() == pytest.approx(0.9 * total / 4, rel=1e-12)
+    got.backward()
+    # the MLP's output layer gets the reversed gradient of the loss in θ_i, times its hidden activations
+    h = torch.relu(term.instance.hidden(torch.cat([s, t], 1).detach()))
+    theta = torch.full((4,), 1.0, dtype=torch.float64, requires_grad=True)
+    from kdlab.distillers.ctkd import ctkd_instance_kl
+
+    ref = 0.9 * ctkd_instance_kl(s.detach(), t, ctkd_temperature(theta))
+    ref.backward()
+    want = -0.5 * (theta.grad[:, None] * h.detach()).sum(0)
+    assert torch.allclose(term.instance.out.weight.grad.reshape(-1), want, rtol=1e-10, atol=1e-14)
+    assert term.instance.out.bias.grad.item() == pytest.approx(-0.5 * theta.grad.sum().item(), rel=1e-10)
+    stats = term.stats()
+    assert stats["ctkd_lambda"] == pytest.approx(0.5) and stats["ctkd_T"] == pytest.approx(T0, rel=1e-12)
+    assert stats["ctkd_T_std"] == pytest.approx(0.0, abs=1e-12)
+    # the student's logits get the loss's gradient only (not through the temperature MLP's inputs)
+    s2 = s.detach().clone().requires_grad_(True)
+    (0.9 * ctkd_instance_kl(s2, t, torch.full((4,), T0, dtype=torch.float64))).backward()
+    assert torch.allclose(s.grad, s2.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_ctkd_temperature_choice_validates():
+    from kdlab.config import ConfigError
+    from kdlab.experiment.schema import build_config
+
+    cfg = build_config(overrides=["distill.methods=[ctkd]", "distill.ctkd.temperature=instance"])
+    assert cfg.distill.ctkd.temperature == "instance" and cfg.distill.ctkd.instance_hidden == 256
+    with pytest.raises(ConfigError, match="distill.ctkd.temperature"):
+        build_config(overrides=["distill.methods=[ctkd]", "distill.ctkd.temperature=local"])

@@ -279,9 +279,62 @@ def test_repdistiller_defaults():
 
 
 @pytest.mark.parametrize("method", ["ab", "fsp", "ft"])
-def test_init_epochs_is_refused_not_faked(method):
-    with pytest.raises(ConfigError, match="init_epochs"):
-        make_distillation([method], **{method: dict(init_epochs=30)})
+def test_init_epochs_declares_a_phase_with_a_done_flag_in_the_state(method):
+    m = make_distillation([method], **{method: {"init_epochs": 3}})
+    term = m.terms[method]
+    assert term.init_epochs == 3 and term.init_done.dtype == torch.bool and not bool(term.init_done)
+    assert f"terms.{method}.init_done" in m.state_dict()
+    plain = make_distillation([method])
+    assert plain.terms[method].init_epochs == 0
+    assert not any(k.endswith("init_done") for k in plain.state_dict())  # old checkpoints keep loading
+
+
+@pytest.mark.parametrize("method", ["cc", "kdsvd", "kd"])
+def test_methods_without_a_phase_do_nothing_before_training(method):
+    m = make_distillation([method])
+    assert m.terms[method].init_epochs == 0
+    assert m.pre_train(None) is False  # never touches the phase's loader or settings
+
+
+@pytest.mark.parametrize("method", ["ab", "fsp"])
+def test_zero_weight_adds_nothing_during_distillation(method):
+    m = make_distillation([method], **{method: {"weight": 0.0, "init_epochs": 1}})
+    m.train()
+    _, losses = m.forward_train(random_batch(m), 0.0)
+    assert losses[method].item() == 0.0 and not losses[method].requires_grad
+    # AB's connectors are then not trained by the main optimiser (RepDistiller: not in its trainable list)
+    head_params = [n for n, p in m.named_parameters() if p.requires_grad and not n.startswith("student.")]
+    assert head_params == []
+
+
+@pytest.mark.parametrize(("arch", "lr"), [("resnet8", 0.01), ("wrn_16_2", 0.01), ("resnet32x4", 0.01),
+                                          ("vgg8", 0.05), ("ShuffleV2", 0.05), ("", 0.05)])
+def test_ft_paraphraser_lr_follows_repdistillers_rule(arch, lr):
+    from types import SimpleNamespace
+
+    m = make_distillation(["ft"], ft={"init_epochs": 1})
+    m.terms["ft"].student_arch = arch
+    assert m.terms["ft"].init_lr(SimpleNamespace(lr=0.05)) == lr
+    ab = make_distillation(["ab"], ab={"init_epochs": 1})
+    assert ab.terms["ab"].init_lr(SimpleNamespace(lr=0.05)) == 0.05  # AB and FSP: the student's base rate
+
+
+def test_init_losses_are_the_unweighted_method_losses():
+    torch.manual_seed(3)
+    x = torch.randn(4, 1, 8, 8)
+    for method, weight in (("ab", 7.0), ("fsp", 50.0)):
+        m = make_distillation([method], **{method: {"weight": weight, "init_epochs": 1}})
+        m.train()
+        s, t = m.student(x), m.teacher(x)
+        batch = random_batch(m)
+        full = m.terms[method](s, t, batch, None)[method]
+        assert full.item() == pytest.approx(weight * m.terms[method].init_loss(s, t, batch).item(), rel=1e-6)
+    m = make_distillation(["ft"], ft={"init_epochs": 1})
+    t = m.teacher(x)
+    f_t = t.stages[-1]
+    _, rec = m.terms["ft"].paraphraser(f_t)
+    want = sum((a - b) ** 2 for a, b in zip(rec.flatten().tolist(), f_t.flatten().tolist())) / f_t.numel()
+    assert m.terms["ft"].init_loss(None, t, None).item() == pytest.approx(want, rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["fsp", "kdsvd"])

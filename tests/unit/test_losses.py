@@ -66,6 +66,17 @@ def ref_kd(s, t, T=4.0, standardize=False):
     return total * T * T / len(lst(s))
 
 
+def ref_ctkd_instance(s, t, theta):
+    """CTKD README's instance-wise KD: T_i = 1 + 20·sigmoid(θ_i); Σ_c q (log q − log p) with q = softmax(t/T_i) + 1e-7."""
+    total = 0.0
+    for rs, rt, th in zip(lst(s), lst(t), lst(theta)):
+        T = 1 + 20 / (1 + math.exp(-th))
+        p = softmax_row([v / T for v in rs])
+        q = [v + 1e-7 for v in softmax_row([v / T for v in rt])]
+        total += T * T * sum(a * (math.log(a) - math.log(b)) for a, b in zip(q, p))
+    return total / len(lst(s))
+
+
 def ref_dkd(s, t, y, alpha=1.0, beta=8.0, T=4.0, standardize=False):
     tckd = nckd = 0.0
     for rs, rt, c in zip(lst(s), lst(t), y.tolist()):
@@ -229,6 +240,10 @@ CASES = {
                   (rnd(3, 5, seed=25, scale=3), rnd(3, 5, seed=26, scale=3)),
                   lambda s, t: ref_kd(s, t, 1 + 20 / (1 + math.exp(-0.3)))),
     "supcon_loss": (lambda e: L.supcon_loss(e, Y6, 0.5), (rnd(6, 3, seed=24),), lambda e: ref_supcon(e, Y6, 0.5)),
+    # one temperature per sample (θ = -1, 0.3, 2 → T ≈ 6.38, 12.49, 18.62)
+    "ctkd_instance_loss": (lambda s, t: L.ctkd_instance_loss(s, t, torch.tensor([-1.0, 0.3, 2.0], dtype=D), 0.5),
+                           (rnd(3, 5, seed=27, scale=3), rnd(3, 5, seed=28, scale=3)),
+                           lambda s, t: ref_ctkd_instance(s, t, torch.tensor([-1.0, 0.3, 2.0], dtype=D))),
 }
 
 #: losses that detach the teacher's input inside (RKD: the teacher relations are computed under no_grad)
@@ -236,7 +251,7 @@ TEACHER_DETACHED = {"rkd_loss"}
 
 #: every exported loss has at least one case (standardize_logits has its own test)
 COVERS = {"kd_loss", "dkd_loss", "rkd_loss", "at_loss", "sp_loss", "pkt_loss", "fitnet_loss", "crd_nce_loss",
-          "info_nce", "prediction_distance", "intra_class_loss", "supcon_loss", "ctkd_loss"}
+          "info_nce", "prediction_distance", "intra_class_loss", "supcon_loss", "ctkd_loss", "ctkd_instance_loss"}
 
 
 def test_every_exported_name_imports_and_every_loss_has_a_case():

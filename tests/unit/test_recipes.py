@@ -305,3 +305,115 @@ def test_cifar100_reference_equals_anchors_table():
             assert ref["top1"][key] == want, (teacher, student, key)
         seen += 1
     assert seen == len(CIFAR100_PAIRS)
+
+
+# ------------------------------------------------------------- the literature methods on the five pairs
+LITERATURE_PAIRS = ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "resnet56_resnet20", "vgg13_vgg8",
+                    "resnet32x4_ShuffleV2"]
+NEW_COLUMNS = ["ab", "cc", "fsp", "ft", "kdsvd", "nst", "vid", "ofd", "reviewkd", "kd_ls", "dkd_ls", "ctkd"]
+
+
+@pytest.mark.parametrize("pair", LITERATURE_PAIRS)
+def test_every_literature_method_runs_on_the_pair_or_is_one_clear_error(pair):
+    """Each new column's config validates on the recipe; its loss modules build at the CIFAR shapes, or the
+    pair is refused with one ConfigError line, and then no published number is stored for it either."""
+    from kdlab.config import ConfigError
+    from kdlab.distillers import Distillation, DistillContext
+    from kdlab.models import probe
+    from kdlab.recipes import column_for, method_config
+
+    name = f"cifar100/{pair}"
+    ref = reference_for(name)
+    base = load_config(name)
+    torch.manual_seed(0)
+    student, teacher = build_model(base.student.arch, 100), build_model(base.teacher.arch, 100)
+    ctx = DistillContext(student_probe=probe(student, (3, 32, 32)), teacher_probe=probe(teacher, (3, 32, 32)),
+                         num_classes=100, num_train=50000, input_shape=(3, 32, 32), epochs=240,
+                         student_arch=base.student.arch)
+    refused = []
+    for column in NEW_COLUMNS:
+        cfg = method_config(name, column, ["data.root=/x"])
+        assert cfg.data.root == "/x" and cfg.student.epochs == 240  # the recipe underneath, overrides on top
+        assert column_for(cfg) == column
+        try:
+            Distillation(student, teacher, cfg.distill, ctx)
+        except ConfigError as err:
+            assert "\n" not in str(err) and f"distill.{column}" in str(err)
+            refused.append(column)
+            assert ref["top1"].get(column) is None, column
+    assert refused == (["fsp", "kdsvd"] if pair == "resnet32x4_ShuffleV2" else [])
+
+
+def test_run_overrides_follow_each_source():
+    from kdlab.recipes import method_config, run_overrides
+
+    name = "cifar100/resnet32x4_resnet8x4"
+    assert run_overrides(name, "ab") == ["distill.methods=[ab]", "distill.ab.init_epochs=30", "distill.ab.weight=0"]
+    assert run_overrides(name, "fsp") == ["distill.methods=[fsp]", "distill.fsp.init_epochs=30",
+                                          "distill.fsp.weight=0"]
+    assert run_overrides(name, "ft") == ["distill.methods=[ft]", "distill.ft.init_epochs=30"]
+    assert run_overrides(name, "nst") == ["distill.methods=[nst]"]
+    assert run_overrides(name, ["crd", "kd"]) == ["distill.methods=[crd,kd]"]
+    assert run_overrides(name, "student") == ["distill.methods=[]"]
+    # the pair's own settings come after the global ones: the LS logs' base temperature 3 and KD weight 1
+    assert run_overrides("cifar100/ResNet50_MobileNetV2", "kd_ls") == [
+        "distill.methods=[kd]", "distill.kd.logit_std=true", "distill.kd.logit_std_T=3", "distill.kd.weight=1"]
+    # mdistiller's per-pair DKD beta (configs/cifar100/dkd/*.yaml; 8 where unset)
+    assert run_overrides("cifar100/vgg13_vgg8", "dkd") == ["distill.methods=[dkd]", "distill.dkd.beta=6"]
+    assert run_overrides(name, "dkd") == ["distill.methods=[dkd]"]
+    ab = method_config(name, "ab")
+    assert (ab.distill.methods, ab.distill.ab.init_epochs, ab.distill.ab.weight) == (["ab"], 30, 0.0)
+    ls = method_config("cifar100/vgg13_vgg8", "kd_ls")
+    assert ls.distill.kd.logit_std is True and ls.distill.kd.logit_std_T == 3.0
+    for bad in ("teacher", "kd_dot"):
+        with pytest.raises(ValueError, match="not a distillation method"):
+            run_overrides(name, bad)
+    # a pair without published numbers still gets the column's settings
+    assert run_overrides("cifar10/resnet56_resnet20", "ft") == ["distill.methods=[ft]", "distill.ft.init_epochs=30"]
+
+
+def test_known_literature_numbers_and_their_sources():
+    r8 = reference_for("cifar100/resnet32x4_resnet8x4")
+    top1, src = r8["top1"], r8["sources"]
+    # RepDistiller README, same-architecture table, resnet32x4 -> resnet8x4 column
+    assert (top1["ab"], top1["cc"], top1["fsp"], top1["ft"], top1["nst"], top1["vid"]) == (
+        73.17, 72.97, 72.62, 72.86, 73.30, 73.09)
+    for k in ("ab", "cc", "fsp", "ft", "nst", "vid"):
+        assert src[k]["name"] == "repdistiller" and src[k]["compare_with"] == "top1"
+    assert (top1["kd_ls"], top1["dkd_ls"]) == (76.62, 77.01) and src["kd_ls"]["name"] == "ls"
+    assert src["kd_ls"]["compare_with"] == "top1_best" and "CVPR 2024" in src["kd_ls"]["cite"]
+    # CTKD: its own README has no resnet32x4 pair; this number is the LS README's CTKD row
+    assert top1["ctkd"] == 73.39 and src["ctkd"]["name"] == "ls"
+    wrn = reference_for("cifar100/wrn_40_2_wrn_16_2")
+    assert wrn["top1"]["ctkd"] == 75.45 and wrn["sources"]["ctkd"]["name"] == "ctkd"
+    assert "CTKD" in wrn["sources"]["ctkd"]["cite"]
+    assert (top1["ofd"], top1["reviewkd"]) == (74.95, 75.63) and "secondary" in src["ofd"]["cite"]
+    # absent where no source tables the pair
+    assert "ofd" not in wrn["top1"] and "reviewkd" not in wrn["top1"]
+    shv2 = reference_for("cifar100/resnet32x4_ShuffleV2")["top1"]
+    assert "fsp" not in shv2 and shv2["ab"] == 74.31 and shv2["reviewkd"] == 77.78
+    assert "fsp" not in reference_for("cifar100/wrn_40_2_wrn_40_1")["top1"]  # RepDistiller: N/A
+    assert all("kdsvd" not in ref_pair["top1"] for ref in load_references() for ref_pair in ref["pairs"].values())
+
+
+def test_expected_vs_got_for_the_new_columns():
+    from kdlab.recipes import column_for, method_config
+
+    ref = reference_for("cifar100/resnet56_resnet20")
+    metrics = {"top1": 69.9, "top1_best": 70.2}
+    ab = expected_vs_got(metrics, ref, method="ab")
+    assert [r["column"] for r in ab] == ["ab", "teacher", "student"]
+    assert (ab[0]["label"], ab[0]["expected"], ab[0]["got"], ab[0]["got_metric"]) == ("AB", 69.47, 69.9, "top1")
+    assert ab[0]["delta"] == pytest.approx(69.9 - 69.47, abs=0.006)
+    assert "last epoch" in ab[0]["protocol"]
+    ls = expected_vs_got(metrics, ref, method=column_for(method_config("cifar100/resnet56_resnet20", "kd_ls")),
+                         context=False)
+    assert len(ls) == 1 and (ls[0]["column"], ls[0]["expected"], ls[0]["got"], ls[0]["got_metric"]) == (
+        "kd_ls", 71.43, 70.2, "top1_best")
+    assert method_key(["kd"]) == "kd" and method_key(["dkd"]) == "dkd"  # a switch is needed for *_ls
+    assert method_key("kd_ls") == "kd_ls" and method_key(["reviewkd"]) == "reviewkd"
+    row = expected_vs_got(metrics, reference_for("cifar100/vgg13_vgg8"), method="ofd", context=False)[0]
+    # no published OFD there: nothing expected, and with no source to follow the last epoch is shown
+    assert (row["expected"], row["delta"], row["got"], row["got_metric"]) == (None, None, 69.9, "top1")
+    text = rows_to_markdown(ab)
+    assert "| resnet56_resnet20 | AB | 69.47 | 69.90 (top1) | +0.43 |" in text

@@ -17,10 +17,12 @@ from kdlab.registry import MethodSpec, knob, register
 
 
 class ABConfig(Strict):
-    weight: float = Field(1.0, ge=0, description="beta: RepDistiller's -b for abound (1)")
+    weight: float = Field(1.0, ge=0, description="beta: weight of the AB loss during distillation (1; "
+                                                 "RepDistiller's protocol: 0 after its initialisation phase)")
     margin: float = Field(1.0, ge=0, description="margin m of the alternative L2 boundary loss")
-    init_epochs: int = Field(0, ge=0, description="RepDistiller's connector initialisation phase (30 there); "
-                                                  "not implemented yet: only 0 is accepted")
+    init_epochs: int = Field(0, ge=0, description="epochs of the initialisation phase that trains the student's "
+                                                  "layers and the connectors on the AB loss alone before "
+                                                  "distillation (RepDistiller: 30; 0: no phase)")
 
 
 def _promote(x: Tensor) -> Tensor:
@@ -73,18 +75,20 @@ class ConvReg(nn.Module):
 
 
 class AB(DistillLoss):
-    """Config: ``distill.ab.weight`` (1), ``.margin`` (1), ``.init_epochs`` (0; only 0 is implemented).
+    """Config: ``distill.ab.weight`` (1), ``.margin`` (1), ``.init_epochs`` (0).
 
     Pairs ``preacts[1:]`` (every stage but the stem, before its last ReLU). RepDistiller asserts equal
     stage counts; with unequal counts the last ``min(n_s, n_t)`` stages are paired (deepest with deepest),
     as kdlab's AT does. Connector per pair: identity when channels and height agree, else ``ConvReg``.
+
+    With ``init_epochs > 0`` the student and the connectors are first trained on the unweighted AB loss alone
+    (``Distillation.pre_train``). With ``weight = 0`` the term adds nothing during distillation and its
+    connectors are frozen (RepDistiller's protocol: AB acts only in its initialisation phase).
     """
 
     def __init__(self, cfg: ABConfig, ctx: DistillContext):
         super().__init__()
-        if cfg.init_epochs:
-            raise ConfigError("distill.ab.init_epochs: RepDistiller's connector initialisation phase is not "
-                              "implemented in kdlab yet; set it to 0 (the AB loss then acts during training)")
+        self._init_phase(cfg.init_epochs)
         s_shapes, t_shapes = ctx.student_probe.stage_shapes[1:], ctx.teacher_probe.stage_shapes[1:]
         k = min(len(s_shapes), len(t_shapes))
         if k < 1:
@@ -93,12 +97,26 @@ class AB(DistillLoss):
         self.connectors = nn.ModuleList(
             nn.Identity() if (s[0], s[1]) == (t[0], t[1]) else ConvReg(s, t, what="distill.ab")
             for s, t in zip(s_shapes[-k:], t_shapes[-k:]))
+        if self.weight == 0:  # nothing to train during distillation (the phase unfreezes them for itself)
+            self.connectors.requires_grad_(False)
 
-    def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
+    def _loss(self, s, t) -> Tensor:
         k = self.pairs
         g_s = [c(f) for c, f in zip(self.connectors, s.preacts[-k:])]
         g_t = [f.detach() for f in t.preacts[-k:]]
-        return {"ab": self.weight * ab_loss(g_s, g_t, self.margin)}
+        return ab_loss(g_s, g_t, self.margin)
+
+    def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
+        if self.weight == 0:
+            return {"ab": s.logits.new_zeros((), dtype=torch.float32)}
+        return {"ab": self.weight * self._loss(s, t)}
+
+    # RepDistiller's initialisation phase: the student's layers and the connectors on the AB loss alone
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [student, self.connectors]
+
+    def init_loss(self, s, t, batch) -> Tensor:
+        return self._loss(s, t)
 
 
 KNOBS = (
@@ -107,6 +125,9 @@ KNOBS = (
          "weight of the activation-boundary loss", off_value=0.0, requires="distill.methods~ab"),
     knob("ab.margin", "distill.ab.margin", "float", ["ab margin", "activation boundary margin"],
          "margin of the activation-boundary loss (1)", requires="distill.methods~ab"),
+    knob("ab.init_epochs", "distill.ab.init_epochs", "int",
+         ["ab init epochs", "ab initialisation epochs", "ab initialization epochs", "activation boundary init epochs", "ab connector initialisation"],
+         "epochs of AB's initialisation phase before distillation (RepDistiller: 30; REMOVE: 0, no phase)", off_value=0, requires="distill.methods~ab"),
 )
 
 register(MethodSpec(

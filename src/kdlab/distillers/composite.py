@@ -17,6 +17,7 @@ from kdlab.distillers.base import (
     build_distill_loss,
 )
 from kdlab.engine.method import TrainMethod
+from kdlab.engine.prephase import PrePhase, train_phase
 from kdlab.models.base import ModelOutput
 
 
@@ -117,6 +118,45 @@ class Distillation(TrainMethod):
                     raise RuntimeError(f"distillation term {name!r} returned a loss named {key!r} twice")
                 losses[key] = value
         return s.logits, losses
+
+    def pre_train(self, phase: PrePhase) -> bool:
+        """Each term's initialisation phase that is not done yet, in ``distill.methods`` order: only the term's
+        ``init_modules`` are trained (in train mode, everything else in eval mode, the teacher frozen) on its
+        ``init_loss`` alone, by a new SGD at ``init_lr`` (:func:`kdlab.engine.prephase.train_phase`); then its
+        ``init_done`` buffer is set. Parameters a term keeps frozen for distillation (FT's paraphraser) are
+        trainable during its phase only."""
+        ran = False
+        for name, term in self.terms.items():
+            if not term.init_epochs or bool(term.init_done):
+                continue
+            modules = term.init_modules(self.student)
+            params = list({id(p): p for m in modules for p in m.parameters()}.values())
+            frozen = [p for p in params if not p.requires_grad]
+
+            def set_modes(modules=modules):
+                self.train(False)
+                for m in modules:
+                    m.train()
+
+            def loss_fn(batch: Batch, term=term) -> Tensor:
+                x = batch.views[0]
+                s = self.student(x) if term.init_uses_student else None
+                with torch.no_grad():
+                    t = self._teacher(x)
+                return term.init_loss(s, t, batch)
+
+            for p in frozen:
+                p.requires_grad_(True)
+            try:
+                train_phase(phase, name=name, params=params, epochs=term.init_epochs, lr=term.init_lr(phase.optim),
+                            loss_fn=loss_fn, set_modes=set_modes)
+            finally:
+                for p in frozen:
+                    p.requires_grad_(False)
+                    p.grad = None
+            term.init_done.fill_(True)
+            ran = True
+        return ran
 
     def after_step(self) -> None:
         for term in self.terms.values():

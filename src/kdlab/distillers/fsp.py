@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from kdlab.config import ConfigError, Strict
 from kdlab.distillers._common import full_precision, match_spatial
@@ -15,9 +15,11 @@ from kdlab.registry import MethodSpec, knob, register
 
 
 class FSPConfig(Strict):
-    weight: float = Field(50.0, ge=0, description="beta: RepDistiller's -b for fsp (50)")
-    init_epochs: int = Field(0, ge=0, description="RepDistiller's FSP initialisation phase (30 there); "
-                                                  "not implemented yet: only 0 is accepted")
+    weight: float = Field(50.0, ge=0, description="beta: weight of the FSP loss during distillation (50, "
+                                                  "RepDistiller's -b; its protocol: 0 after the phase)")
+    init_epochs: int = Field(0, ge=0, description="epochs of the initialisation phase that trains the student's "
+                                                  "layers on the FSP loss alone before distillation "
+                                                  "(RepDistiller: 30; 0: no phase)")
 
 
 def _promote(x: Tensor) -> Tensor:
@@ -44,16 +46,16 @@ def fsp_loss(g_s: list[Tensor], g_t: list[Tensor]) -> Tensor:
 
 
 class FSP(DistillLoss):
-    """Config: ``distill.fsp.weight`` (50), ``distill.fsp.init_epochs`` (0; only 0 is implemented).
+    """Config: ``distill.fsp.weight`` (50), ``distill.fsp.init_epochs`` (0).
 
     Needs the same number of stages with the same channels in both networks (RepDistiller raises
-    otherwise); spatial sizes may differ (pooled as in the reference)."""
+    otherwise); spatial sizes may differ (pooled as in the reference). With ``init_epochs > 0`` the student
+    is first trained on the unweighted FSP loss alone; with ``weight = 0`` the term adds nothing during
+    distillation (RepDistiller's protocol)."""
 
     def __init__(self, cfg: FSPConfig, ctx: DistillContext):
         super().__init__()
-        if cfg.init_epochs:
-            raise ConfigError("distill.fsp.init_epochs: RepDistiller's FSP initialisation phase is not "
-                              "implemented in kdlab yet; set it to 0 (the FSP loss then acts during training)")
+        self._init_phase(cfg.init_epochs)
         s_c = [c for c, *_ in ctx.student_probe.stage_shapes]
         t_c = [c for c, *_ in ctx.teacher_probe.stage_shapes]
         if s_c != t_c or len(s_c) < 2:
@@ -62,13 +64,25 @@ class FSP(DistillLoss):
         self.weight = cfg.weight
 
     def forward(self, s, t, batch, step: StepContext) -> dict[str, Tensor]:
-        return {"fsp": self.weight * fsp_loss(list(s.stages), [f.detach() for f in t.stages])}
+        if self.weight == 0:
+            return {"fsp": s.logits.new_zeros((), dtype=torch.float32)}
+        return {"fsp": self.weight * self.init_loss(s, t, batch)}
+
+    # RepDistiller's initialisation phase: the student's layers on the FSP loss alone
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [student]
+
+    def init_loss(self, s, t, batch) -> Tensor:
+        return fsp_loss(list(s.stages), [f.detach() for f in t.stages])
 
 
 KNOBS = (
     knob("fsp.weight", "distill.fsp.weight", "float",
          ["fsp weight", "fsp loss weight", "flow of solution procedure weight"],
          "weight of the FSP loss", off_value=0.0, requires="distill.methods~fsp"),
+    knob("fsp.init_epochs", "distill.fsp.init_epochs", "int",
+         ["fsp init epochs", "fsp initialisation epochs", "fsp initialization epochs", "fsp initialisation phase"],
+         "epochs of FSP's initialisation phase before distillation (RepDistiller: 30; REMOVE: 0, no phase)", off_value=0, requires="distill.methods~fsp"),
 )
 
 register(MethodSpec(

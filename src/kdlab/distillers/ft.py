@@ -23,8 +23,9 @@ class FTConfig(Strict):
     rate: float = Field(0.5, gt=0, description="paraphrase rate k: factor channels = int(teacher channels * k)")
     p1: float = Field(2.0, gt=0, description="exponent of the channel mean in the factor map")
     p2: float = Field(1.0, gt=0, description="exponent of the factor difference (1: L1)")
-    init_epochs: int = Field(0, ge=0, description="RepDistiller's paraphraser training phase (30 there); "
-                                                  "not implemented yet: only 0 is accepted")
+    init_epochs: int = Field(0, ge=0, description="epochs of the phase that trains the paraphraser to "
+                                                  "reconstruct the teacher's map before distillation "
+                                                  "(RepDistiller: 30; 0: the paraphraser stays untrained)")
 
 
 def _promote(x: Tensor) -> Tensor:
@@ -88,17 +89,25 @@ class Translator(nn.Module):
         return self.encoder(f)
 
 
+#: students for which RepDistiller trains the paraphraser at lr 0.01 instead of the student's base rate
+#: (``helper/pretrain.py``: the CIFAR ResNets and WRNs)
+PARAPHRASER_LR_001 = frozenset({"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                                "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"})
+
+
 class FT(DistillLoss):
     """Config: ``distill.ft.weight`` (200), ``.rate`` (0.5), ``.p1`` (2), ``.p2`` (1), ``.init_epochs``
-    (0; only 0 is implemented). Pairs ``stages[-1]`` of both networks; any pair works (the translator maps
-    the student's channels, spatial sizes are pooled). The paraphraser is frozen, as in RepDistiller's
-    distillation phase; without its initialisation phase it stays at its random initialisation."""
+    (0). Pairs ``stages[-1]`` of both networks; any pair works (the translator maps the student's channels,
+    spatial sizes are pooled). The paraphraser is frozen during distillation, as in RepDistiller; with
+    ``init_epochs > 0`` it is first trained alone to reconstruct the teacher's map (MSE), otherwise it
+    stays at its random initialisation."""
+
+    init_uses_student = False
 
     def __init__(self, cfg: FTConfig, ctx: DistillContext):
         super().__init__()
-        if cfg.init_epochs:
-            raise ConfigError("distill.ft.init_epochs: RepDistiller's paraphraser training phase is not "
-                              "implemented in kdlab yet; set it to 0 (the paraphraser then stays untrained)")
+        self._init_phase(cfg.init_epochs)
+        self.student_arch = ctx.student_arch
         s_c, t_c = ctx.student_probe.stage_shapes[-1][0], ctx.teacher_probe.stage_shapes[-1][0]
         if int(t_c * cfg.rate) < 1:
             raise ConfigError(f"distill.ft.rate={cfg.rate} leaves no factor channel for {t_c} teacher channels")
@@ -117,6 +126,26 @@ class FT(DistillLoss):
             factor_t = self.paraphraser(t.stages[-1].detach(), is_factor=True)
         return {"ft": self.weight * ft_loss(factor_s, factor_t, self.p1, self.p2)}
 
+    # RepDistiller's initialisation phase: the paraphraser alone, reconstructing the teacher's map
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [self.paraphraser]
+
+    def init_loss(self, s, t, batch) -> Tensor:
+        f_t = t.stages[-1].detach()
+        _, rec = self.paraphraser(f_t)
+        return paraphraser_loss(rec, f_t)
+
+    def init_lr(self, optim) -> float:
+        """0.01 for a CIFAR ResNet/WRN student, else the student's base rate (RepDistiller's rule)."""
+        return 0.01 if self.student_arch in PARAPHRASER_LR_001 else optim.lr
+
+
+def paraphraser_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all elements (RepDistiller's ``nn.MSELoss()`` on the paraphraser's output)."""
+    with full_precision(reconstruction):
+        r = _promote(reconstruction)
+        return F.mse_loss(r, _promote(target).to(r.dtype))
+
 
 KNOBS = (
     knob("ft.weight", "distill.ft.weight", "float",
@@ -124,6 +153,9 @@ KNOBS = (
          "weight of the factor-transfer loss", off_value=0.0, requires="distill.methods~ft"),
     knob("ft.rate", "distill.ft.rate", "float", ["ft paraphrase rate", "factor transfer paraphrase rate", "paraphrase rate"],
          "paraphrase rate k of FT's paraphraser and translator (0.5)", requires="distill.methods~ft"),
+    knob("ft.init_epochs", "distill.ft.init_epochs", "int",
+         ["ft init epochs", "paraphraser epochs", "paraphraser training epochs", "factor transfer init epochs", "paraphraser pretraining"],
+         "epochs of FT's paraphraser training phase before distillation (RepDistiller: 30; REMOVE: 0, untrained paraphraser)", off_value=0, requires="distill.methods~ft"),
 )
 
 register(MethodSpec(

@@ -40,6 +40,14 @@ class EventLog:
             self._writer.add_scalar(_tag(key), value, epoch)
         self._writer.flush()
 
+    def scalars(self, prefix: str, values: dict, step: int) -> None:
+        """``values`` as ``prefix/<key>`` at ``step`` (an initialisation phase's epochs, for one)."""
+        if self._writer is None:
+            return
+        for key, value in values.items():
+            self._writer.add_scalar(f"{prefix}/{key}", value, step)
+        self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

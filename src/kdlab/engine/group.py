@@ -144,6 +144,8 @@ class StudentGroup:
             m.trainer.open_progress()
         try:
             with stop_signals_caught(self._note_signal):
+                for m in self.members:  # a method's initialisation phase (AB, FT, FSP), each on its own
+                    m.run(m.trainer.pre_train)
                 first = min((m.trainer.start_epoch for m in self.members), default=0)
                 last = max((m.trainer.epochs for m in self.members), default=0)
                 for epoch in range(first, last):
@@ -185,3 +187,5 @@ class StudentGroup:
 
     def _note_signal(self, signum: int) -> None:
         self._stop_signal = signum
+        for m in self.members:  # an initialisation phase checks its own trainer's flag
+            m.trainer._note_signal(signum)

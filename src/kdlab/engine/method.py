@@ -11,6 +11,7 @@ from typing import Iterator
 from torch import Tensor, nn
 
 from kdlab.data.base import Batch
+from kdlab.engine.prephase import PrePhase
 
 
 class TrainMethod(nn.Module):
@@ -39,6 +40,12 @@ class TrainMethod(nn.Module):
     def forward(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
         """``forward_train``, so that DistributedDataParallel can wrap the method."""
         return self.forward_train(batch, progress)
+
+    def pre_train(self, phase: PrePhase) -> bool:
+        """Run the method's initialisation phases that are not done yet, before the first epoch
+        (:mod:`kdlab.engine.prephase`); whether any ran. A method records a finished phase in its own state
+        (a buffer), so the checkpoint the trainer then writes keeps a resumed run from repeating it."""
+        return False
 
     def after_step(self) -> None:
         """Called after each optimizer step (EMA updates and similar)."""

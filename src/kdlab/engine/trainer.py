@@ -28,6 +28,7 @@ from kdlab.engine.checkpoint import (CheckpointError, atomic_write_text, load_la
 from kdlab.engine.distributed import any_rank, convert_sync_bn
 from kdlab.engine.events import EventLog
 from kdlab.engine.method import TrainMethod
+from kdlab.engine.prephase import PhaseDiverged, PhaseStopped, PrePhase
 from kdlab.engine.metrics import ECE_BINS, calibration_sums, epoch_loss_stats, expected_calibration_error, summarize
 from kdlab.engine.progress import RunProgress
 from kdlab.engine.runtime import Runtime, peak_memory_mb
@@ -113,6 +114,8 @@ class Trainer:
         self.info = info
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.init_metrics_path = run_dir / "init_metrics.jsonl"  # the method's initialisation phase, if any
+        self.init_history: list[dict] = []
         self.optimizer = build_optimizer(list(method.trainable_parameters()), optim)
         self.history: list[dict] = []
         self.start_epoch = 0
@@ -189,6 +192,7 @@ class Trainer:
         self.open_progress()
         try:
             with stop_signals_caught(self._note_signal):
+                self.pre_train()
                 for epoch in range(self.start_epoch, self.epochs):
                     self._train_epoch(epoch)
         finally:
@@ -209,6 +213,37 @@ class Trainer:
 
     def _note_signal(self, signum: int) -> None:
         self._stop_signal = signum
+
+    def pre_train(self) -> None:
+        """The method's initialisation phases not done yet (``TrainMethod.pre_train``); after one ran, a
+        checkpoint at the current epoch records it, so a resumed run does not repeat it. Each phase epoch is
+        a line of ``init_metrics.jsonl`` (rewritten when a phase starts over) and TensorBoard scalars."""
+        self._init_log_started = False
+        phase = PrePhase(self.train_loader, self.rt, self.optim_cfg, self._log_init,
+                         lambda: any_rank(self._stop_signal is not None, self.rt.device))
+        try:
+            ran = self.method.pre_train(phase)
+        except PhaseStopped as exc:
+            raise Interrupted(f"{exc} (by {self._stop_cause()}); run the same command again to restart "
+                              "the phase") from None
+        except PhaseDiverged as exc:
+            raise DivergedError(str(exc)) from None
+        if ran and self.main:
+            save_checkpoint(self._state(self.start_epoch), self.ckpt_dir / "last.pt")
+
+    def _log_init(self, record: dict) -> None:
+        self.init_history.append(record)
+        if not self.main:
+            return
+        mode = "a" if self._init_log_started else "w"
+        self._init_log_started = True
+        with naming(self.init_metrics_path), open(self.init_metrics_path, mode) as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.events.scalars(f"init/{record['phase']}", {"loss": record["init_loss"], "lr": record["init_lr"]},
+                            record["init_epoch"])
+        if self.rt.progress:
+            print(f"{self.run_dir.name}: {record['phase']} initialisation epoch {record['init_epoch']}: "
+                  f"loss {record['init_loss']:.4f}", flush=True)
 
     # The pieces of an epoch, also driven one step at a time by a group of students (engine.group).
     def open_progress(self) -> None:

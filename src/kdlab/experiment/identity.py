@@ -60,6 +60,8 @@ ADDED_LATER: dict[str, Any] = {
     "distill.cocord.teacher_proj_layers": None,
     "distill.cocord.teacher_proj_hidden": None,
     "distill.cocord.teacher_proj_bn": None,
+    "distill.ctkd.temperature": "global",
+    "distill.ctkd.instance_hidden": 256,
 }
 
 #: the sections a teacher run depends on (the student parts of its config never change it)

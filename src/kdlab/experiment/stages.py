@@ -452,7 +452,7 @@ def _student_method(cfg: ExperimentConfig, net, train: ArrayDataset, teacher_che
     ctx = DistillContext(
         student_probe=probe(net, train.image_shape), teacher_probe=probe(teacher, train.image_shape),
         num_classes=train.num_classes, num_train=len(train), input_shape=train.image_shape,
-        epochs=cfg.student.epochs,
+        epochs=cfg.student.epochs, student_arch=cfg.student.arch,
     )
     method = Distillation(net, teacher, cfg.distill, ctx)
     return method, method.views
