@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _executor_options(p) -> None:
     p.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    p.add_argument("--group-size", type=int, default=None, metavar="N",
+                   help="train at most N student runs that share a teacher and a seed as one program "
+                        "(default: as many as memory allows)")
+    p.add_argument("--no-group", dest="group_size", action="store_const", const=1,
+                   help="train every run in its own process (the same results, more teacher forwards)")
     p.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
                         "(cluster=local runs submitit's local executor)")
@@ -228,7 +233,8 @@ def cmd_ablate(args) -> int:
     result = run_plan(args.plan, base=args.base, seeds=args.seeds, maps=tuple(args.map), out=args.out,
                       executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides),
                       retry_failed=args.retry_failed, executor_options=_parse_executor_opts(args.executor_opt),
-                      write_grid_to=args.write_grid, strict=args.strict, explain=args.explain)
+                      write_grid_to=args.write_grid, strict=args.strict, explain=args.explain,
+                      group_size=args.group_size)
     return getattr(result, "exit_code", 0)
 
 
@@ -257,7 +263,8 @@ def cmd_sweep(args) -> int:
         print(f"(dry run: nothing was run; output would go to {out})")
         return 0
     result = run_sweep(grid, out, executor=args.executor, jobs=args.jobs, retry_failed=args.retry_failed,
-                       executor_options=_parse_executor_opts(args.executor_opt), record=record)
+                       executor_options=_parse_executor_opts(args.executor_opt), record=record,
+                       group_size=args.group_size)
     return result.exit_code
 
 

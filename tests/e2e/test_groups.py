@@ -145,3 +145,26 @@ def test_runs_that_cannot_share_are_refused(setting):
     assert group_key(alone, ckpt) == ""  # no teacher to share
     with pytest.raises(ConfigError, match="same teacher with the same seed"):
         run_student_group([kd, seed1], [root / "x0", root / "x1"], ckpt, data)
+
+
+def test_a_sweep_trains_runs_that_share_a_teacher_as_one_group_with_the_results_of_separate_runs(tmp_path):
+    """`kdlab sweep` forms the group itself (from the configs, not the labels); `--no-group` gives the same
+    records and checkpoints with every run in its own task."""
+    from pathlib import Path
+
+    from kdlab.sweep import load_grid, run_sweep
+    from kdlab.sweep.store import Store
+
+    grid = load_grid(Path(__file__).resolve().parents[1] / "grids" / "kd_group.yaml")
+    lines: list[str] = []
+    grouped = run_sweep(grid, tmp_path / "grouped", jobs=1, echo=lines.append)
+    assert grouped.exit_code == 0
+    assert sum("in a group of 4" in line for line in lines) == 4
+    alone_lines: list[str] = []
+    alone = run_sweep(grid, tmp_path / "alone", jobs=1, group_size=1, echo=alone_lines.append)
+    assert alone.exit_code == 0 and not any("in a group" in line for line in alone_lines)
+    a, b = Store(tmp_path / "grouped").records(), Store(tmp_path / "alone").records()
+    assert a.keys() == b.keys() and len(a) == 4
+    for key in a:
+        assert a[key]["metrics"]["student.top1"] == b[key]["metrics"]["student.top1"]
+        _assert_same_run(tmp_path / "grouped" / "runs" / key, tmp_path / "alone" / "runs" / key)

@@ -62,6 +62,7 @@ def run_plan(
     write_grid_to: str | Path | None = None,
     strict: bool = False,
     explain: bool = False,
+    group_size: int | None = None,
 ) -> AblationResult:
     """Parse ``plan_path``, resolve it on the base, run every missing run, write the report.
 
@@ -71,6 +72,8 @@ def run_plan(
     ``executor``: ``local`` or ``submitit`` (``executor_options`` go to submitit, e.g. ``{"cluster": "local"}``
     or ``{"slurm_partition": "gpu", "gpus_per_node": 1}``). ``retry_failed`` re-runs runs recorded as failed.
     ``stages``: the module providing ``run_teacher``/``run_student`` (tests inject a fake).
+    ``group_size``: the most student runs trained as one program when they share a teacher and a seed (None:
+    what memory allows; 1: every run alone, ``--no-group``).
     ``write_grid_to``: also save the resolved grid as a reviewable grid file (``kdlab sweep`` runs it).
     Ablations that do not resolve are listed (first in the output and in report.md's "Not run" section) and the
     others run; ``strict`` runs nothing unless every ablation resolves. ``explain`` prints how each ablation
@@ -100,7 +103,8 @@ def run_plan(
         say(f"\n(dry run: nothing was run; output would go to {out_dir})")
         return result
     done = run_sweep(sweep, out_dir, executor=executor, jobs=jobs, retry_failed=retry_failed,
-                     executor_options=executor_options, stages=stages, echo=say, record=record)
+                     executor_options=executor_options, stages=stages, echo=say, record=record,
+                     group_size=group_size)
     result.execution, result.report, result.exit_code = done.execution, done.report, done.exit_code
     if grid.unresolved:
         names = ", ".join(f"#{u.index} {u.ablation.name!r}" for u in grid.unresolved)

@@ -40,7 +40,9 @@ from typing import Any, Callable
 from kdlab.engine.progress import clock, eta
 from kdlab.experiment.identity import run_identity
 from kdlab.experiment.schema import ExperimentConfig
+from kdlab.experiment.stages import group_key
 from kdlab.sweep.grid import SweepError, SweepGrid
+from kdlab.sweep.groups import auto_group_size, form_groups
 from kdlab.sweep.store import Store, run_key, teacher_config, teacher_key
 
 __all__ = ["Task", "RunSpec", "expand", "run_task", "execute", "ExecutionSummary", "default_jobs", "make_executor"]
@@ -62,6 +64,8 @@ class Task:
     teacher_dir: str | None = None
     label: str = ""
     claim_token: str | None = None  # set by the orchestrator, which claims before it launches
+    group_key: str = ""  # student runs with equal non-empty keys may train as one program (sweep.groups)
+    members: list[Task] = field(default_factory=list)  # kind "group": the student tasks it trains
 
 
 @dataclass
@@ -135,6 +139,8 @@ def _record(task: Task, summary: dict, started: float, teacher_rec: dict | None)
 def run_task(task: Task) -> str:
     """Run one task in this process (what every executor calls). Returns done | failed | busy | finished |
     interrupted. The record is written here, atomically; an interrupted run writes none (it resumes)."""
+    if task.kind == "group":
+        return run_group_task(task)
     store = Store(task.store_root)
     run_dir = Path(task.run_dir)
     if store.record(run_dir) is not None:
@@ -180,6 +186,62 @@ def run_task(task: Task) -> str:
         return summary["status"]
     finally:
         claim.release()
+
+
+def run_group_task(task: Task) -> str:
+    """Run a group's student tasks as one program (``stages.run_student_group``), one record per member; a
+    stages module without groups runs them one after another. Returns done (every member has a record),
+    interrupted, or the first other status."""
+    stages = importlib.import_module(task.stages)
+    if not hasattr(stages, "run_student_group"):
+        statuses = [run_task(member) for member in task.members]
+        return "interrupted" if "interrupted" in statuses else "done"
+    store = Store(task.store_root)
+    held = []
+    for member in task.members:
+        if store.record(Path(member.run_dir)) is not None:
+            continue
+        claim = (store.adopt_claim(Path(member.run_dir), member.claim_token) if member.claim_token
+                 else store.try_claim(Path(member.run_dir)))
+        if claim is not None:
+            held.append((member, claim))
+    if not held:
+        return "done"
+    started = time.time()
+    try:
+        if task.threads:
+            import torch
+
+            torch.set_num_threads(task.threads)
+        first = held[0][0]
+        teacher_rec = store.record(Path(first.teacher_dir)) if first.teacher_dir else None
+        ckpt = Path(first.teacher_dir) / "checkpoints" / "last.pt" if first.teacher_dir else None
+        cfgs = []
+        for member, _ in held:
+            cfg = ExperimentConfig.model_validate(member.config)
+            if task.threads:
+                cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"threads": task.threads,
+                                                                                       "progress": False})})
+            cfgs.append(cfg)
+        try:
+            summaries = stages.run_student_group(cfgs, [Path(m.run_dir) for m, _ in held], ckpt)
+        except (KeyboardInterrupt, SystemExit):
+            return "interrupted"
+        except Exception as exc:  # noqa: BLE001 - a failure before the members train fails them all
+            if type(exc).__name__ == "Interrupted":
+                return "interrupted"
+            error = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                     "traceback": traceback.format_exc(limit=-3), "metrics": {}}
+            summaries = [error] * len(held)
+        for (member, _), summary in zip(held, summaries):
+            if summary.get("status") not in ("done", "failed"):
+                summary = dict(summary, status="failed",
+                               error=summary.get("error") or f"stage ended with status {summary.get('status')!r}")
+            store.write_record(Path(member.run_dir), _record(member, summary, started, teacher_rec))
+        return "done"
+    finally:
+        for _, claim in held:
+            claim.release()
 
 
 # ---------------------------------------------------------------------------------------- executors
@@ -480,8 +542,13 @@ def execute(
     executor_options: dict | None = None,
     stages: str = STAGES_MODULE,
     echo: Callable[[str], None] = print,
+    group_size: int | None = None,
 ) -> ExecutionSummary:
-    """Run every missing run of the grid; return what was executed and skipped."""
+    """Run every missing run of the grid; return what was executed and skipped.
+
+    Student runs that read the same batches and distil the same teacher train as groups (one program, one
+    teacher forward per batch; :mod:`kdlab.sweep.groups`): ``group_size`` caps a group (None: what memory
+    allows, 1: no groups)."""
     t0 = time.time()
     runs, teacher_cfgs = expand(grid)
     opts = dict(executor_options or {})
@@ -491,6 +558,8 @@ def execute(
     jobs = jobs or (default_jobs("local") if on_this_machine else default_jobs(executor))
     if jobs < 1:
         raise SweepError(f"--jobs must be >= 1, got {jobs}")
+    if group_size is not None and group_size < 1:
+        raise SweepError(f"--group-size must be >= 1 (1 trains every run alone), got {group_size}")
     # runs on this machine share its cores; SLURM jobs get cpus_per_task each
     threads = max(1, cores // jobs) if on_this_machine else opts.get("cpus_per_task")
 
@@ -514,10 +583,11 @@ def execute(
     for cid, per_seed in runs.items():
         for seed, spec in per_seed.items():
             d = store.run_dir(spec.key)
+            tdir = str(store.teacher_dir(spec.teacher_key)) if spec.teacher_key else None
             student_tasks.append(Task(
                 "student", spec.key, str(d), spec.config.model_dump(mode="json"), str(store.root), seed, stages,
-                threads, spec.teacher_key, str(store.teacher_dir(spec.teacher_key)) if spec.teacher_key else None,
-                label=f"{labels.get(cid, cid[:8])} seed {seed}",
+                threads, spec.teacher_key, tdir, label=f"{labels.get(cid, cid[:8])} seed {seed}",
+                group_key=group_key(spec.config, tdir) if group_size != 1 and spec.teacher_key else "",
             ))
 
     for t in student_tasks:
@@ -542,7 +612,16 @@ def execute(
         echo(f"Running {len(pending_s)} student runs and {len(pending_t)} teacher trainings "
              f"({len(summary.skipped)} runs and {reused} teachers already done) with the {executor} executor, "
              f"{jobs} at a time"
-             + (f", {threads} threads each" if threads else "") + f"; output in {store.root}")
+             + (f", {threads} threads each" if threads else "")
+             + ("" if group_size == 1 else "; runs that share a teacher and seed train in groups")
+             + f"; output in {store.root}")
+    caps: dict[str, int] = {}
+
+    def cap(t: Task) -> int:  # how many runs of t's kind one group may hold (estimated once per key)
+        if t.group_key not in caps:
+            caps[t.group_key] = group_size or auto_group_size(ExperimentConfig.model_validate(t.config), jobs)
+        return caps[t.group_key]
+
     ex = make_executor(executor, store.root, jobs, executor_options) if total else None
     running: dict[Any, Task] = {}
     claims: dict[str, Any] = {}
@@ -581,35 +660,42 @@ def execute(
                     del pending_s[key]
                     done_count += 1
                     finished_line(f"failed  {t.label}: {err}")
-            in_flight = {t.key for t in running.values()}
-            ready = [t for t in pending_t.values()] + [
-                t for t in pending_s.values() if teacher_state(t.teacher_key) == "done"
-            ]
+            in_flight = {m.key for t in running.values() for m in (t.members or [t])}
+            ready_t = [t for t in pending_t.values() if t.key not in in_flight]
+            ready_s = [t for t in pending_s.values()
+                       if t.key not in in_flight and teacher_state(t.teacher_key) == "done"]
+            idle = jobs - len(running)
+            units = [[t] for t in ready_t] + form_groups(ready_s, key=lambda t: t.group_key, cap=cap,
+                                                         free=idle - len(ready_t))
             blocked = 0
-            for t in ready:
+            for unit in units:
                 if len(running) >= jobs:
                     break
-                if t.key in in_flight:
+                claimed = []
+                for t in unit:
+                    claim = store.try_claim(Path(t.run_dir))
+                    if claim is None:
+                        if store.record(Path(t.run_dir)) is not None:  # finished by someone else meanwhile
+                            (pending_t if t.kind == "teacher" else pending_s).pop(t.key, None)
+                            done_count += 1
+                            if t.kind == "student":
+                                summary.waited.append(t.key)
+                        else:
+                            blocked += 1
+                        continue
+                    t.claim_token = claim.token
+                    claims[t.key] = claim
+                    claimed.append(t)
+                if not claimed:
                     continue
-                claim = store.try_claim(Path(t.run_dir))
-                if claim is None:
-                    if store.record(Path(t.run_dir)) is not None:  # finished by someone else meanwhile
-                        (pending_t if t.kind == "teacher" else pending_s).pop(t.key, None)
-                        done_count += 1
-                        if t.kind == "student":
-                            summary.waited.append(t.key)
-                    else:
-                        blocked += 1
-                    continue
-                t.claim_token = claim.token
+                task = claimed[0] if len(claimed) == 1 else _group_task(claimed)
                 try:
-                    h = ex.submit(t)
+                    h = ex.submit(task)
                 except BaseException:
-                    claim.release()
+                    for t in claimed:
+                        claims.pop(t.key).release()
                     raise
-                running[h] = t
-                claims[t.key] = claim
-                in_flight.add(t.key)
+                running[h] = task
             if not running:
                 if pending_t or pending_s:
                     if not waiting_note:
@@ -627,37 +713,39 @@ def execute(
                 break
             finished = ex.wait(list(running), timeout=getattr(ex, "poll_s", 1.0))
             for h in finished:
-                t = running.pop(h)
+                task = running.pop(h)
                 status = ex.result(h)
-                c = claims.pop(t.key, None)
-                coll = pending_t if t.kind == "teacher" else pending_s
-                rec = store.record(Path(t.run_dir))
-                if status == "ok" and rec is not None:
-                    coll.pop(t.key, None)
-                    done_count += 1
-                    (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
-                    finished_line(_line(t, rec))
-                elif status == "finished" or (rec is not None and status in ("busy", "ok")):
-                    coll.pop(t.key, None)
-                    done_count += 1
-                    if t.kind == "student":
-                        summary.waited.append(t.key)
-                elif status == "busy":
-                    pass  # another process holds it: keep it pending, wait
-                elif status == "interrupted":
+                for t in task.members or [task]:
+                    c = claims.pop(t.key, None)
+                    coll = pending_t if t.kind == "teacher" else pending_s
+                    rec = store.record(Path(t.run_dir))
+                    if status == "ok" and rec is not None:
+                        coll.pop(t.key, None)
+                        done_count += 1
+                        (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
+                        finished_line(_line(t, rec, len(task.members)))
+                    elif status == "finished" or (rec is not None and status in ("busy", "ok")):
+                        coll.pop(t.key, None)
+                        done_count += 1
+                        if t.kind == "student":
+                            summary.waited.append(t.key)
+                    elif status in ("busy", "ok"):
+                        pass  # another process holds it (or took it from the group): keep it pending, wait
+                    elif status == "interrupted":
+                        for held in [c, *(claims.pop(m.key, None) for m in task.members)]:
+                            if held is not None:
+                                held.release()
+                        raise KeyboardInterrupt
+                    else:  # the worker died without a record
+                        if store.record(Path(t.run_dir)) is None:
+                            summ = {"status": "failed", "error": status, "metrics": {}}
+                            store.write_record(Path(t.run_dir), _record(t, summ, time.time(), None))
+                        coll.pop(t.key, None)
+                        done_count += 1
+                        (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
+                        finished_line(f"failed  {t.kind} {t.label}: {status}")
                     if c is not None:
-                        c.release()
-                    raise KeyboardInterrupt
-                else:  # the worker died without a record
-                    if store.record(Path(t.run_dir)) is None:
-                        summ = {"status": "failed", "error": status, "metrics": {}}
-                        store.write_record(Path(t.run_dir), _record(t, summ, time.time(), None))
-                    coll.pop(t.key, None)
-                    done_count += 1
-                    (summary.executed_teachers if t.kind == "teacher" else summary.executed).append(t.key)
-                    finished_line(f"failed  {t.kind} {t.label}: {status}")
-                if c is not None:
-                    c.release()  # the worker normally removed it already
+                        c.release()  # the worker normally removed it already
     except KeyboardInterrupt:
         if ex is not None and running:
             echo(f"Interrupted: stopping {len(running)} running task(s); run the same command again to resume.")
@@ -676,10 +764,19 @@ def execute(
     return summary
 
 
-def _line(t: Task, rec: dict) -> str:
+def _group_task(members: list[Task]) -> Task:
+    """One task that trains ``members`` (student tasks of one group key) as one program."""
+    first = members[0]
+    return Task("group", first.key, first.run_dir, {}, first.store_root, first.seed, first.stages, first.threads,
+                first.teacher_key, first.teacher_dir, label=f"group of {len(members)}", group_key=first.group_key,
+                members=members)
+
+
+def _line(t: Task, rec: dict, group: int = 0) -> str:
     m = rec.get("metrics") or {}
     top1 = m.get(f"{t.kind}.top1")
     acc = f" top1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
     if rec["status"] == "done":
-        return f"done    {t.kind:<7} {t.label}{acc} ({rec.get('duration_s', 0):.1f} s)"
+        shared = f", in a group of {group}" if group > 1 else ""
+        return f"done    {t.kind:<7} {t.label}{acc} ({rec.get('duration_s', 0):.1f} s{shared})"
     return f"failed  {t.kind:<7} {t.label}: {rec.get('error')}"

@@ -80,6 +80,7 @@ def run_sweep(
     stages: str = STAGES_MODULE,
     echo: Callable[[str], None] | None = print,
     record: dict | None = None,
+    group_size: int | None = None,
 ) -> SweepResult:
     """Run the grid's missing runs in ``out`` (upgrading a folder of an earlier version first), write
     grid.json and the report. ``exit_code`` is 1 when some run failed or is missing."""
@@ -93,7 +94,7 @@ def run_sweep(
     store.write_grid(record)
     store.write_names(readable_names(record))
     result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,
-                               executor_options=executor_options, stages=stages, echo=say)
+                               executor_options=executor_options, stages=stages, echo=say, group_size=group_size)
     result.report = build_report(out)
     say("")
     say(result.report.text)
