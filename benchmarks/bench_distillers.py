@@ -19,7 +19,10 @@ from kdlab.distillers.base import DistillContext
 from kdlab.models import build_model, probe
 
 METHODS = [["kd"], ["rkd"], ["fitnet"], ["at"], ["sp"], ["pkt"], ["dkd"], ["crd"], ["crd", "kd"], ["cocord"],
-           ["cocord", "kd"]]
+           ["cocord", "kd"], ["ab"], ["cc"], ["fsp"], ["ft"], ["kdsvd"], ["nst"], ["vid"], ["ofd"], ["reviewkd"],
+           ["ctkd"], ["kd+ls"], ["dkd+ls"]]
+#: logit standardization is a switch on KD/DKD (Sun et al., CVPR 2024), benchmarked as its own row
+SWITCHES = {"kd+ls": ("kd", {"kd": {"logit_std": True}}), "dkd+ls": ("dkd", {"dkd": {"logit_std": True}})}
 
 
 def make(methods, *, teacher: str, student: str, batch: int, device: str, num_train: int, classes: int = 100):
@@ -27,7 +30,11 @@ def make(methods, *, teacher: str, student: str, batch: int, device: str, num_tr
     s = build_model(student, classes)
     t = build_model(teacher, classes).eval()
     ctx = DistillContext(probe(s, (3, 32, 32)), probe(t, (3, 32, 32)), classes, num_train, (3, 32, 32), 240)
-    method = Distillation(s, t, DistillConfig(methods=methods), ctx).to(device).to(memory_format=torch.channels_last)
+    extra = {}
+    if len(methods) == 1 and methods[0] in SWITCHES:
+        name, extra = SWITCHES[methods[0]]
+        methods = [name]
+    method = Distillation(s, t, DistillConfig(methods=methods, **extra), ctx).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(list(method.trainable_parameters()), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     views = [torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=torch.channels_last)
@@ -52,10 +59,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", default=None, help="comma-separated rows, '+' joins methods (default: all)")
     a = ap.parse_args()
     kw = dict(teacher=a.teacher, student=a.student, batch=a.batch, device=a.device)
     steps, extra = {}, {}
-    for m in METHODS:
+    chosen = [[x] if x in SWITCHES else x.split("+") for x in a.methods.split(",")] if a.methods else METHODS
+    if ["kd"] not in chosen:
+        chosen = [["kd"], *chosen]  # the reference row
+    for m in chosen:
         name = "+".join(m)
         steps[name], method = make(m, num_train=50_000, **kw)
         extra[name] = method.extra_state_bytes()
