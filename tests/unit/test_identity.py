@@ -17,7 +17,7 @@ from kdlab.experiment.identity import (
     legacy_teacher_key,
     run_identity,
 )
-from kdlab.experiment.schema import load_config
+from kdlab.experiment.schema import load_config, to_yaml
 
 PLANS = Path(__file__).resolve().parents[1] / "plans"
 FAKE = "fakestages"
@@ -120,6 +120,29 @@ def test_a_store_of_version_1_is_upgraded_and_nothing_is_run_again(tmp_path):
     assert {k: r["metrics"] for k, r in Store(out).records().items()} == before
     for rec in Store(out).records().values():  # records point at the renamed teacher folders
         assert rec["teacher_key"] is None or (out / "teachers" / rec["teacher_key"]).is_dir()
+
+
+def test_two_old_folders_of_one_run_upgrade_to_one_keeping_the_finished_and_setting_the_other_aside(tmp_path):
+    """Version 2 keyed a KD run apart when an unused block changed (e.g. distill.crd.nce_k); today both are one
+    run. The finished folder is kept under the current key; the unfinished one is moved aside, not deleted."""
+    out = tmp_path / "o"
+    cfg = load_config("demo", ["distill.methods=[kd]"])
+    other = load_config("demo", ["distill.methods=[kd]", "distill.crd.nce_k=4096"])
+    key = run_identity(cfg, "student")
+    assert run_identity(other, "student") == key
+    done, partial = out / "runs" / "aaaa-v2-done", out / "runs" / "bbbb-v2-partial"
+    done.mkdir(parents=True)
+    partial.mkdir(parents=True)
+    (done / "record.json").write_text(json.dumps({"key": done.name, "status": "done", "config": cfg.model_dump(mode="json")}))
+    (partial / "config.yaml").write_text(to_yaml(other))
+    (out / "store.json").write_text(json.dumps({"identity_version": 2}))
+    renamed = Store(out).upgrade()
+    assert (out / "runs" / key / "record.json").exists()
+    assert json.loads((out / "runs" / key / "record.json").read_text())["key"] == key
+    assert (out / "superseded" / "runs" / partial.name / "config.yaml").exists()
+    assert sorted(renamed) == sorted([(f"runs/{partial.name}", f"superseded/runs/{partial.name}"),
+                                      (f"runs/{done.name}", f"runs/{key}")])
+    assert Store(out).version() == IDENTITY_VERSION
 
 
 def test_a_store_folder_without_config_is_refused_with_one_line(tmp_path):

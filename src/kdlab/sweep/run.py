@@ -90,7 +90,11 @@ def run_sweep(
     result = SweepResult(grid, out, run_keys=run_keys(record))
     store = Store(out)
     for old, new in store.upgrade():
-        say(f"upgraded {out}/{old} -> {new} (run identity v{IDENTITY_VERSION})")
+        if new.startswith("superseded/"):
+            say(f"set aside {out}/{old} -> {new}: under run identity v{IDENTITY_VERSION} it is the same run as "
+                "another folder, which is kept (finished runs first); nothing was deleted")
+        else:
+            say(f"upgraded {out}/{old} -> {new} (run identity v{IDENTITY_VERSION})")
     store.write_grid(record)
     store.write_names(readable_names(record))
     result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,

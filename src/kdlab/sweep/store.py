@@ -214,14 +214,23 @@ class Store:
         if version is not None and version < IDENTITY_VERSION:
             moves = {}  # old path -> new path, teachers first (student records name them)
             for sub, stage in (("teachers", "teacher"), ("runs", "student")):
+                claims: dict[Path, list[Path]] = {}  # new path -> the folders that map to it
                 for folder in sorted(p for p in (self.root / sub).glob("*") if p.is_dir()):
-                    cfg = self._folder_config(folder)
-                    new = folder.parent / run_identity(cfg, stage)
-                    if new != folder:
-                        if new.exists():
-                            raise StoreError(f"cannot upgrade {folder}: {new.name} exists already; remove one of "
-                                             "the two folders or use another --out")
-                        moves[folder] = new
+                    new = folder.parent / run_identity(self._folder_config(folder), stage)
+                    claims.setdefault(new, []).append(folder)
+                for new, folders in claims.items():
+                    if new.exists() and new not in folders:
+                        folders.append(new)
+                    keep = max(folders, key=_worth_keeping)  # a finished run over an unfinished one
+                    for loser in (f for f in folders if f != keep):
+                        # two folders are one run under today's identity (an earlier version keyed them apart):
+                        # the other one is set aside, never deleted
+                        aside = self.root / "superseded" / sub / loser.name
+                        aside.parent.mkdir(parents=True, exist_ok=True)
+                        loser.rename(aside)
+                        renamed.append((f"{sub}/{loser.name}", f"superseded/{sub}/{loser.name}"))
+                    if keep != new:
+                        moves[keep] = new
             for old, new in moves.items():
                 old.rename(new)
                 renamed.append((f"{old.parent.name}/{old.name}", f"{new.parent.name}/{new.name}"))
@@ -402,3 +411,12 @@ class Store:
                     path.unlink()
                 return True
         return False
+
+
+def _worth_keeping(folder: Path) -> tuple[int, int, float]:
+    """Which of several folders of one run to keep: a done record, then any record, then a checkpoint, then
+    the most recently changed."""
+    rec = read_json(folder / RECORD)
+    done = isinstance(rec, dict) and rec.get("status") == "done"
+    checkpoint = folder / "checkpoints" / "last.pt"
+    return (2 * done + isinstance(rec, dict), int(checkpoint.exists()), folder.stat().st_mtime)
