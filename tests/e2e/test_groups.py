@@ -168,3 +168,39 @@ def test_a_sweep_trains_runs_that_share_a_teacher_as_one_group_with_the_results_
     for key in a:
         assert a[key]["metrics"]["student.top1"] == b[key]["metrics"]["student.top1"]
         _assert_same_run(tmp_path / "grouped" / "runs" / key, tmp_path / "alone" / "runs" / key)
+
+
+def test_a_member_that_cannot_be_built_fails_alone(setting, monkeypatch):
+    from kdlab.experiment import stages
+
+    base, data, root, ckpt, _ = setting
+    cfgs = _configs(base, [["distill.methods=[kd]"], ["distill.methods=[kd]", "distill.kd.T=3"]])
+    real = stages._StageRun.build
+
+    def refuse_the_second(stage, cfg, run_dir, *args, **kw):
+        if cfg.distill.kd.T == 3:
+            raise ConfigError("this pair is not supported")
+        return real(stage, cfg, run_dir, *args, **kw)
+
+    monkeypatch.setattr(stages._StageRun, "build", staticmethod(refuse_the_second))
+    out = run_student_group(cfgs, [root / "build0", root / "build1"], ckpt, data)
+    assert out[0]["status"] == "done"
+    assert out[1]["status"] == "failed" and "this pair is not supported" in out[1]["error"]
+
+
+def test_an_interrupt_keeps_a_failed_member_failed(setting, monkeypatch):
+    base, data, root, ckpt, _ = setting
+    cfgs = _configs(base, [["distill.methods=[kd]", "student.optim.lr=1e30"], ["distill.methods=[dkd]"]])
+    real = trainer_mod.Trainer.train_step
+
+    def stop_in_second_epoch(self, epoch, step, batch):
+        if epoch == 1 and step == 2:
+            raise Interrupted("simulated stop")
+        return real(self, epoch, step, batch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_in_second_epoch)
+    with pytest.raises(Interrupted) as stopped:
+        run_student_group(cfgs, [root / "if0", root / "if1"], ckpt, data)
+    assert [s and s["status"] for s in stopped.value.summaries] == ["failed", None]
+    assert json.loads((root / "if0" / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((root / "if1" / "summary.json").read_text())["status"] == "interrupted"

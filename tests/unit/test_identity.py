@@ -145,6 +145,41 @@ def test_two_old_folders_of_one_run_upgrade_to_one_keeping_the_finished_and_sett
     assert Store(out).version() == IDENTITY_VERSION
 
 
+def test_a_set_aside_teacher_is_renamed_in_the_records_that_named_it(tmp_path):
+    out = tmp_path / "o"
+    cfg = load_config("demo", ["distill.methods=[kd]"])
+    other = load_config("demo", ["distill.methods=[kd]", "distill.crd.nce_k=4096"])
+    tkey = run_identity(cfg, "teacher")
+    kept, aside = out / "teachers" / "aaaa-old", out / "teachers" / "bbbb-old"
+    for folder, c in ((kept, cfg), (aside, other)):
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps({"key": folder.name, "status": "done",
+                                                        "config": c.model_dump(mode="json")}))
+    student = out / "runs" / "cccc-old"
+    student.mkdir(parents=True)
+    (student / "record.json").write_text(json.dumps({"key": "cccc-old", "status": "done", "teacher_key": "bbbb-old",
+                                                     "config": cfg.model_dump(mode="json")}))
+    (out / "store.json").write_text(json.dumps({"identity_version": 2}))
+    Store(out).upgrade()
+    rec = Store(out).records()[run_identity(cfg, "student")]
+    assert rec["teacher_key"] == tkey and (out / "teachers" / tkey).is_dir()
+
+
+def test_an_old_folder_whose_new_name_is_another_run_is_refused(tmp_path):
+    out = tmp_path / "o"
+    kd = load_config("demo", ["distill.methods=[kd]"])
+    dkd = load_config("demo", ["distill.methods=[dkd]"])
+    squatter = out / "runs" / run_identity(kd, "student")  # holds a DKD run under the KD run's new name
+    mover = out / "runs" / "old-kd"
+    for folder, c in ((squatter, dkd), (mover, kd)):
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps({"key": folder.name, "status": "done",
+                                                        "config": c.model_dump(mode="json")}))
+    (out / "store.json").write_text(json.dumps({"identity_version": 2}))
+    with pytest.raises(StoreError, match="exists already and is another run"):
+        Store(out).upgrade()
+
+
 def test_a_store_folder_without_config_is_refused_with_one_line(tmp_path):
     (tmp_path / "o" / "runs" / "0123abc").mkdir(parents=True)
     with pytest.raises(StoreError) as err:

@@ -41,6 +41,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875  # evaluation: centre crop of side S from the shorter side resized to S / 0.875
 
 CROP_STREAM = -1  # epoch_seed stream of the worker crop boxes (0 is the order, 1 + rank the device augmentation)
+WORKER_SEED_STREAM = -2  # epoch_seed stream of the DataLoader's worker base seed
 
 CropSpec = tuple[tuple[float, float], tuple[float, float]]  # (scale, ratio) of a view's random-resized crop
 
@@ -351,7 +352,11 @@ class StreamingLoader:
             kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=False)
         per_view = any(c is not None for c in self.crop_specs)  # items are (V, C, S, S): one image per view
         data = _EpochViews(self.dataset, self.crop_specs, self.seed, epoch) if per_view else self.dataset
-        dl = DataLoader(data, batch_size=per_rank, sampler=order.tolist(), shuffle=False, drop_last=False, **kw)
+        # the DataLoader draws its workers' base seed from the generator it is given, else from torch's global
+        # one; its own keeps the global stream (CRD's negatives, dropout) that of the run alone, grouped or not
+        base_seed = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, WORKER_SEED_STREAM))
+        dl = DataLoader(data, batch_size=per_rank, sampler=order.tolist(), shuffle=False, drop_last=False,
+                        generator=base_seed, **kw)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(self.seed, epoch, 1 + self.rank))
         for x, y, idx in dl:

@@ -44,8 +44,11 @@ class SharedForward(nn.Module):
         self._memo: dict[int, tuple[Tensor, int, object]] = {}
         self.hits = 0
         self.misses = 0
+        self.sharing = True  # off while members run alone (initialisation phases): no memo then
 
     def forward(self, x: Tensor):
+        if not self.sharing:
+            return self.net(x)
         entry = self._memo.get(id(x))
         if entry is not None and entry[0] is x and entry[1] == x._version:
             self.hits += 1
@@ -128,8 +131,6 @@ class StudentGroup:
         """Add a built (and resumed) trainer; the global random state now is the one its separate run has."""
         if trainer.rt.dist.enabled:
             raise ValueError("a student group runs in one process; it cannot run under torchrun")
-        if len(trainer.train_loader) != len(self.loader):
-            raise ValueError("every member of a group must read the group's loader")
         trainer.train_loader = self.loader
         member = Member(trainer, _RandomState.current(trainer.rt.device))
         self.members.append(member)
@@ -144,8 +145,7 @@ class StudentGroup:
             m.trainer.open_progress()
         try:
             with stop_signals_caught(self._note_signal):
-                for m in self.members:  # a method's initialisation phase (AB, FT, FSP), each on its own
-                    m.run(m.trainer.pre_train)
+                self._initialisation_phases()
                 first = min((m.trainer.start_epoch for m in self.members), default=0)
                 last = max((m.trainer.epochs for m in self.members), default=0)
                 for epoch in range(first, last):
@@ -162,6 +162,18 @@ class StudentGroup:
             if self.shared is not None:
                 self.shared.clear()
         return self.members
+
+    def _initialisation_phases(self) -> None:
+        """Each member's initialisation phase (AB, FT, FSP: ``init_epochs``), one member after another, each with
+        its own teacher forwards (the phases read the loader on their own; nothing is shared or kept)."""
+        if self.shared is not None:
+            self.shared.sharing = False
+        try:
+            for m in self.members:
+                m.run(m.trainer.pre_train)
+        finally:
+            if self.shared is not None:
+                self.shared.sharing = True
 
     def _epoch(self, epoch: int) -> None:
         active = [m for m in self.members if m.trains_in(epoch)]

@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from kdlab.engine.checkpoint import (
     load_checkpoint,
     read_card,
 )
-from kdlab.engine.group import SharedForward, StudentGroup
+from kdlab.engine.group import Member, SharedForward, StudentGroup
 from kdlab.engine.metrics import summarize
 from kdlab.engine.owner import OWNER, me
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
@@ -316,7 +317,7 @@ class _StageRun:
         self.summary.update(status="done", metrics=metrics)
         return self._write()
 
-    def stopped(self, exc: BaseException, traceback: str = "") -> dict:
+    def stopped(self, exc: BaseException, trace: str = "") -> dict:
         """Training stopped early: a signal (re-raised after the summary is written) or a failure."""
         interrupted = isinstance(exc, Interrupted)
         last = self.run_dir / "checkpoints" / "last.pt"
@@ -324,8 +325,8 @@ class _StageRun:
         # a run stopped before its first epoch ended has no checkpoint to point to
         self.summary.update(status="interrupted" if interrupted else "failed", error=error,
                             metrics=_partial(self.trainer), checkpoint=str(last) if last.exists() else None)
-        if traceback:
-            self.summary["traceback"] = traceback
+        if trace:
+            self.summary["traceback"] = trace
         if interrupted:
             if self.rt.dist.is_main:
                 atomic_write_json(self.run_dir / SUMMARY, self.summary)
@@ -344,8 +345,9 @@ class _StageRun:
 def group_key(cfg: ExperimentConfig, teacher_checkpoint: Path | str | None = None) -> str:
     """Runs with equal keys read the same batches and distil the same frozen teacher, so they may train as one
     :func:`run_student_group`: the seed, the data section, the number of views per image, the runtime, and the
-    teacher (its checkpoint, else its run identity). Student-alone runs (no teacher) have no key."""
-    if not cfg.distill.methods:
+    teacher (its checkpoint, else its run identity). Student-alone runs (no teacher) and compiled runs
+    (``runtime.compile``) have no key."""
+    if not cfg.distill.methods or cfg.runtime.compile:  # a compiled step would trace the shared teacher's memo
         return ""
     teacher = str(teacher_checkpoint or cfg.teacher.checkpoint or "") or run_identity(cfg, "teacher")
     parts = {"seed": cfg.seed, "data": cfg.data.model_dump(mode="json"), "views": distill_views(cfg.distill),
@@ -360,8 +362,9 @@ def run_student_group(cfgs: list[ExperimentConfig], run_dirs: list[Path], teache
     Each batch is read and augmented once and the teacher forwards once per batch; each student has its own
     network, heads, memories, optimizer, schedule, checkpoints and folder, and ends exactly as its separate
     :func:`run_student` would (same initialisation, batches, teacher outputs and random draws). Finished runs are
-    returned as they are; a run that fails (non-finite loss, an error in its step) fails alone. A signal stops
-    every member at its last checkpoint and raises :class:`Interrupted` after each has written its summary.
+    returned as they are; a run that fails (while it is built, in a step, at its end) fails alone. A signal stops
+    every member at its last checkpoint and raises :class:`Interrupted` after each has written its summary; the
+    exception's ``summaries`` holds those of the members that had ended (done or failed), None for the others.
     """
     if len(cfgs) != len(run_dirs):
         raise ValueError("run_student_group needs one run folder per config")
@@ -369,36 +372,73 @@ def run_student_group(cfgs: list[ExperimentConfig], run_dirs: list[Path], teache
     if len(keys) > 1 or "" in keys:
         raise ConfigError("a student group needs runs that distil the same teacher with the same seed, data, views "
                           "and runtime (kdlab.experiment.stages.group_key); run the others separately")
-    summaries: list[dict | None] = [_finished_summary("student", c, Path(d)) for c, d in zip(cfgs, run_dirs)]
+    summaries: list[dict | None] = [_member_step(lambda c=c, d=d: _finished_summary("student", c, Path(d)))
+                                    for c, d in zip(cfgs, run_dirs)]
     todo = [i for i, s in enumerate(summaries) if s is None]
-    if todo:
-        data = data or DataBundle(cfgs[todo[0]])
-        runs: list[_StageRun] = []
-        group: StudentGroup | None = None
-        for i in todo:
-            run = _StageRun.build("student", cfgs[i], Path(run_dirs[i]), data, teacher_checkpoint,
-                                  group and (group.loader, runs[0].trainer.test_loader))
-            if group is None:
-                group = StudentGroup(run.trainer.train_loader, SharedForward(run.method.teacher))
-            group.add(run.trainer)  # now, before the next build draws: this run's random state is its own
-            run.method.share_teacher(group.shared)  # the teacher copy this run built (same weights) is dropped
-            runs.append(run)
+    if not todo:
+        return summaries
+    data = data or DataBundle(cfgs[todo[0]])
+    runs: dict[int, _StageRun] = {}
+    group: StudentGroup | None = None
+    loaders = None  # the first member's (train, test) loaders, read by every member
+    for i in todo:
         try:
-            members = group.fit()
-        except Interrupted as exc:
-            for run in runs:
-                try:
-                    run.stopped(exc)
-                except Interrupted:
-                    pass
-            raise
-        for i, run, member in zip(todo, runs, members):
-            if member.alive:
-                summaries[i] = run.finished(member.metrics)
-                summaries[i]["group_size"] = len(runs)
-            else:
-                summaries[i] = run.stopped(member.error, member.traceback)
-    return [s for s in summaries if s is not None]
+            run = _StageRun.build("student", cfgs[i], Path(run_dirs[i]), data, teacher_checkpoint, loaders)
+        except Exception as exc:  # noqa: BLE001 - this member fails (e.g. a pair its distiller refuses); the rest go on
+            summaries[i] = _failed(exc)
+            continue
+        if group is None:
+            loaders = (run.trainer.train_loader, run.trainer.test_loader)
+            group = StudentGroup(loaders[0], SharedForward(run.method.teacher))
+        group.add(run.trainer)  # now, before the next build draws: this run's random state is its own
+        run.method.share_teacher(group.shared)  # the teacher copy this run built (same weights) is dropped
+        runs[i] = run
+    if group is None:
+        return summaries
+    try:
+        members = dict(zip(runs, group.fit()))
+    except Interrupted as exc:
+        members = dict(zip(runs, group.members))
+        for i, run in runs.items():
+            summaries[i] = _close_member(run, members[i], len(runs), interrupted=exc)
+        exc.summaries = summaries  # the members that ended (done or failed) are recorded by the caller
+        raise
+    for i, run in runs.items():
+        summaries[i] = _close_member(run, members[i], len(runs))
+    return summaries
+
+
+def _close_member(run: _StageRun, member: Member, size: int, interrupted: Interrupted | None = None) -> dict | None:
+    """Write a group member's summary: done, failed, or (when the group was interrupted before the member's
+    last epoch) interrupted, returning None for it."""
+    trainer = member.trainer
+    if not member.alive:
+        return run.stopped(member.error, member.traceback)
+    if interrupted is not None and (not trainer.history or trainer.history[-1]["epoch"] < trainer.epochs):
+        try:
+            run.stopped(interrupted)
+        except Interrupted:
+            return None
+    run.summary["group_size"] = size
+    metrics = member.metrics or trainer.summary()
+    try:
+        return run.finished(metrics)
+    except Exception as exc:  # noqa: BLE001 - e.g. the final geometry failed: this member only
+        return run.stopped(exc, traceback.format_exc(limit=-3))
+
+
+def _member_step(fn):
+    """``fn()``, or a failed summary when it raises (a member's problem must not stop the group)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        return _failed(exc)
+
+
+def _failed(exc: BaseException) -> dict:
+    """The summary of a run that failed before it trained (nothing is written to its folder)."""
+    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=-3), "metrics": {}}
 
 
 @torch.no_grad()

@@ -48,6 +48,8 @@ from kdlab.sweep.store import Store, run_key, teacher_config, teacher_key
 __all__ = ["Task", "RunSpec", "expand", "run_task", "execute", "ExecutionSummary", "default_jobs", "make_executor"]
 
 STAGES_MODULE = "kdlab.experiment.stages"
+#: the group size cap when the runs' machines are not this one (submitit on SLURM) and --group-size is not given
+DEFAULT_REMOTE_GROUP = 4
 
 
 @dataclass
@@ -223,22 +225,27 @@ def run_group_task(task: Task) -> str:
                 cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"threads": task.threads,
                                                                                        "progress": False})})
             cfgs.append(cfg)
+        interrupted = False
         try:
             summaries = stages.run_student_group(cfgs, [Path(m.run_dir) for m, _ in held], ckpt)
         except (KeyboardInterrupt, SystemExit):
             return "interrupted"
         except Exception as exc:  # noqa: BLE001 - a failure before the members train fails them all
-            if type(exc).__name__ == "Interrupted":
-                return "interrupted"
-            error = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc(limit=-3), "metrics": {}}
-            summaries = [error] * len(held)
+            if type(exc).__name__ != "Interrupted":
+                error = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                         "traceback": traceback.format_exc(limit=-3), "metrics": {}}
+                summaries = [error] * len(held)
+            else:  # the members that had ended (done, failed) are recorded; the others resume
+                interrupted = True
+                summaries = getattr(exc, "summaries", None) or [None] * len(held)
         for (member, _), summary in zip(held, summaries):
+            if summary is None or (interrupted and summary.get("status") not in ("done", "failed")):
+                continue
             if summary.get("status") not in ("done", "failed"):
                 summary = dict(summary, status="failed",
                                error=summary.get("error") or f"stage ended with status {summary.get('status')!r}")
             store.write_record(Path(member.run_dir), _record(member, summary, started, teacher_rec))
-        return "done"
+        return "interrupted" if interrupted else "done"
     finally:
         for _, claim in held:
             claim.release()
@@ -587,7 +594,7 @@ def execute(
             student_tasks.append(Task(
                 "student", spec.key, str(d), spec.config.model_dump(mode="json"), str(store.root), seed, stages,
                 threads, spec.teacher_key, tdir, label=f"{labels.get(cid, cid[:8])} seed {seed}",
-                group_key=group_key(spec.config, tdir) if group_size != 1 and spec.teacher_key else "",
+                group_key=group_key(spec.config, tdir) if group_size != 1 else "",
             ))
 
     for t in student_tasks:
@@ -615,12 +622,22 @@ def execute(
              + (f", {threads} threads each" if threads else "")
              + ("" if group_size == 1 else "; runs that share a teacher and seed train in groups")
              + f"; output in {store.root}")
-    caps: dict[str, int] = {}
+    caps: dict[tuple[str, int], int] = {}
+    # groups that share a device: the local pool's jobs on one machine, or one job per GPU when each has its own;
+    # elsewhere (SLURM) the orchestrator cannot see the jobs' machines, so groups are sized by --group-size alone
+    gpus = _visible_gpus() if executor == "local" else []
+    per_device = max(1, jobs // len(gpus)) if gpus else jobs
 
-    def cap(t: Task) -> int:  # how many runs of t's kind one group may hold (estimated once per key)
-        if t.group_key not in caps:
-            caps[t.group_key] = group_size or auto_group_size(ExperimentConfig.model_validate(t.config), jobs)
-        return caps[t.group_key]
+    def cap(members: list[Task]) -> int:  # how many of these runs one group may hold (estimated once per key)
+        key = (members[0].group_key, len(members))
+        if key not in caps:
+            if group_size:
+                caps[key] = group_size
+            elif not on_this_machine:
+                caps[key] = DEFAULT_REMOTE_GROUP
+            else:
+                caps[key] = auto_group_size([ExperimentConfig.model_validate(t.config) for t in members], per_device)
+        return caps[key]
 
     ex = make_executor(executor, store.root, jobs, executor_options) if total else None
     running: dict[Any, Task] = {}
@@ -736,6 +753,9 @@ def execute(
                             if held is not None:
                                 held.release()
                         raise KeyboardInterrupt
+                    elif len(task.members) > 1 and rec is None:  # a group's worker died (out of memory?)
+                        t.group_key = ""  # retried alone: its checkpoints resume it, and it no longer risks the others
+                        finished_line(f"retry   {t.kind} {t.label} alone: its group's worker stopped ({status})")
                     else:  # the worker died without a record
                         if store.record(Path(t.run_dir)) is None:
                             summ = {"status": "failed", "error": status, "metrics": {}}

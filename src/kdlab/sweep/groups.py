@@ -4,14 +4,16 @@ Runs may share when :func:`kdlab.experiment.stages.group_key` says they read the
 same teacher: same seed, data section, views per image, runtime and teacher. The decision is made from the
 configs (the run identity's parts), never from names or labels.
 
-**Size.** A group holds every member's network, heads, memories and optimizer state and, during its step,
-one member's activations (members step one after another; the teacher's outputs for one batch are kept).
-:func:`member_bytes` estimates one member as ``4 × parameter bytes`` (weights, gradients, momentum, one
-spare for EMA copies and heads) plus ``3 × the activations of one batch`` (forward outputs kept for backward,
-their gradients, and the teacher's). The activations come from one forward of the student network at the
-data's resolution with a hook on every module, so a wide network counts as wide. The cap is the number of
-members that fit in half the memory available now (``MemAvailable`` on CPU, free device memory on CUDA),
-shared by the sweep's parallel jobs. ``--group-size N`` sets the cap by hand; ``--no-group`` is ``1``.
+**Size.** Members step one after another, so a group holds every member's state but only one step's
+activations at a time. :func:`member_bytes` counts a member's state as ``4 × its parameter bytes`` (weights,
+gradients, momentum, and one more for EMA copies and heads); :func:`activation_bytes` counts one step as
+``3 × the outputs of every leaf module`` for one batch of all its views (kept for backward, their gradients,
+and the teacher's outputs), from one forward of the student network at the data's resolution. A group of k
+fits when ``k × the largest member + the largest step`` is within half the memory available now
+(``MemAvailable`` on CPU, the device's free memory on CUDA), shared by the jobs that run at once on it.
+Not counted: memories that grow with the training set (CRD's two banks, CoCoRD's bank: about 0.5 KB per
+image each), which matter on ImageNet; a group whose worker dies (out of memory, say) is retried with each run
+alone. ``--group-size N`` sets the cap by hand; ``--no-group`` is ``1``.
 
 **Splitting.** When fewer groups than idle workers are ready, the largest groups are split so every worker
 has work: on one machine two half groups on two cores finish sooner than one full group on one core.
@@ -41,11 +43,18 @@ def input_size(cfg: ExperimentConfig) -> int:
 
 
 def member_bytes(cfg: ExperimentConfig, num_classes: int = 1000) -> int:
-    """An estimate of one grouped student's memory (see the module docstring for the rule)."""
+    """The state one grouped student holds: 4 × its parameter bytes (``num_classes`` sizes the classifier;
+    1000 is a bound for every dataset kdlab ships)."""
     net = build_model(cfg.student.arch, num_classes=num_classes)
-    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    return 4 * sum(p.numel() * p.element_size() for p in net.parameters())
+
+
+def activation_bytes(cfg: ExperimentConfig, num_classes: int = 1000) -> int:
+    """One training step's activations: 3 × the outputs of every leaf module for one batch of all its views."""
+    net = build_model(cfg.student.arch, num_classes=num_classes)
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(_numel(out))) for m in net.modules()]
+    leaves = [m for m in net.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(_numel(out))) for m in leaves]
     side = input_size(cfg)
     try:
         net.eval()
@@ -54,8 +63,7 @@ def member_bytes(cfg: ExperimentConfig, num_classes: int = 1000) -> int:
     finally:
         for h in hooks:
             h.remove()
-    activation_bytes = 4 * sum(sizes) * cfg.data.batch_size * distill_views(cfg.distill)
-    return 4 * param_bytes + 3 * activation_bytes
+    return 3 * 4 * sum(sizes) * cfg.data.batch_size * distill_views(cfg.distill)
 
 
 def _numel(out) -> int:
@@ -80,14 +88,18 @@ def available_bytes(device: str = "auto") -> int:
     return 8 << 30  # no /proc (not Linux): assume 8 GiB
 
 
-def auto_group_size(cfg: ExperimentConfig, jobs: int) -> int:
-    """How many students of ``cfg``'s kind fit in one group when ``jobs`` groups run at once (at least 1)."""
-    budget = MEMORY_FRACTION * available_bytes(cfg.runtime.device) / max(jobs, 1)
-    return max(1, int(budget // max(member_bytes(cfg), 1)))
+def auto_group_size(cfgs: list[ExperimentConfig], jobs_per_device: int) -> int:
+    """How many of ``cfgs``' kind fit in one group when ``jobs_per_device`` groups share a device (at least 1):
+    sized for the largest member and the largest step among ``cfgs``."""
+    budget = MEMORY_FRACTION * available_bytes(cfgs[0].runtime.device) / max(jobs_per_device, 1)
+    state = max(member_bytes(c) for c in cfgs)
+    step = max(activation_bytes(c) for c in cfgs)
+    return max(1, int((budget - step) // max(state, 1)))
 
 
-def form_groups(items: list, key: Callable[[object], str], cap: Callable[[object], int], free: int) -> list[list]:
-    """Partition ``items`` (in order) into groups of equal non-empty ``key``, each at most ``cap(first)`` long;
+def form_groups(items: list, key: Callable[[object], str], cap: Callable[[list], int], free: int) -> list[list]:
+    """Partition ``items`` (in order) into groups of equal non-empty ``key``, each at most ``cap(members)`` long
+    (``members``: all the items of that key);
     items with an empty key are alone. With fewer groups than ``free`` workers, split the largest groups in
     halves until there are ``free`` groups or none can be split."""
     by_key: dict[str, list] = {}
@@ -99,7 +111,7 @@ def form_groups(items: list, key: Callable[[object], str], cap: Callable[[object
         else:
             groups.append([item])
     for members in by_key.values():
-        size = max(1, cap(members[0]))
+        size = max(1, cap(members))
         groups += [members[i:i + size] for i in range(0, len(members), size)]
     while len(groups) < free:
         largest = max(groups, key=len, default=[])

@@ -213,14 +213,16 @@ class Store:
         renamed: list[tuple[str, str]] = []
         if version is not None and version < IDENTITY_VERSION:
             moves = {}  # old path -> new path, teachers first (student records name them)
+            merged = {}  # set-aside path -> the path of the folder kept for the same run
             for sub, stage in (("teachers", "teacher"), ("runs", "student")):
                 claims: dict[Path, list[Path]] = {}  # new path -> the folders that map to it
                 for folder in sorted(p for p in (self.root / sub).glob("*") if p.is_dir()):
                     new = folder.parent / run_identity(self._folder_config(folder), stage)
                     claims.setdefault(new, []).append(folder)
                 for new, folders in claims.items():
-                    if new.exists() and new not in folders:
-                        folders.append(new)
+                    if new.exists() and new not in folders:  # the name is taken by a folder of another run
+                        raise StoreError(f"cannot upgrade {folders[0]}: {new.name} exists already and is another "
+                                         "run; remove one of the two folders or use another --out")
                     keep = max(folders, key=_worth_keeping)  # a finished run over an unfinished one
                     for loser in (f for f in folders if f != keep):
                         # two folders are one run under today's identity (an earlier version keyed them apart):
@@ -229,13 +231,14 @@ class Store:
                         aside.parent.mkdir(parents=True, exist_ok=True)
                         loser.rename(aside)
                         renamed.append((f"{sub}/{loser.name}", f"superseded/{sub}/{loser.name}"))
+                        merged[loser] = new  # records that named the set-aside folder name the kept one
                     if keep != new:
                         moves[keep] = new
             for old, new in moves.items():
                 old.rename(new)
                 renamed.append((f"{old.parent.name}/{old.name}", f"{new.parent.name}/{new.name}"))
             for folder in [*moves.values(), *(self.root / "runs").glob("*"), *(self.root / "teachers").glob("*")]:
-                self._rewrite_record(folder, moves)
+                self._rewrite_record(folder, {**merged, **moves})
         self.root.mkdir(parents=True, exist_ok=True)
         if version != IDENTITY_VERSION:
             atomic_write_json(self.root / STORE, {"identity_version": IDENTITY_VERSION})
