@@ -441,6 +441,20 @@ def _run(args: argparse.Namespace, unexpected_to, prefix: str = "") -> int:
         print(f"{prefix}error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=unexpected_to)
         return 1
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits: a rank torn down while its gloo
+    threads still hold connections to a rank that already exited can abort (SIGABRT) instead of exiting with
+    its own code."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - leaving is best effort; the run's result is already decided
+            pass
 
 
 if __name__ == "__main__":
