@@ -65,6 +65,18 @@ def _assert_same_run(a, b):
     assert [r["test_top1"] for r in ma] == [r["test_top1"] for r in mb]
 
 
+def _stop_in_second_epoch(monkeypatch):
+    """Make every trainer raise Interrupted at step 3 of epoch 2, as a signal would (undo with monkeypatch)."""
+    real = trainer_mod.Trainer.train_step
+
+    def stop(self, epoch, step, batch):
+        if epoch == 1 and step == 2:
+            raise Interrupted("simulated stop")
+        return real(self, epoch, step, batch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop)
+
+
 def test_a_group_equals_its_separate_runs_bitwise(setting):
     base, data, root, ckpt, _ = setting
     cfgs = _configs(base, GROUP)
@@ -115,14 +127,7 @@ def test_interrupted_group_resumes_members_at_different_epochs(setting, monkeypa
                            ["distill.methods=[kd]", "distill.kd.T=2", "student.epochs=3"]])
     dirs = [root / "int0", root / "int1", root / "int2"]
     run_student(cfgs[0], dirs[0], ckpt, data)
-    real = trainer_mod.Trainer.train_step
-
-    def stop_in_second_epoch(self, epoch, step, batch):
-        if epoch == 1 and step == 2:
-            raise Interrupted("simulated stop")
-        return real(self, epoch, step, batch)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_in_second_epoch)
+    _stop_in_second_epoch(monkeypatch)
     with pytest.raises(Interrupted):
         run_student_group(cfgs[1:], dirs[1:], ckpt, data)
     for d in dirs[1:]:
@@ -191,14 +196,7 @@ def test_a_member_that_cannot_be_built_fails_alone(setting, monkeypatch):
 def test_an_interrupt_keeps_a_failed_member_failed(setting, monkeypatch):
     base, data, root, ckpt, _ = setting
     cfgs = _configs(base, [["distill.methods=[kd]", "student.optim.lr=1e30"], ["distill.methods=[dkd]"]])
-    real = trainer_mod.Trainer.train_step
-
-    def stop_in_second_epoch(self, epoch, step, batch):
-        if epoch == 1 and step == 2:
-            raise Interrupted("simulated stop")
-        return real(self, epoch, step, batch)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_in_second_epoch)
+    _stop_in_second_epoch(monkeypatch)
     with pytest.raises(Interrupted) as stopped:
         run_student_group(cfgs, [root / "if0", root / "if1"], ckpt, data)
     assert [s and s["status"] for s in stopped.value.summaries] == ["failed", None]
