@@ -136,6 +136,12 @@ def _check_same(nets: Sequence[nn.Module]) -> None:
             raise ValueError("the networks must all be in train mode or all in eval mode")
 
 
+def stack_refusal(net: nn.Module, strategy: Strategy = "grouped") -> str | None:
+    """Why copies of ``net`` cannot be stacked with ``strategy`` (None when they can): what the strategy's
+    constructor would refuse, asked before building the copies."""
+    return _grouped_refusal(net) if strategy == "grouped" else _dropout_refusal(net, "vmap")
+
+
 def stack_networks(nets: Sequence[nn.Module], strategy: Strategy = "grouped") -> StackedNets:
     """One :class:`StackedNets` over ``nets`` (k ≥ 2 networks of one architecture); the nets are not modified."""
     if strategy == "grouped":
@@ -377,4 +383,4 @@ class VmapNets(StackedNets):
         return stacked[i]
 
 
-__all__ = ["GROUPED_FAMILIES", "GroupedNets", "StackedNets", "Strategy", "VmapNets", "stack_networks"]
+__all__ = ["GROUPED_FAMILIES", "GroupedNets", "StackedNets", "Strategy", "VmapNets", "stack_networks", "stack_refusal"]
