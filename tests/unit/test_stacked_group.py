@@ -8,13 +8,19 @@ objective: λ, δ, the margin filter, and the λ schedule (constant, gradnorm --
 respect to the pooled features -- and ratio, whose per-epoch λ is a checkpointed buffer).
 
 Precision. The whole pipeline runs in float64 (views cast by :class:`Float64Loader`, methods ``.double()``;
-the objective keeps float64 through its term), so the only differences are summation orders (grouped conv and
-per-copy linear against separate ones): every float tensor of every checkpoint -- network, BN statistics, head,
-the class cache's bank, ``ratio_lambda``, the optimizer's momentum -- must satisfy
-``|a - b| <= 1e-12 + 1e-9 |b|`` as in tests/unit/test_stacked.py (measured worst relative gap: a few 1e-15 after
-2 epochs; the absolute floor is for values whose true value is ~0). Integer tensors (cache ids, pointers, fill,
-``num_batches_tracked``) must be equal. The trainer accumulates losses in float32, so per-epoch train losses
-are compared with ``rtol=1e-6``; test top-1 must be equal.
+the objective keeps float64 through its term), where group and separate runs can differ only in summation
+order (grouped conv and per-copy linear against separate ones). Every float tensor of every checkpoint --
+network, BN statistics, head, the class cache's bank, ``ratio_lambda``, the optimizer's momentum -- must satisfy
+``|a - b| <= 1e-12 + 1e-9 |b|`` as in tests/unit/test_stacked.py (the absolute floor is for values whose true
+value is ~0). Measured worst gap after 2 epochs on CPU: grouped 0 (bitwise equal, with and without
+channels-last), vmap 0.0014 of the tolerance; the tolerance is kept for other BLAS / conv back ends. Integer
+tensors (cache ids, pointers, fill, ``num_batches_tracked``) must be equal. The trainer accumulates losses in
+float32, so per-epoch train losses are compared with ``rtol=1e-6``; test top-1 must be equal.
+
+Why not float32: on this tiny random-label task float32 rounding grows chaotically over the 12 steps. Measured:
+two *separate* float32 runs that differ only in the conv kernel (oneDNN on / off) end with momentum buffers up
+to 40 % of their scale apart; a float32 group against its separate runs, up to 20 %. No tolerance could tell a
+bug from that, so equivalence is checked where it is exact up to summation order: float64.
 
 The margin filter ρ > δ is discontinuous: a margin within 1e-15 of δ could flip one anchor between the group
 and the separate run, after which the runs would differ by far more than rounding. The guard is that every
@@ -44,6 +50,7 @@ from kdlab.objectives.teacher import HeadConfig, TeacherObjective
 
 ARCH, CLASSES, N_TRAIN, N_TEST, BATCH, EPOCHS, SEED = "resnet8", 4, 48, 16, 8, 2, 7
 RT = Runtime(torch.device("cpu"), None, False, False, False)
+RT_CL = Runtime(torch.device("cpu"), None, True, False, False)  # channels_last, as on a GPU
 OPTIM = OptimConfig(lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True, milestones=[0.5])
 CACHE = {"size": 8}
 # the variants of one ablation: λ and δ, the margin filter off, and the two adaptive λ schedules
@@ -57,10 +64,11 @@ REL, ABS = 1e-9, 1e-12
 
 
 class Float64Loader:
-    """A loader whose batches' views are float64 (everything else as the wrapped loader)."""
+    """A loader whose batches' views are float64 (everything else as the wrapped loader); ``dtype`` float32
+    leaves them as they are."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, inner, dtype=torch.float64):
+        self.inner, self.dtype = inner, dtype
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -70,7 +78,7 @@ class Float64Loader:
 
     def __iter__(self):
         for b in self.inner:
-            yield Batch([v.double() for v in b.views], b.labels, b.index)
+            yield Batch([v.to(self.dtype) for v in b.views], b.labels, b.index)
 
 
 def _dataset(n: int, seed: int, name: str) -> ArrayDataset:
@@ -83,32 +91,35 @@ def _dataset(n: int, seed: int, name: str) -> ArrayDataset:
 TRAIN, TEST = _dataset(N_TRAIN, 0, "tiny"), _dataset(N_TEST, 1, "tiny-test")
 
 
-def loaders():
+def loaders(rt: Runtime = RT, dtype=torch.float64):
+    cl = rt.channels_last
     train = DeviceLoader(TRAIN, batch_size=BATCH, device="cpu", augment=augment_for(TRAIN), views=2, shuffle=True,
-                         drop_last=True, seed=SEED, channels_last=False)
+                         drop_last=True, seed=SEED, channels_last=cl)
     test = DeviceLoader(TEST, batch_size=BATCH, device="cpu", augment=None, shuffle=False, drop_last=False,
-                        seed=SEED, channels_last=False)
-    return Float64Loader(train), Float64Loader(test)
+                        seed=SEED, channels_last=cl)
+    return Float64Loader(train, dtype), Float64Loader(test, dtype)
 
 
-def build(variant: dict, run_dir: Path, *, epochs: int = EPOCHS, optim: OptimConfig = OPTIM) -> Trainer:
+def build(variant: dict, run_dir: Path, *, epochs: int = EPOCHS, optim: OptimConfig = OPTIM, rt: Runtime = RT,
+          dtype=torch.float64) -> Trainer:
     """A teacher run's trainer, built and resumed as kdlab's teacher stage does (seed, network, method,
-    trainer, resume), in float64, with its own loaders."""
+    trainer, resume), in float64 unless ``dtype`` says otherwise, with its own loaders."""
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
     net = build_model(ARCH, num_classes=CLASSES)
     cfg = ObjectiveConfig(kind="intra", intra=variant, head=HeadConfig(kind="mlp2", dim=16, hidden=32))
     method = TeacherObjective(net, cfg, views=2, num_classes=CLASSES, feature_dim=probe(net, (3, 32, 32)).pooled_dim,
-                              num_train=N_TRAIN, epochs=epochs).double()
-    train, test = loaders()
-    trainer = Trainer(method, train, test, epochs=epochs, optim=optim, runtime=RT, run_dir=run_dir,
+                              num_train=N_TRAIN, epochs=epochs).to(dtype)
+    method = rt.prepare_model(method)
+    train, test = loaders(rt, dtype)
+    trainer = Trainer(method, train, test, epochs=epochs, optim=optim, runtime=rt, run_dir=run_dir,
                       info=StageInfo("teacher", ARCH, CLASSES, (3, 32, 32), "tiny"), tensorboard=False)
     trainer.resume()
     return trainer
 
 
-def run_group(dirs: list[Path], variants=VARIANTS, **kw) -> list:
-    group = StackedGroup(loaders()[0], "grouped")
+def run_group(dirs: list[Path], variants=VARIANTS, strategy="grouped", **kw) -> list:
+    group = StackedGroup(loaders(kw.get("rt", RT), kw.get("dtype", torch.float64))[0], strategy)
     for v, d in zip(variants, dirs):
         group.add(build(v, d, **kw))
     if len(dirs) == 1:
@@ -138,9 +149,9 @@ def _tensors(ckpt: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def assert_same_run(got: Path, want: Path) -> float:
-    """The group's run ``got`` equals the separate run ``want`` (module docstring); returns the worst relative
-    gap of the float tensors."""
+def assert_same_run(got: Path, want: Path, rel: float = REL, abs_: float = ABS) -> float:
+    """The group's run ``got`` equals the separate run ``want`` (module docstring); returns the float tensors'
+    worst gap as a fraction of the tolerance (0: bitwise equal; at most 1)."""
     a, b = _checkpoint(got), _checkpoint(want)
     assert a["epoch"] == b["epoch"]
     ta, tb = _tensors(a), _tensors(b)
@@ -153,17 +164,17 @@ def assert_same_run(got: Path, want: Path) -> float:
         if not want_t.is_floating_point():
             assert torch.equal(got_t, want_t), f"{got.name}: {key} differs from the separate run"
             continue
-        gap = (got_t - want_t).abs()
-        assert bool((gap <= ABS + REL * want_t.abs()).all()), f"{got.name}: {key} off by {float(gap.max()):.3g}"
-        worst = max(worst, float((gap / want_t.abs().clamp_min(1e-6)).max()) if gap.numel() else 0.0)
+        gap, allowed = (got_t - want_t).abs(), abs_ + rel * want_t.abs()
+        assert bool((gap <= allowed).all()), f"{got.name}: {key} off by {float(gap.max()):.3g}"
+        worst = max(worst, float((gap / allowed).max()) if gap.numel() else 0.0)
     ma, mb = _metrics(got), _metrics(want)
     assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb]
     for ra, rb in zip(ma, mb):
-        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-6, abs=1e-9)
-        assert ra["train_intra"] == pytest.approx(rb["train_intra"], rel=1e-6, abs=1e-9)
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=max(rel, 1e-6), abs=1e-9)
+        assert ra["train_intra"] == pytest.approx(rb["train_intra"], rel=max(rel, 1e-6), abs=1e-9)
         assert ra["test_top1"] == rb["test_top1"]
         assert ra["margin_pass_frac"] == rb["margin_pass_frac"]  # no anchor flipped at ρ = δ
-        assert ra["intra_lambda"] == pytest.approx(rb["intra_lambda"], rel=1e-9, abs=1e-12)
+        assert ra["intra_lambda"] == pytest.approx(rb["intra_lambda"], rel=rel, abs=abs_)
     return worst
 
 
@@ -183,7 +194,7 @@ def test_a_stacked_group_equals_its_separate_runs(runs):
     _, sep, grp, members = runs
     assert all(m.alive and m.metrics for m in members)
     worst = max(assert_same_run(g, s) for g, s in zip(grp, sep))
-    print(f"worst relative gap over every checkpointed tensor: {worst:.3g}")
+    print(f"grouped: worst gap {worst:.3g} of the tolerance")
     for m, s in zip(members, sep):  # the summaries the executor records
         assert m.metrics["top1"] == _metrics(s)[-1]["test_top1"]
     # guards: the objective really acted (anchors passed, λ moved, the cache filled) and the runs differ
@@ -277,3 +288,32 @@ def test_a_single_member_is_its_separate_run(runs, tmp_path):
     members = run_group([tmp_path / "one"], VARIANTS[:1])
     assert members[0].alive
     assert assert_same_run(tmp_path / "one", sep[0]) == 0.0  # the trainer's own loop: bitwise
+
+
+def test_the_vmap_strategy_equals_the_separate_runs(runs):
+    """The same group (less the gradnorm variant, which vmap refuses) stacked with vmap."""
+    root, sep, _, _ = runs
+    keep = [0, 1, 3]
+    dirs = [root / f"vmap{i}" for i in keep]
+    members = run_group(dirs, [VARIANTS[i] for i in keep], strategy="vmap")
+    assert all(m.alive for m in members)
+    worst = max(assert_same_run(d, sep[i]) for d, i in zip(dirs, keep))
+    print(f"vmap: worst gap {worst:.3g} of the tolerance")
+
+
+def test_a_channels_last_group_equals_its_separate_runs(tmp_path):
+    """Channels-last networks and batches (the layout kdlab uses on GPUs): the group lays its stacked convs out
+    channels-last too. Compared in float64 like the rest (see the module docstring for why not float32)."""
+    variants = [VARIANTS[0], VARIANTS[2]]
+    sep = [tmp_path / f"sep{i}" for i in range(2)]
+    for v, d in zip(variants, sep):
+        build(v, d, rt=RT_CL).fit()
+    grp = [tmp_path / f"grp{i}" for i in range(2)]
+    group = StackedGroup(loaders(RT_CL)[0])
+    for v, d in zip(variants, grp):
+        group.add(build(v, d, rt=RT_CL))
+    members = group.fit()
+    assert all(m.alive for m in members)
+    assert members[0].trainer.method.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    worst = max(assert_same_run(g, s) for g, s in zip(grp, sep))
+    print(f"channels-last: worst gap {worst:.3g} of the tolerance")
