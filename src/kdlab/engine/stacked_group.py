@@ -184,35 +184,13 @@ class StackedGroup:
         for m in self.members:
             if m.alive:
                 m.run(m.trainer.begin_epoch, epoch)
-        first = self.members[0].trainer
-        stacked, optimizer = self.stacked, self.optimizer
-        stacked.train()
+        self.stacked.train()
         self.loader.set_epoch(epoch)
         steps = len(self.loader)
         for step, batch in enumerate(self.loader):
-            live = [(i, m) for i, m in enumerate(self.members) if m.alive]
-            if not live:
+            if not any(m.alive for m in self.members):
                 break
-            progress = epoch + step / steps
-            self._lr = lr = lr_at(first.optim_cfg, first.epochs, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = live[0][1].trainer.method.network_input(batch)
-            with first.rt.autocast():
-                outs = stacked(x)
-            results = []
-            for i, m in live:
-                r = m.run(_losses, m.trainer, outs[i], batch, progress)
-                if m.alive:
-                    results.append((m, *r))
-            optimizer.zero_grad(set_to_none=True)
-            if results:
-                sum(loss for _, loss, _, _ in results).backward()
-                optimizer.step()
-            for m, loss, terms, logits in results:
-                m.run(m.trainer.method.after_step)
-                if m.alive:
-                    m.run(m.trainer.record_step, epoch, step, batch, lr, loss, terms, logits)
+            self._step(epoch, step, steps, batch)
             if self._stop_signal is not None:
                 raise Interrupted(f"stopped by signal {signal.Signals(self._stop_signal).name} during epoch "
                                   f"{epoch + 1}; run the same command again to resume from epoch {epoch}")
@@ -221,6 +199,32 @@ class StackedGroup:
                 m.run(self._write_back, i)
             if m.alive:
                 m.run(lambda t: t.finish_epoch(t.end_epoch(epoch)), m.trainer)
+
+    def _step(self, epoch: int, step: int, steps: int, batch) -> None:
+        """One step of every live member: one stacked forward, each member's losses on its own copy's output,
+        one backward of their sum, one optimizer step, then each member's ``after_step`` and ``record_step``."""
+        live = [(i, m) for i, m in enumerate(self.members) if m.alive]
+        first = self.members[0].trainer
+        progress = epoch + step / steps
+        self._lr = lr = lr_at(first.optim_cfg, first.epochs, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = live[0][1].trainer.method.network_input(batch)  # the same for every member: same views, same batch
+        with first.rt.autocast():
+            outs = self.stacked(x)
+        results = []
+        for i, m in live:
+            r = m.run(_losses, m.trainer, outs[i], batch, progress)
+            if m.alive:
+                results.append((m, *r))
+        self.optimizer.zero_grad(set_to_none=True)
+        if results:
+            sum(loss for _, loss, _, _ in results).backward()
+            self.optimizer.step()
+        for m, loss, terms, logits in results:
+            m.run(m.trainer.method.after_step)
+            if m.alive:
+                m.run(m.trainer.record_step, epoch, step, batch, lr, loss, terms, logits)
 
     def _note_signal(self, signum: int) -> None:
         self._stop_signal = signum
