@@ -43,7 +43,7 @@ from kdlab.data.base import ArrayDataset, Batch
 from kdlab.data.loader import DeviceLoader
 from kdlab.engine.runtime import Runtime
 from kdlab.engine.stacked_group import StackedGroup
-from kdlab.engine.trainer import DivergedError, StageInfo, Trainer
+from kdlab.engine.trainer import DivergedError, Interrupted, StageInfo, Trainer
 from kdlab.experiment.schema import ObjectiveConfig
 from kdlab.models import build_model, probe
 from kdlab.objectives.teacher import HeadConfig, TeacherObjective
@@ -317,3 +317,28 @@ def test_a_channels_last_group_equals_its_separate_runs(tmp_path):
     assert members[0].trainer.method.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     worst = max(assert_same_run(g, s) for g, s in zip(grp, sep))
     print(f"channels-last: worst gap {worst:.3g} of the tolerance")
+
+
+def test_an_interrupted_group_keeps_every_checkpoint_and_resumes_as_the_separate_runs(runs, monkeypatch):
+    """A signal at step 3 of epoch 2 stops the group with each member's epoch-1 checkpoint; the same group
+    built again (each trainer resumed from its checkpoint, momentum included) ends as the separate runs."""
+    import signal
+
+    root, sep, _, _ = runs
+    dirs = [root / f"int{i}" for i in range(len(VARIANTS))]
+    real = StackedGroup._step
+
+    def signal_at_step_3_of_epoch_2(self, epoch, step, steps, batch):
+        real(self, epoch, step, steps, batch)
+        if (epoch, step) == (1, 2):
+            self._note_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(StackedGroup, "_step", signal_at_step_3_of_epoch_2)
+    with pytest.raises(Interrupted, match="during epoch 2"):
+        run_group(dirs)
+    monkeypatch.undo()
+    assert [_checkpoint(d)["epoch"] for d in dirs] == [1] * len(dirs)
+    members = run_group(dirs)
+    assert all(m.alive for m in members) and all(m.trainer.start_epoch == 1 for m in members)
+    for d, s in zip(dirs, sep):
+        assert_same_run(d, s)
