@@ -36,7 +36,8 @@ computed (the stack is not rebuilt) but is never written back: its folder keeps 
 Memory: unlike a student group, which runs its members one after another, a stacked group holds all k copies'
 activations at once (k times a run's activation memory, plus k runs' parameters and optimizer state).
 
-A single member (k = 1) trains through its own trainer (``Trainer.fit``), exactly its separate run.
+A single member (k = 1) trains through its own trainer (``Trainer.fit``), exactly its separate run, whatever its
+method (nothing is stacked, so nothing is checked).
 """
 
 from __future__ import annotations
@@ -83,11 +84,11 @@ class StackedGroup:
         """
         if not self.members:
             return self.members
-        self._check_members()
-        if len(self.members) == 1:
+        if len(self.members) == 1:  # nothing to stack: the trainer's own loop is the separate run itself
             m = self.members[0]
             m.metrics = m.run(m.trainer.fit) or {}
             return self.members
+        self._check_members()
         for m in self.members:
             m.trainer.open_progress()
         try:
