@@ -150,6 +150,10 @@ def _executor_options(p) -> None:
                         "(default: as many as memory allows)")
     p.add_argument("--no-group", dest="group_size", action="store_const", const=1,
                    help="train every run in its own process (the same results, more teacher forwards)")
+    p.add_argument("--teacher-group-size", type=int, default=None, metavar="N",
+                   help="train at most N teachers that differ only in their objective (same seed, network, data "
+                        "and optimizer) as one stacked network (default: each alone; on CPU stacking measured no "
+                        "faster, see benchmarks/BENCHMARKS.md section 7)")
     p.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
                         "(cluster=local runs submitit's local executor)")
@@ -234,7 +238,7 @@ def cmd_ablate(args) -> int:
                       executor=args.executor, jobs=args.jobs, dry_run=args.dry_run, overrides=tuple(args.overrides),
                       retry_failed=args.retry_failed, executor_options=_parse_executor_opts(args.executor_opt),
                       write_grid_to=args.write_grid, strict=args.strict, explain=args.explain,
-                      group_size=args.group_size)
+                      group_size=args.group_size, teacher_group_size=args.teacher_group_size)
     return getattr(result, "exit_code", 0)
 
 
@@ -264,7 +268,7 @@ def cmd_sweep(args) -> int:
         return 0
     result = run_sweep(grid, out, executor=args.executor, jobs=args.jobs, retry_failed=args.retry_failed,
                        executor_options=_parse_executor_opts(args.executor_opt), record=record,
-                       group_size=args.group_size)
+                       group_size=args.group_size, teacher_group_size=args.teacher_group_size)
     return result.exit_code
 
 

@@ -208,3 +208,51 @@ def test_stacking_refuses_mixed_or_single_networks():
         stack_networks(make_nets("resnet8", k=2), "loop")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"needs 2 batches"):
         stack_networks(make_nets("resnet8", k=2), "grouped")(torch.zeros(3, 4, 3, 8, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("strategy", ["grouped", "vmap"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_load_copy_optimizer_state_is_the_inverse_of_copy_optimizer_state(strategy, optimizer):
+    """Each copy's state (SGD momentum; Adam's moments and its shared ``step``) taken from k separate optimizers
+    into a fresh stacked optimizer, read back per copy, equals the separate state; one more step from there
+    equals one more separate step (the state really is where the stacked optimizer looks for it)."""
+    make_opt = (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)) if optimizer == "sgd" else \
+        (lambda ps: torch.optim.Adam(ps, lr=1e-3))
+    nets = make_nets("resnet8")
+    opts = [make_opt(n.parameters()) for n in nets]
+    for step in range(2):
+        _, xs, ys = batches(False, step, torch.float64, hw=8)
+        for n, o, xi, y in zip(nets, opts, xs, ys):
+            o.zero_grad()
+            F.cross_entropy(n(xi).logits, y).backward()
+            o.step()
+    stacked = stack_networks(nets, strategy)
+    opt = make_opt(stacked.parameters())
+    for i, (n, o) in enumerate(zip(nets, opts)):
+        stacked.load_copy_optimizer_state(opt, i, {name: o.state[p] for name, p in n.named_parameters()})
+    for i, (n, o) in enumerate(zip(nets, opts)):
+        back = stacked.copy_optimizer_state(opt, i)
+        for name, p in n.named_parameters():
+            assert back[name].keys() == o.state[p].keys()
+            for key, v in o.state[p].items():
+                assert torch.equal(back[name][key], v), f"copy {i}: {name}.{key}"
+    x, xs, ys = batches(False, 5, torch.float64, hw=8)
+    opt.zero_grad()
+    sum(F.cross_entropy(out.logits, y) for out, y in zip(stacked(x), ys)).backward()
+    opt.step()
+    for n, o, xi, y in zip(nets, opts, xs, ys):
+        o.zero_grad()
+        F.cross_entropy(n(xi).logits, y).backward()
+        o.step()
+    assert_states_close(stacked, nets, F64)
+
+
+def test_load_copy_optimizer_state_refuses_copies_at_different_steps():
+    nets = make_nets("resnet8", k=2)
+    stacked = stack_networks(nets, "grouped")
+    opt = torch.optim.Adam(stacked.parameters())
+    name, p = next(iter(nets[0].named_parameters()))
+    moment = torch.zeros_like(p)
+    stacked.load_copy_optimizer_state(opt, 0, {name: {"step": torch.tensor(3.0), "exp_avg": moment}})
+    with pytest.raises(ValueError, match="different steps"):
+        stacked.load_copy_optimizer_state(opt, 1, {name: {"step": torch.tensor(4.0), "exp_avg": moment}})

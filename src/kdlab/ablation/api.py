@@ -63,6 +63,7 @@ def run_plan(
     strict: bool = False,
     explain: bool = False,
     group_size: int | None = None,
+    teacher_group_size: int | None = None,
 ) -> AblationResult:
     """Parse ``plan_path``, resolve it on the base, run every missing run, write the report.
 
@@ -73,7 +74,8 @@ def run_plan(
     or ``{"slurm_partition": "gpu", "gpus_per_node": 1}``). ``retry_failed`` re-runs runs recorded as failed.
     ``stages``: the module providing ``run_teacher``/``run_student`` (tests inject a fake).
     ``group_size``: the most student runs trained as one program when they share a teacher and a seed (None:
-    what memory allows; 1: every run alone, ``--no-group``).
+    what memory allows; 1: every run alone, ``--no-group``). ``teacher_group_size``: 2 or more trains teachers
+    that differ only in their objective as stacked groups of at most that many (off by default).
     ``write_grid_to``: also save the resolved grid as a reviewable grid file (``kdlab sweep`` runs it).
     Ablations that do not resolve are listed (first in the output and in report.md's "Not run" section) and the
     others run; ``strict`` runs nothing unless every ablation resolves. ``explain`` prints how each ablation
@@ -104,7 +106,7 @@ def run_plan(
         return result
     done = run_sweep(sweep, out_dir, executor=executor, jobs=jobs, retry_failed=retry_failed,
                      executor_options=executor_options, stages=stages, echo=say, record=record,
-                     group_size=group_size)
+                     group_size=group_size, teacher_group_size=teacher_group_size)
     result.execution, result.report, result.exit_code = done.execution, done.report, done.exit_code
     if grid.unresolved:
         names = ", ".join(f"#{u.index} {u.ablation.name!r}" for u in grid.unresolved)

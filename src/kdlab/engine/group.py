@@ -89,6 +89,11 @@ class Member:
     traceback: str = ""
     metrics: dict = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, trainer: Trainer) -> "Member":
+        """A member for ``trainer`` holding the global random state of now (the one its separate run has)."""
+        return cls(trainer, _RandomState.current(trainer.rt.device))
+
     @property
     def alive(self) -> bool:
         return self.error is None
@@ -132,7 +137,7 @@ class StudentGroup:
         if trainer.rt.dist.enabled:
             raise ValueError("a student group runs in one process; it cannot run under torchrun")
         trainer.train_loader = self.loader
-        member = Member(trainer, _RandomState.current(trainer.rt.device))
+        member = Member.of(trainer)
         self.members.append(member)
         return member
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from kdlab.data.base import Batch
 from kdlab.engine.prephase import PrePhase
+from kdlab.models.base import ModelOutput
 
 
 class TrainMethod(nn.Module):
@@ -25,6 +26,11 @@ class TrainMethod(nn.Module):
     #: how many augmented views of each image a step needs
     views: int = 1
 
+    #: whether the method splits its step into :meth:`network_input` and :meth:`losses_from_output`, so that
+    #: its network's forward can be computed outside it (a stacked group of teachers computes k networks'
+    #: forwards as one program and hands each method its own output; ``kdlab.engine.stacked_group``)
+    stackable: bool = False
+
     @property
     def model(self) -> nn.Module:
         """The network that is evaluated and exported (teacher or student)."""
@@ -36,6 +42,27 @@ class TrainMethod(nn.Module):
         ``progress`` is the fractional epoch (e.g. 3.25), for warm-ups. The trainer sums the terms.
         """
         raise NotImplementedError
+
+    def network_input(self, batch: Batch) -> Tensor:
+        """The one tensor the network forwards this step (e.g. the batch's views concatenated).
+
+        A :attr:`stackable` method's ``forward_train(batch, p)`` is exactly
+        ``losses_from_output(self.model(network_input(batch)), batch, p)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not split its step (stackable = False): "
+                                  "train it with its own Trainer, not in a stacked group")
+
+    def losses_from_output(self, out: ModelOutput, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """``forward_train``'s result from the network's output ``out`` on :meth:`network_input` ``(batch)``:
+        logits of view 0 and the named, weighted loss terms."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its step (stackable = False): "
+                                  "train it with its own Trainer, not in a stacked group")
+
+    def stacking_refusal(self, strategy: str) -> str | None:
+        """Why this method cannot train with its network stacked by ``strategy`` ("grouped" | "vmap"), or None."""
+        if not self.stackable:
+            return f"{type(self).__name__} cannot train in a stacked group (it does not split its step)"
+        return None
 
     def forward(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
         """``forward_train``, so that DistributedDataParallel can wrap the method."""

@@ -245,7 +245,8 @@ class Trainer:
             print(f"{self.run_dir.name}: {record['phase']} initialisation epoch {record['init_epoch']}: "
                   f"loss {record['init_loss']:.4f}", flush=True)
 
-    # The pieces of an epoch, also driven one step at a time by a group of students (engine.group).
+    # The pieces of an epoch, also driven one step at a time by a group of students (engine.group) and by a
+    # stacked group of teachers (engine.stacked_group).
     def open_progress(self) -> None:
         label = f"{self.run_dir.parent.name}/{self.run_dir.name}"
         self.progress = RunProgress(label, self.epochs, self.start_epoch, self.rt.progress)
@@ -277,6 +278,16 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         method.after_step()
+        self.record_step(epoch, step, batch, lr, loss, terms, logits)
+
+    def record_step(self, epoch: int, step: int, batch, lr: float, loss: Tensor, terms: dict[str, Tensor],
+                    logits: Tensor) -> None:
+        """A step's bookkeeping once its optimizer step is done: the epoch's sums (loss, terms, correct, seen)
+        and, every 25 steps and at the epoch's last, the finiteness check (:class:`DivergedError`), the step
+        event and the progress line. :meth:`train_step` ends with it; a stacked group calls it per member."""
+        acc = self._acc
+        steps = acc.losses.shape[0]
+        acc.lr = lr
         acc.losses[step] = loss.detach()
         for k, v in terms.items():
             acc.terms[k] = acc.terms.get(k, 0.0) + v.detach().float()

@@ -16,6 +16,7 @@ checkpoint resumes from it. That is what makes a killed run or a killed sweep ch
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -51,6 +52,7 @@ from kdlab.engine.checkpoint import (
     read_card,
 )
 from kdlab.engine.group import Member, SharedForward, StudentGroup
+from kdlab.engine.stacked_group import StackedGroup
 from kdlab.engine.metrics import summarize
 from kdlab.engine.owner import OWNER, me
 from kdlab.engine.runtime import Runtime, resolve_runtime, seed_everything
@@ -64,6 +66,7 @@ from kdlab.experiment.identity import (
 from kdlab.experiment.schema import ExperimentConfig, ObjectiveConfig, to_yaml
 from kdlab.models import build_model, probe
 from kdlab.models.checkpoint import load_weights
+from kdlab.models.stacked import stack_refusal
 from kdlab.objectives import TeacherObjective
 
 SUMMARY = "summary.json"
@@ -372,26 +375,41 @@ def run_student_group(cfgs: list[ExperimentConfig], run_dirs: list[Path], teache
     if len(keys) > 1 or "" in keys:
         raise ConfigError("a student group needs runs that distil the same teacher with the same seed, data, views "
                           "and runtime (kdlab.experiment.stages.group_key); run the others separately")
-    summaries: list[dict | None] = [_member_step(lambda c=c, d=d: _finished_summary("student", c, Path(d)))
+
+    def new_group(loader, first: _StageRun) -> StudentGroup:
+        return StudentGroup(loader, SharedForward(first.method.teacher))
+
+    def joined(group: StudentGroup, run: _StageRun) -> None:
+        run.method.share_teacher(group.shared)  # the teacher copy this run built (same weights) is dropped
+
+    return _run_group("student", cfgs, run_dirs, teacher_checkpoint, data, new_group, joined)
+
+
+def _run_group(stage: str, cfgs: list[ExperimentConfig], run_dirs: list[Path], teacher_checkpoint: Path | None,
+               data: DataBundle | None, new_group, joined=lambda group, run: None) -> list[dict]:
+    """Build the unfinished runs of ``cfgs`` one after another on the first one's loaders, add each to the group
+    ``new_group(loader, first_run)`` right after its build (so each member keeps the random state its separate
+    run has), train them together and write each member's summary (see :func:`run_student_group`)."""
+    summaries: list[dict | None] = [_member_step(lambda c=c, d=d: _finished_summary(stage, c, Path(d)))
                                     for c, d in zip(cfgs, run_dirs)]
     todo = [i for i, s in enumerate(summaries) if s is None]
     if not todo:
         return summaries
     data = data or DataBundle(cfgs[todo[0]])
     runs: dict[int, _StageRun] = {}
-    group: StudentGroup | None = None
+    group = None
     loaders = None  # the first member's (train, test) loaders, read by every member
     for i in todo:
         try:
-            run = _StageRun.build("student", cfgs[i], Path(run_dirs[i]), data, teacher_checkpoint, loaders)
+            run = _StageRun.build(stage, cfgs[i], Path(run_dirs[i]), data, teacher_checkpoint, loaders)
         except Exception as exc:  # noqa: BLE001 - this member fails (e.g. a pair its distiller refuses); the rest go on
             summaries[i] = _failed(exc)
             continue
         if group is None:
             loaders = (run.trainer.train_loader, run.trainer.test_loader)
-            group = StudentGroup(loaders[0], SharedForward(run.method.teacher))
+            group = new_group(loaders[0], run)
         group.add(run.trainer)  # now, before the next build draws: this run's random state is its own
-        run.method.share_teacher(group.shared)  # the teacher copy this run built (same weights) is dropped
+        joined(group, run)
         runs[i] = run
     if group is None:
         return summaries
@@ -406,6 +424,73 @@ def run_student_group(cfgs: list[ExperimentConfig], run_dirs: list[Path], teache
     for i, run in runs.items():
         summaries[i] = _close_member(run, members[i], len(runs))
     return summaries
+
+
+# ----------------------------------------------------------------------------------- teacher groups
+def teacher_group_key(cfg: ExperimentConfig) -> str:
+    """Teachers with equal keys may train as one stacked network (:func:`run_teacher_group`): the same seed (so
+    the same initial weights and batches), data section, views per image, runtime and teacher section (network,
+    epochs, optimizer, starting weights); they may differ in everything the objective section sets. Networks
+    that stacking cannot compute exactly (:func:`kdlab.models.stacked.stack_refusal`) and compiled runs have
+    no key."""
+    if cfg.runtime.compile or stack_refusal_for(cfg.teacher.arch):
+        return ""
+    parts = {"seed": cfg.seed, "data": cfg.data.model_dump(mode="json"), "views": cfg.teacher_views(),
+             "runtime": cfg.runtime.model_dump(mode="json"), "teacher": cfg.teacher.model_dump(mode="json")}
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=None)
+def stack_refusal_for(arch: str) -> str | None:
+    """Why teachers of ``arch`` cannot be stacked (None when they can)."""
+    return stack_refusal(build_model(arch, num_classes=10), "grouped")
+
+
+def run_teacher_group(cfgs: list[ExperimentConfig], run_dirs: list[Path], data: DataBundle | None = None) -> list[dict]:
+    """Train the teacher runs ``cfgs`` (one folder each, equal :func:`teacher_group_key`) as one stacked network
+    (:class:`kdlab.engine.stacked_group.StackedGroup`) and return their summaries in order.
+
+    Each batch is read and augmented once and all networks forward and backward as one program; each teacher has
+    its own objective (heads, class cache, λ schedule), checkpoints and folder, and ends as its separate
+    :func:`run_teacher` would, up to floating-point summation order (tests/unit/test_stacked_group.py gives the
+    tolerance). Runs that resume from different epochs cannot share steps: they are trained one after another.
+    Failures and signals are handled as in :func:`run_student_group`.
+    """
+    if len(cfgs) != len(run_dirs):
+        raise ValueError("run_teacher_group needs one run folder per config")
+    keys = {teacher_group_key(c) for c in cfgs}
+    if len(keys) > 1 or "" in keys:
+        raise ConfigError("a teacher group needs teachers with the same seed, data, views, runtime and teacher "
+                          "section (kdlab.experiment.stages.teacher_group_key); run the others separately")
+    return _run_group("teacher", cfgs, run_dirs, None, data, lambda loader, first: _StackedByStart(loader))
+
+
+class _StackedByStart:
+    """A teacher group as ``_run_group`` drives it: members resumed at the same epoch train as one
+    :class:`StackedGroup` (which cannot step copies that are at different epochs); a member alone at its start
+    epoch trains as its separate run would."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.members: list[Member] = []
+
+    def add(self, trainer: Trainer) -> Member:
+        member = Member.of(trainer)  # with the random state its separate run has now
+        self.members.append(member)
+        return member
+
+    def fit(self) -> list[Member]:
+        by_start: dict[int, list[int]] = {}
+        for i, m in enumerate(self.members):
+            by_start.setdefault(m.trainer.start_epoch, []).append(i)
+        for start in sorted(by_start):
+            batch = by_start[start]
+            group = StackedGroup(self.loader)  # a member alone trains through its own trainer
+            for i in batch:
+                self.members[i].random.install(self.members[i].trainer.rt.device)
+                self.members[i] = group.add(self.members[i].trainer)
+            group.fit()
+        return self.members
 
 
 def _close_member(run: _StageRun, member: Member, size: int, interrupted: Interrupted | None = None) -> dict | None:
@@ -587,5 +672,5 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-__all__ = ["DataBundle", "run_teacher", "run_student", "run_student_group", "group_key", "run_pipeline", "read_summary", "same_run", "default_run_dir", "find_teacher",
+__all__ = ["DataBundle", "run_teacher", "run_student", "run_student_group", "group_key", "run_teacher_group", "teacher_group_key", "run_pipeline", "read_summary", "same_run", "default_run_dir", "find_teacher",
            "load_teacher", "CheckpointError"]

@@ -36,7 +36,8 @@ Two strategies:
 State: :meth:`StackedNets.copy_state_dict` returns copy ``i``'s state dict with the separate network's keys
 (checkpoints stay RepDistiller-style); :meth:`StackedNets.write_back` loads every copy into k networks;
 :meth:`StackedNets.copy_grads` and :meth:`StackedNets.copy_optimizer_state` give copy ``i``'s gradients and
-optimizer state (momentum buffers) under the separate network's parameter names.
+optimizer state (momentum buffers) under the separate network's parameter names, and
+:meth:`StackedNets.load_copy_optimizer_state` puts such a state back (a resumed run's momentum).
 
 Layout: ``to_channels_last()`` (not ``Module.to(memory_format=...)``, which cannot lay out vmap's 5-D stacks).
 Under vmap, channels-last inputs reach ``adaptive_avg_pool2d`` through a batching fallback (a PyTorch warning
@@ -97,6 +98,36 @@ class StackedNets(nn.Module):
                       (v.clone() if isinstance(v, Tensor) else v) for key, v in state.items()}
         return out
 
+    def load_copy_optimizer_state(self, optimizer: torch.optim.Optimizer, i: int,
+                                  state_by_name: dict[str, dict[str, Tensor]]) -> None:
+        """The inverse of :meth:`copy_optimizer_state`: put copy ``i``'s optimizer state (keyed by the separate
+        network's parameter names, e.g. a resumed run's momentum buffers) into ``optimizer``'s state of the
+        stacked parameters.
+
+        A tensor shaped like the copy's parameter goes into copy ``i``'s slice of the stacked state (created as
+        zeros laid out like the stacked parameter when absent; other copies' slices are left alone). Anything
+        else (Adam's ``step``) is shared by the copies: it is set when absent and must otherwise be equal, since
+        one optimizer steps every copy (ValueError)."""
+        params = self.stacked_parameters()
+        unknown = sorted(set(state_by_name) - set(params))
+        if unknown:
+            raise ValueError(f"optimizer state for parameters the network does not have: {unknown[:3]}")
+        for name, state in state_by_name.items():
+            p = params[name]
+            dest = optimizer.state[p]
+            own_shape = self.part(p, i).shape
+            for key, v in state.items():
+                if isinstance(v, Tensor) and v.shape == own_shape and v.dim() > 0:
+                    if key not in dest:
+                        dest[key] = torch.zeros_like(p)
+                    with torch.no_grad():
+                        self.part(dest[key], i).copy_(v)
+                elif key not in dest:
+                    dest[key] = v.clone() if isinstance(v, Tensor) else v
+                elif not _same_value(dest[key], v):
+                    raise ValueError(f"copy {i}'s optimizer state {name}.{key} = {v} differs from the other copies' "
+                                     f"{dest[key]}: one optimizer cannot step copies at different {key}s")
+
     def to_channels_last(self) -> StackedNets:
         """Lay the conv weights (and hence the inputs) out channels-last, in place; returns ``self``."""
         raise NotImplementedError
@@ -121,6 +152,12 @@ class StackedNets(nn.Module):
         return x, True
 
 
+def _same_value(a, b) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return torch.equal(torch.as_tensor(a).cpu(), torch.as_tensor(b).cpu())
+    return a == b
+
+
 def _check_same(nets: Sequence[nn.Module]) -> None:
     if len(nets) < 2:
         raise ValueError(f"stacking needs at least 2 networks, got {len(nets)}")
@@ -134,6 +171,12 @@ def _check_same(nets: Sequence[nn.Module]) -> None:
             raise ValueError(f"network {i} differs from network 0 in its state-dict keys, shapes, dtypes or devices")
         if net.training != first.training:
             raise ValueError("the networks must all be in train mode or all in eval mode")
+
+
+def stack_refusal(net: nn.Module, strategy: Strategy = "grouped") -> str | None:
+    """Why copies of ``net`` cannot be stacked with ``strategy`` (None when they can): what the strategy's
+    constructor would refuse, asked before building the copies."""
+    return _grouped_refusal(net) if strategy == "grouped" else _dropout_refusal(net, "vmap")
 
 
 def stack_networks(nets: Sequence[nn.Module], strategy: Strategy = "grouped") -> StackedNets:
@@ -377,4 +420,4 @@ class VmapNets(StackedNets):
         return stacked[i]
 
 
-__all__ = ["GROUPED_FAMILIES", "GroupedNets", "StackedNets", "Strategy", "VmapNets", "stack_networks"]
+__all__ = ["GROUPED_FAMILIES", "GroupedNets", "StackedNets", "Strategy", "VmapNets", "stack_networks", "stack_refusal"]

@@ -108,6 +108,7 @@ class IntraTerm(ObjectiveTerm):
     def __init__(self, cfg: IntraConfig, ctx: ObjectiveContext):
         super().__init__()
         self.cfg = cfg
+        self.differentiates_features = cfg.lambda_schedule == "gradnorm"  # autograd.grad(L_CE, features)
         self.cache = ClassCache(ctx.num_classes, ctx.emb_dim, cfg.cache) if cfg.cache.enabled else None
         self.memory_positive = cfg.positive == "memory"
         if self.memory_positive:  # previous-visit embedding of every training image

@@ -68,7 +68,7 @@ class ObjectiveContext:
 class ObjectiveStep:
     """What an objective term sees in one step: every view's rows (``views × B``, view-major)."""
 
-    emb: Tensor  # e = normalize(P(h)), float32
+    emb: Tensor  # e = normalize(P(h)), float32 (float64 when the network is float64)
     logits: Tensor
     labels: Tensor
     ids: Tensor  # image index of each row
@@ -84,12 +84,22 @@ class ObjectiveTerm(nn.Module):
     ``forward`` runs outside autocast. Memories it keeps are buffers (checkpointed with the teacher).
     """
 
+    #: whether the term differentiates a loss with respect to ``ObjectiveStep.features`` (the pooled features
+    #: must then be the very tensor the logits were computed from; a vmap-stacked network cannot give that)
+    differentiates_features: bool = False
+
     def forward(self, step: ObjectiveStep) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def epoch_stats(self) -> dict[str, float]:
         """Statistics of the epoch so far (e.g. margin pass fraction); resets them."""
         return {}
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    """float32 for half-precision tensors (bf16 under autocast), the tensor itself otherwise: float32 as before,
+    and a float64 network (the equivalence tests) keeps float64 all the way through the term."""
+    return t.float() if t.element_size() < 4 else t
 
 
 def _legacy_term_keys(state: dict, prefix: str, *args) -> None:
@@ -102,7 +112,13 @@ def _legacy_term_keys(state: dict, prefix: str, *args) -> None:
 
 
 class TeacherObjective(TrainMethod):
-    """A teacher network trained with L_CE + the term of ``cfg.kind`` (``cfg``: the ``objective`` section)."""
+    """A teacher network trained with L_CE + the term of ``cfg.kind`` (``cfg``: the ``objective`` section).
+
+    Stackable: its step is the network's forward on :meth:`network_input` followed by
+    :meth:`losses_from_output`, so teacher variants of one architecture can train as one stacked program.
+    """
+
+    stackable = True
 
     def __init__(self, net: nn.Module, cfg: Any, *, views: int, num_classes: int, feature_dim: int,
                  num_train: int, epochs: int = 1):
@@ -122,19 +138,30 @@ class TeacherObjective(TrainMethod):
         return self.net
 
     def forward_train(self, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.losses_from_output(self.net(self.network_input(batch)), batch, progress)
+
+    def network_input(self, batch: Batch) -> Tensor:
+        """Every view of the batch, concatenated (``views`` × B images, view-major): one forward for all."""
+        return torch.cat(batch.views[: self.views]) if self.views > 1 else batch.views[0]
+
+    def losses_from_output(self, out: ModelOutput, batch: Batch, progress: float) -> tuple[Tensor, dict[str, Tensor]]:
         b = batch.labels.shape[0]
-        x = torch.cat(batch.views[: self.views]) if self.views > 1 else batch.views[0]
-        out: ModelOutput = self.net(x)
         labels = batch.labels.repeat(self.views)
         losses = {"ce": F.cross_entropy(out.logits, labels, label_smoothing=self.cfg.label_smoothing)}
         if self.term is not None:
-            emb = F.normalize(self.head(out.pooled).float(), dim=1)
+            emb = F.normalize(_at_least_float32(self.head(out.pooled)), dim=1)
             step = ObjectiveStep(emb, out.logits, labels, batch.index.repeat(self.views), b, progress,
                                  out.pooled, losses["ce"])
             # similarities at temperature 0.1 need float32: leave autocast for the contrastive term
             with torch.autocast(emb.device.type, enabled=False):
                 losses.update(self.term(step))
         return out.logits[:b], losses
+
+    def stacking_refusal(self, strategy: str) -> str | None:
+        if strategy == "vmap" and self.term is not None and self.term.differentiates_features:
+            return (f"the {self.cfg.kind} objective differentiates its loss with respect to the pooled features, "
+                    "which the vmap strategy cannot hand out as the classifier's input; use strategy='grouped'")
+        return None
 
     def epoch_stats(self) -> dict[str, float]:
         return self.term.epoch_stats() if self.term is not None else {}

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from kdlab.engine.progress import clock, eta
 from kdlab.experiment.identity import run_identity
 from kdlab.experiment.schema import ExperimentConfig
-from kdlab.experiment.stages import group_key
+from kdlab.experiment.stages import group_key, teacher_group_key
 from kdlab.sweep.grid import SweepError, SweepGrid
 from kdlab.sweep.groups import auto_group_size, form_groups
 from kdlab.sweep.store import Store, run_key, teacher_config, teacher_key
@@ -66,8 +66,8 @@ class Task:
     teacher_dir: str | None = None
     label: str = ""
     claim_token: str | None = None  # set by the orchestrator, which claims before it launches
-    group_key: str = ""  # student runs with equal non-empty keys may train as one program (sweep.groups)
-    members: list[Task] = field(default_factory=list)  # kind "group": the student tasks it trains
+    group_key: str = ""  # runs of one kind with equal non-empty keys may train as one program (sweep.groups)
+    members: list[Task] = field(default_factory=list)  # kind "group": the tasks it trains (all students or all teachers)
 
 
 @dataclass
@@ -191,11 +191,12 @@ def run_task(task: Task) -> str:
 
 
 def run_group_task(task: Task) -> str:
-    """Run a group's student tasks as one program (``stages.run_student_group``), one record per member; a
-    stages module without groups runs them one after another. Returns done (every member has a record),
-    interrupted, or the first other status."""
+    """Run a group's tasks as one program (``stages.run_student_group``, or ``stages.run_teacher_group`` for
+    teachers), one record per member; a stages module without groups runs them one after another. Returns done
+    (every member has a record), interrupted, or the first other status."""
     stages = importlib.import_module(task.stages)
-    if not hasattr(stages, "run_student_group"):
+    teachers = task.members[0].kind == "teacher"
+    if not hasattr(stages, "run_teacher_group" if teachers else "run_student_group"):
         statuses = [run_task(member) for member in task.members]
         return "interrupted" if "interrupted" in statuses else "done"
     store = Store(task.store_root)
@@ -227,7 +228,9 @@ def run_group_task(task: Task) -> str:
             cfgs.append(cfg)
         interrupted = False
         try:
-            summaries = stages.run_student_group(cfgs, [Path(m.run_dir) for m, _ in held], ckpt)
+            dirs = [Path(m.run_dir) for m, _ in held]
+            summaries = (stages.run_teacher_group(cfgs, dirs) if teachers
+                         else stages.run_student_group(cfgs, dirs, ckpt))
         except (KeyboardInterrupt, SystemExit):
             return "interrupted"
         except Exception as exc:  # noqa: BLE001 - a failure before the members train fails them all
@@ -550,12 +553,14 @@ def execute(
     stages: str = STAGES_MODULE,
     echo: Callable[[str], None] = print,
     group_size: int | None = None,
+    teacher_group_size: int | None = None,
 ) -> ExecutionSummary:
     """Run every missing run of the grid; return what was executed and skipped.
 
     Student runs that read the same batches and distil the same teacher train as groups (one program, one
     teacher forward per batch; :mod:`kdlab.sweep.groups`): ``group_size`` caps a group (None: what memory
-    allows, 1: no groups)."""
+    allows, 1: no groups). Teachers that differ only in their objective train as stacked groups of at most
+    ``teacher_group_size`` when it is 2 or more (and memory allows); by default they train alone."""
     t0 = time.time()
     runs, teacher_cfgs = expand(grid)
     opts = dict(executor_options or {})
@@ -567,6 +572,9 @@ def execute(
         raise SweepError(f"--jobs must be >= 1, got {jobs}")
     if group_size is not None and group_size < 1:
         raise SweepError(f"--group-size must be >= 1 (1 trains every run alone), got {group_size}")
+    if teacher_group_size is not None and teacher_group_size < 1:
+        raise SweepError(f"--teacher-group-size must be >= 1 (1 trains every teacher alone), got {teacher_group_size}")
+    stack_teachers = (teacher_group_size or 1) > 1
     # runs on this machine share its cores; SLURM jobs get cpus_per_task each
     threads = max(1, cores // jobs) if on_this_machine else opts.get("cpus_per_task")
 
@@ -585,7 +593,8 @@ def execute(
     for tkey, tcfg in teacher_cfgs.items():
         d = store.teacher_dir(tkey)
         teacher_tasks[tkey] = Task("teacher", tkey, str(d), tcfg.model_dump(mode="json"), str(store.root),
-                                   int(tcfg.seed), stages, threads, label=f"teacher seed {tcfg.seed}")
+                                   int(tcfg.seed), stages, threads, label=f"teacher seed {tcfg.seed}",
+                                   group_key=teacher_group_key(tcfg) if stack_teachers else "")
     student_tasks: list[Task] = []
     for cid, per_seed in runs.items():
         for seed, spec in per_seed.items():
@@ -621,6 +630,8 @@ def execute(
              f"{jobs} at a time"
              + (f", {threads} threads each" if threads else "")
              + ("" if group_size == 1 else "; runs that share a teacher and seed train in groups")
+             + (f"; teachers that differ only in their objective train stacked, {teacher_group_size} at most"
+                if stack_teachers else "")
              + f"; output in {store.root}")
     caps: dict[tuple[str, int], int] = {}
     # groups that share a device: the local pool's jobs on one machine, or one job per GPU when each has its own;
@@ -629,14 +640,18 @@ def execute(
     per_device = max(1, jobs // len(gpus)) if gpus else jobs
 
     def cap(members: list[Task]) -> int:  # how many of these runs one group may hold (estimated once per key)
-        key = (members[0].group_key, len(members))
+        kind = members[0].kind
+        key = (kind, members[0].group_key, len(members))
         if key not in caps:
-            if group_size:
-                caps[key] = group_size
-            elif not on_this_machine:
-                caps[key] = DEFAULT_REMOTE_GROUP
+            asked = teacher_group_size if kind == "teacher" else group_size
+            fits = lambda: auto_group_size([ExperimentConfig.model_validate(t.config) for t in members],  # noqa: E731
+                                           per_device, stage=kind)
+            if kind == "teacher":  # stacked copies hold k steps' activations: asked for, and within memory
+                caps[key] = min(asked, fits()) if on_this_machine else asked
+            elif asked:
+                caps[key] = asked
             else:
-                caps[key] = auto_group_size([ExperimentConfig.model_validate(t.config) for t in members], per_device)
+                caps[key] = fits() if on_this_machine else DEFAULT_REMOTE_GROUP
         return caps[key]
 
     ex = make_executor(executor, store.root, jobs, executor_options) if total else None
@@ -682,8 +697,8 @@ def execute(
             ready_s = [t for t in pending_s.values()
                        if t.key not in in_flight and teacher_state(t.teacher_key) == "done"]
             idle = jobs - len(running)
-            units = [[t] for t in ready_t] + form_groups(ready_s, key=lambda t: t.group_key, cap=cap,
-                                                         free=idle - len(ready_t))
+            units = form_groups(ready_t, key=lambda t: t.group_key, cap=cap, free=idle)
+            units += form_groups(ready_s, key=lambda t: t.group_key, cap=cap, free=idle - len(units))
             blocked = 0
             for unit in units:
                 if len(running) >= jobs:
@@ -785,7 +800,7 @@ def execute(
 
 
 def _group_task(members: list[Task]) -> Task:
-    """One task that trains ``members`` (student tasks of one group key) as one program."""
+    """One task that trains ``members`` (tasks of one kind and one group key) as one program."""
     first = members[0]
     return Task("group", first.key, first.run_dir, {}, first.store_root, first.seed, first.stages, first.threads,
                 first.teacher_key, first.teacher_dir, label=f"group of {len(members)}", group_key=first.group_key,

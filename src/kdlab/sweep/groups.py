@@ -1,4 +1,6 @@
-"""Which pending student runs of a sweep train together as one program (:mod:`kdlab.engine.group`).
+"""Which pending runs of a sweep train together as one program: students that share a teacher
+(:mod:`kdlab.engine.group`) and, when asked for, teachers stacked into one network
+(:mod:`kdlab.engine.stacked_group`).
 
 Runs may share when :func:`kdlab.experiment.stages.group_key` says they read the same batches and distil the
 same teacher: same seed, data section, views per image, runtime and teacher. The decision is made from the
@@ -14,6 +16,13 @@ fits when ``k × the largest member + the largest step`` is within half the memo
 Not counted: memories that grow with the training set (CRD's two banks, CoCoRD's bank: about 0.5 KB per
 image each), which matter on ImageNet; a group whose worker dies (out of memory, say) is retried with each run
 alone. ``--group-size N`` sets the cap by hand; ``--no-group`` is ``1``.
+
+**Teacher groups** (``--teacher-group-size N``): teachers with equal
+:func:`kdlab.experiment.stages.teacher_group_key` (the same seed, data, views, runtime and teacher section; any
+objective) train as one stacked network. Its k copies forward and backward at once, so a group of k holds k
+members' state *and* k steps' activations: ``k × (member + step) ≤`` the same budget. They are off by default:
+on CPU a stacked group measured no faster than separate runs (benchmarks/BENCHMARKS.md §7), and on GPU the gain
+is not yet measured (the command is there).
 
 **Splitting.** When fewer groups than idle workers are ready, the largest groups are split so every worker
 has work: on one machine two half groups on two cores finish sooner than one full group on one core.
@@ -42,16 +51,24 @@ def input_size(cfg: ExperimentConfig) -> int:
     return 64 if "tiny" in cfg.data.name.lower() else 32
 
 
-def member_bytes(cfg: ExperimentConfig, num_classes: int = 1000) -> int:
-    """The state one grouped student holds: 4 × its parameter bytes (``num_classes`` sizes the classifier;
-    1000 is a bound for every dataset kdlab ships)."""
-    net = build_model(cfg.student.arch, num_classes=num_classes)
+def _arch(cfg: ExperimentConfig, stage: str) -> str:
+    return cfg.teacher.arch if stage == "teacher" else cfg.student.arch
+
+
+def _views(cfg: ExperimentConfig, stage: str) -> int:
+    return cfg.teacher_views() if stage == "teacher" else distill_views(cfg.distill)
+
+
+def member_bytes(cfg: ExperimentConfig, num_classes: int = 1000, stage: str = "student") -> int:
+    """The state one grouped run of ``stage`` holds: 4 × its parameter bytes (``num_classes`` sizes the
+    classifier; 1000 is a bound for every dataset kdlab ships)."""
+    net = build_model(_arch(cfg, stage), num_classes=num_classes)
     return 4 * sum(p.numel() * p.element_size() for p in net.parameters())
 
 
-def activation_bytes(cfg: ExperimentConfig, num_classes: int = 1000) -> int:
+def activation_bytes(cfg: ExperimentConfig, num_classes: int = 1000, stage: str = "student") -> int:
     """One training step's activations: 3 × the outputs of every leaf module for one batch of all its views."""
-    net = build_model(cfg.student.arch, num_classes=num_classes)
+    net = build_model(_arch(cfg, stage), num_classes=num_classes)
     sizes: list[int] = []
     leaves = [m for m in net.modules() if not any(True for _ in m.children())]
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(_numel(out))) for m in leaves]
@@ -63,7 +80,7 @@ def activation_bytes(cfg: ExperimentConfig, num_classes: int = 1000) -> int:
     finally:
         for h in hooks:
             h.remove()
-    return 3 * 4 * sum(sizes) * cfg.data.batch_size * distill_views(cfg.distill)
+    return 3 * 4 * sum(sizes) * cfg.data.batch_size * _views(cfg, stage)
 
 
 def _numel(out) -> int:
@@ -88,12 +105,15 @@ def available_bytes(device: str = "auto") -> int:
     return 8 << 30  # no /proc (not Linux): assume 8 GiB
 
 
-def auto_group_size(cfgs: list[ExperimentConfig], jobs_per_device: int) -> int:
+def auto_group_size(cfgs: list[ExperimentConfig], jobs_per_device: int, stage: str = "student") -> int:
     """How many of ``cfgs``' kind fit in one group when ``jobs_per_device`` groups share a device (at least 1):
-    sized for the largest member and the largest step among ``cfgs``."""
+    sized for the largest member and the largest step among ``cfgs``. Students step one after another, so a
+    group holds one step's activations; a stacked teacher group steps all at once and holds k of them."""
     budget = MEMORY_FRACTION * available_bytes(cfgs[0].runtime.device) / max(jobs_per_device, 1)
-    state = max(member_bytes(c) for c in cfgs)
-    step = max(activation_bytes(c) for c in cfgs)
+    state = max(member_bytes(c, stage=stage) for c in cfgs)
+    step = max(activation_bytes(c, stage=stage) for c in cfgs)
+    if stage == "teacher":
+        return max(1, int(budget // max(state + step, 1)))
     return max(1, int((budget - step) // max(state, 1)))
 
 

@@ -81,6 +81,7 @@ def run_sweep(
     echo: Callable[[str], None] | None = print,
     record: dict | None = None,
     group_size: int | None = None,
+    teacher_group_size: int | None = None,
 ) -> SweepResult:
     """Run the grid's missing runs in ``out`` (upgrading a folder of an earlier version first), write
     grid.json and the report. ``exit_code`` is 1 when some run failed or is missing."""
@@ -98,7 +99,8 @@ def run_sweep(
     store.write_grid(record)
     store.write_names(readable_names(record))
     result.execution = execute(grid, store, executor=executor, jobs=jobs, retry_failed=retry_failed,
-                               executor_options=executor_options, stages=stages, echo=say, group_size=group_size)
+                               executor_options=executor_options, stages=stages, echo=say, group_size=group_size,
+                               teacher_group_size=teacher_group_size)
     result.report = build_report(out)
     say("")
     say(result.report.text)
