@@ -152,8 +152,8 @@ def _executor_options(p) -> None:
                    help="train every run in its own process (the same results, more teacher forwards)")
     p.add_argument("--teacher-group-size", type=int, default=None, metavar="N",
                    help="train at most N teachers that differ only in their objective (same seed, network, data "
-                        "and optimizer) as one stacked network (default: each alone; on CPU stacking measured no "
-                        "faster, see benchmarks/BENCHMARKS.md section 7)")
+                        "and optimizer) as one stacked network (default: each alone; on CPU a stacked step is slower, "
+                        "benchmarks/BENCHMARKS.md section 7.1)")
     p.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit option, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 "
                         "(cluster=local runs submitit's local executor)")

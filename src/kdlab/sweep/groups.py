@@ -21,8 +21,8 @@ alone. ``--group-size N`` sets the cap by hand; ``--no-group`` is ``1``.
 :func:`kdlab.experiment.stages.teacher_group_key` (the same seed, data, views, runtime and teacher section; any
 objective) train as one stacked network. Its k copies forward and backward at once, so a group of k holds k
 members' state *and* k steps' activations: ``k × (member + step) ≤`` the same budget. They are off by default:
-on CPU a stacked group measured no faster than separate runs (benchmarks/BENCHMARKS.md §7), and on GPU the gain
-is not yet measured (the command is there).
+on CPU a stacked teacher step measured 1.19–1.29 × the separate steps (benchmarks/BENCHMARKS.md §7.1), and on
+GPU the gain is not yet measured (the command is there).
 
 **Splitting.** When fewer groups than idle workers are ready, the largest groups are split so every worker
 has work: on one machine two half groups on two cores finish sooner than one full group on one core.
