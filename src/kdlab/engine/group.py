@@ -117,25 +117,23 @@ class Member:
             self.random = _RandomState.current(device)
 
 
-class StudentGroup:
-    """Trainers of runs that read the same batches from one loader and share ``shared``'s outputs.
+class RunGroup:
+    """What every group of runs on one loader shares: members added as built, one epoch loop that stops at a
+    signal with every member at its last checkpoint, each live member's summary, and cleanup. Subclasses say
+    how the epochs are trained (:meth:`_epoch`), which epochs there are (:meth:`_epochs`), and what happens
+    before the first (:meth:`_prepare`) and after the last (:meth:`_release`)."""
 
-    Build each member's trainer exactly as its separate run would (seed, network, method, resume), then
-    hand the trainers over with the global random state each had at that point (:meth:`add`).
-    Members may start at different epochs (one resumed, one new) and run for different numbers of epochs:
-    each trains in the epochs it has left, and the loader serves every epoch any member needs.
-    """
+    kind = "group"
 
-    def __init__(self, loader, shared: SharedForward | None):
+    def __init__(self, loader):
         self.loader = loader
-        self.shared = shared
         self.members: list[Member] = []
         self._stop_signal: int | None = None
 
     def add(self, trainer: Trainer) -> Member:
         """Add a built (and resumed) trainer; the global random state now is the one its separate run has."""
         if trainer.rt.dist.enabled:
-            raise ValueError("a student group runs in one process; it cannot run under torchrun")
+            raise ValueError(f"a {self.kind} runs in one process; it cannot run under torchrun")
         trainer.train_loader = self.loader
         member = Member.of(trainer)
         self.members.append(member)
@@ -150,10 +148,8 @@ class StudentGroup:
             m.trainer.open_progress()
         try:
             with stop_signals_caught(self._note_signal):
-                self._initialisation_phases()
-                first = min((m.trainer.start_epoch for m in self.members), default=0)
-                last = max((m.trainer.epochs for m in self.members), default=0)
-                for epoch in range(first, last):
+                self._prepare()
+                for epoch in self._epochs():
                     self._epoch(epoch)
                     if self._stop_signal is not None:
                         raise Interrupted(f"stopped by signal {signal.Signals(self._stop_signal).name} after "
@@ -164,9 +160,59 @@ class StudentGroup:
         finally:
             for m in self.members:
                 m.trainer.close()
-            if self.shared is not None:
-                self.shared.clear()
+            self._release()
         return self.members
+
+    def _prepare(self) -> None:
+        """Before the first epoch (inside the signal handler)."""
+
+    def _epochs(self) -> range:
+        raise NotImplementedError
+
+    def _epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """After the last epoch, or a stop: drop what the group holds."""
+
+    def _stop_during(self, epoch: int) -> None:
+        """Raise :class:`Interrupted` when a signal has arrived during ``epoch`` (its checkpoint is the last)."""
+        if self._stop_signal is not None:
+            raise Interrupted(f"stopped by signal {signal.Signals(self._stop_signal).name} during epoch "
+                              f"{epoch + 1}; run the same command again to resume from epoch {epoch}")
+
+    def _note_signal(self, signum: int) -> None:
+        self._stop_signal = signum
+        for m in self.members:  # an initialisation phase checks its own trainer's flag
+            m.trainer._note_signal(signum)
+
+
+class StudentGroup(RunGroup):
+    """Trainers of runs that read the same batches from one loader and share ``shared``'s outputs.
+
+    Build each member's trainer exactly as its separate run would (seed, network, method, resume), then
+    hand the trainers over with the global random state each had at that point (:meth:`add`).
+    Members may start at different epochs (one resumed, one new) and run for different numbers of epochs:
+    each trains in the epochs it has left, and the loader serves every epoch any member needs.
+    """
+
+    kind = "student group"
+
+    def __init__(self, loader, shared: SharedForward | None):
+        super().__init__(loader)
+        self.shared = shared
+
+    def _prepare(self) -> None:
+        self._initialisation_phases()
+
+    def _epochs(self) -> range:
+        first = min((m.trainer.start_epoch for m in self.members), default=0)
+        last = max((m.trainer.epochs for m in self.members), default=0)
+        return range(first, last)
+
+    def _release(self) -> None:
+        if self.shared is not None:
+            self.shared.clear()
 
     def _initialisation_phases(self) -> None:
         """Each member's initialisation phase (AB, FT, FSP: ``init_epochs``), one member after another, each with
@@ -193,16 +239,9 @@ class StudentGroup:
             for m in active:
                 if m.alive:
                     m.run(m.trainer.train_step, epoch, step, batch)
-            if self._stop_signal is not None:
-                raise Interrupted(f"stopped by signal {signal.Signals(self._stop_signal).name} during epoch "
-                                  f"{epoch + 1}; run the same command again to resume from epoch {epoch}")
+            self._stop_during(epoch)
         if self.shared is not None:
             self.shared.clear()
         for m in active:
             if m.alive:
                 m.run(lambda t: t.finish_epoch(t.end_epoch(epoch)), m.trainer)
-
-    def _note_signal(self, signum: int) -> None:
-        self._stop_signal = signum
-        for m in self.members:  # an initialisation phase checks its own trainer's flag
-            m.trainer._note_signal(signum)

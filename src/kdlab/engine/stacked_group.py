@@ -42,39 +42,28 @@ method (nothing is stacked, so nothing is checked).
 
 from __future__ import annotations
 
-import signal
-
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.group import Member, _RandomState
-from kdlab.engine.trainer import Interrupted, Trainer, build_optimizer, lr_at, stop_signals_caught
+from kdlab.engine.group import Member, RunGroup
+from kdlab.engine.trainer import Trainer, build_optimizer, lr_at
 from kdlab.models.stacked import StackedNets, Strategy, stack_networks
 
 #: optimizers whose update is elementwise (so one step over stacked parameters is k separate steps)
 ELEMENTWISE_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
-class StackedGroup:
+class StackedGroup(RunGroup):
     """Teacher runs of one architecture whose networks train stacked as one (see the module docstring)."""
 
+    kind = "stacked group"
+
     def __init__(self, loader, strategy: Strategy = "grouped"):
-        self.loader = loader
+        super().__init__(loader)
         self.strategy = strategy
-        self.members: list[Member] = []
         self.stacked: StackedNets | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self._stop_signal: int | None = None
         self._lr = 0.0
-
-    def add(self, trainer: Trainer) -> Member:
-        """Add a built (and resumed) trainer; the global random state now is the one its separate run has."""
-        if trainer.rt.dist.enabled:
-            raise ValueError("a stacked group runs in one process; it cannot run under torchrun")
-        trainer.train_loader = self.loader
-        member = Member(trainer, _RandomState.current(trainer.rt.device))
-        self.members.append(member)
-        return member
 
     def fit(self) -> list[Member]:
         """Train every member to the last epoch; returns the members, each with its metrics or its error.
@@ -89,27 +78,19 @@ class StackedGroup:
             m.metrics = m.run(m.trainer.fit) or {}
             return self.members
         self._check_members()
-        for m in self.members:
-            m.trainer.open_progress()
-        try:
-            with stop_signals_caught(self._note_signal):
-                for m in self.members:  # initialisation phases (none for teachers so far), before stacking
-                    m.run(m.trainer.pre_train)
-                first = self.members[0].trainer
-                self._stack()
-                for epoch in range(first.start_epoch, first.epochs):
-                    self._epoch(epoch)
-                    if self._stop_signal is not None:
-                        raise Interrupted(f"stopped by signal {signal.Signals(self._stop_signal).name} after "
-                                          f"epoch {epoch + 1}; run the same command again to resume")
-            for m in self.members:
-                if m.alive:
-                    m.metrics = m.run(m.trainer.summary) or {}
-        finally:
-            for m in self.members:
-                m.trainer.close()
-            self.stacked = self.optimizer = None  # k networks' worth of memory
-        return self.members
+        return super().fit()
+
+    def _prepare(self) -> None:
+        for m in self.members:  # initialisation phases (none for teachers so far), before stacking
+            m.run(m.trainer.pre_train)
+        self._stack()
+
+    def _epochs(self) -> range:
+        first = self.members[0].trainer
+        return range(first.start_epoch, first.epochs)
+
+    def _release(self) -> None:
+        self.stacked = self.optimizer = None  # k networks' worth of memory
 
     # ------------------------------------------------------------------------------------------ checks
     def _check_members(self) -> None:
@@ -192,9 +173,7 @@ class StackedGroup:
             if not any(m.alive for m in self.members):
                 break
             self._step(epoch, step, steps, batch)
-            if self._stop_signal is not None:
-                raise Interrupted(f"stopped by signal {signal.Signals(self._stop_signal).name} during epoch "
-                                  f"{epoch + 1}; run the same command again to resume from epoch {epoch}")
+            self._stop_during(epoch)
         for i, m in enumerate(self.members):
             if m.alive:
                 m.run(self._write_back, i)
@@ -226,11 +205,6 @@ class StackedGroup:
             m.run(m.trainer.method.after_step)
             if m.alive:
                 m.run(m.trainer.record_step, epoch, step, batch, lr, loss, terms, logits)
-
-    def _note_signal(self, signum: int) -> None:
-        self._stop_signal = signum
-        for m in self.members:  # an initialisation phase checks its own trainer's flag
-            m.trainer._note_signal(signum)
 
 
 def _losses(trainer: Trainer, out, batch, progress: float) -> tuple[Tensor, dict[str, Tensor], Tensor]:
