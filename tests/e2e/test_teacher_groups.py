@@ -136,6 +136,7 @@ def test_members_resumed_at_different_epochs_train_apart_and_still_match(setting
     dirs = [root / "mix0", root / "mix1", root / "mix2"]
     summaries = run_teacher_group(cfgs[:3], dirs, data)
     assert [s["status"] for s in summaries] == ["done"] * 3
+    assert [s["group_size"] for s in summaries] == [2, 1, 2]  # what each trained with, not the call's size
     for i, d in enumerate(dirs):
         assert_same_run(d, root / f"sep{i}")
 

@@ -88,6 +88,7 @@ class Member:
     error: BaseException | None = None
     traceback: str = ""
     metrics: dict = field(default_factory=dict)
+    shared_with: int = 0  # how many runs trained in this member's program (itself included); 0: the whole group
 
     @classmethod
     def of(cls, trainer: Trainer) -> "Member":

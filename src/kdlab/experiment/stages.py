@@ -489,6 +489,7 @@ class _StackedByStart:
             for i in batch:
                 self.members[i].random.install(self.members[i].trainer.rt.device)
                 self.members[i] = group.add(self.members[i].trainer)
+                self.members[i].shared_with = len(batch)
             group.fit()
         return self.members
 
@@ -504,7 +505,7 @@ def _close_member(run: _StageRun, member: Member, size: int, interrupted: Interr
             run.stopped(interrupted)
         except Interrupted:
             return None
-    run.summary["group_size"] = size
+    run.summary["group_size"] = member.shared_with or size
     metrics = member.metrics or trainer.summary()
     try:
         return run.finished(metrics)
