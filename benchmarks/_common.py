@@ -40,3 +40,21 @@ def machine() -> str:
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
     return f"{dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.python_version()}"
+
+
+def timing_args(ap, *, rounds: int) -> None:
+    """The options every interleaved benchmark of stacked networks shares: device, precision, repeats, threads."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def apply_timing_args(a) -> None:
+    """Set the torch thread count and, on CUDA, cuDNN's autotuner, as the parsed ``timing_args`` ask."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True

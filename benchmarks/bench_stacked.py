@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from _common import interleaved, machine, md_table
+from _common import apply_timing_args, interleaved, machine, md_table, timing_args
 
 from kdlab.models import build_model
 from kdlab.models.stacked import stack_networks
@@ -90,19 +90,11 @@ def main() -> None:
     ap.add_argument("--ks", default="2,4,8")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
     ap.add_argument("--per-copy", action="store_true", help="each copy its own batch instead of one shared batch")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    timing_args(ap, rounds=7)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.device == "cuda":
-        torch.backends.cudnn.benchmark = True
+    apply_timing_args(a)
     rows = []
     for arch in a.archs.split(","):
         for k in (int(v) for v in a.ks.split(",")):

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import interleaved, machine, md_table
+from _common import apply_timing_args, interleaved, machine, md_table, timing_args
 
 from kdlab.config import OptimConfig
 from kdlab.data.base import Batch
@@ -108,18 +108,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--strategy", choices=["grouped", "vmap"], default="grouped")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    timing_args(ap, rounds=5)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    apply_timing_args(a)
     device = torch.device(a.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     rt = Runtime(device, torch.bfloat16 if a.amp == "bf16" else None, True, False, False)
     header = ["arch", "k", "separate ms", "stacked ms", "stacked / separate"]
     rows = []

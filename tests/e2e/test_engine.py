@@ -7,9 +7,9 @@ import torch
 
 from kdlab.cli import main
 from kdlab.experiment.schema import load_config
-from kdlab.engine import trainer as trainer_mod
 from kdlab.experiment.stages import DataBundle, run_pipeline, run_teacher
 from kdlab.engine.trainer import Interrupted, lr_at
+from tests.e2e.test_groups import stop_trainers_at
 
 
 def test_demo_end_to_end_tiny(tmp_path, tiny_overrides, capsys):
@@ -37,18 +37,11 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path, tiny_overri
     data = DataBundle(cfg)
     straight = run_teacher(cfg, tmp_path / "straight", data)
 
-    real_step = trainer_mod.Trainer.train_step
-
-    def interrupted_in_third_epoch(self, epoch, step, batch):
-        if epoch == 2 and step == 1:
-            raise Interrupted("simulated kill during epoch 3")
-        return real_step(self, epoch, step, batch)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupted_in_third_epoch)
+    stop_trainers_at(monkeypatch, epoch=2, step=1, why="simulated kill during epoch 3")
     with pytest.raises(Interrupted):
         run_teacher(cfg, tmp_path / "resumed", data)
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real_step)
+    monkeypatch.undo()
     resumed = run_teacher(cfg, tmp_path / "resumed", data)
 
     assert resumed["status"] == "done"

@@ -65,16 +65,21 @@ def _assert_same_run(a, b):
     assert [r["test_top1"] for r in ma] == [r["test_top1"] for r in mb]
 
 
-def _stop_in_second_epoch(monkeypatch):
-    """Make every trainer raise Interrupted at step 3 of epoch 2, as a signal would (undo with monkeypatch)."""
+def stop_trainers_at(monkeypatch, epoch: int, step: int, why: str = "simulated stop") -> None:
+    """Make every trainer raise Interrupted at 0-based ``step`` of 0-based ``epoch``, as a signal would (undo
+    with monkeypatch)."""
     real = trainer_mod.Trainer.train_step
 
-    def stop(self, epoch, step, batch):
-        if epoch == 1 and step == 2:
-            raise Interrupted("simulated stop")
-        return real(self, epoch, step, batch)
+    def stop(self, e, s, batch):
+        if (e, s) == (epoch, step):
+            raise Interrupted(why)
+        return real(self, e, s, batch)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop)
+
+
+def _stop_in_second_epoch(monkeypatch):
+    stop_trainers_at(monkeypatch, epoch=1, step=2)
 
 
 def test_a_group_equals_its_separate_runs_bitwise(setting):
