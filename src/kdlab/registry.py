@@ -14,6 +14,8 @@ packages (each imports every module in its folder), which is what registers them
 from __future__ import annotations
 
 import importlib
+import re
+import unicodedata
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
@@ -67,6 +69,9 @@ class Knob:
     text and calling ``generic`` (the parser of the knob's kind); raises ValueError.
     ``companions``: ``(overrides, base) -> extra overrides`` that must accompany a value of this knob for the
     variant to be valid (e.g. one view needs the memory positive); the knob's plugin owns this rule.
+    ``typical``: (lo, hi), where the field's values usually lie, narrower than what the config accepts (a
+    contrastive τ in [0.01, 1], a KD temperature in [1, 64]); a plan's values outside it lower the knob's
+    score, so "temperature: 1, 4, 8, 16" reads as the KD temperature, "0.05, 0.2" as the contrastive one.
     """
 
     name: str
@@ -85,6 +90,7 @@ class Knob:
     parse: Callable[[str, Callable[[str], Any]], Any] | None = None
     companions: Callable[[dict, Any], dict] | None = None
     notes: str = ""
+    typical: tuple[float, float] | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -103,9 +109,22 @@ class Knob:
         return self.on_value is not NOTHING or self.kind in ("bool", "augment", "methods")
 
 
+#: where a contrastive loss's temperature usually lies (SimCLR/SupCon/CRD/MoCo use 0.05-0.5)
+CONTRASTIVE_TAU = (0.01, 1.0)
+#: where a KD temperature usually lies (Hinton et al. 1-20; RepDistiller and mdistiller use 4)
+KD_TEMPERATURE = (1.0, 64.0)
+
+
 def knob(name: str, path: str, kind: str, aliases, description: str, **kw) -> Knob:
     """A :class:`Knob`, with ``aliases`` given as any sequence of phrases."""
     return Knob(name=name, path=path, kind=kind, aliases=tuple(aliases), description=description, **kw)
+
+
+def turns_off_batch_norm(text: str) -> bool:
+    """Whether a value also switches a head's batch norm off ("2-layer MLP without BN", "MLP w/o batch norm"):
+    that is the head's batch-norm knob's ablation, so a head-depth value that says it is refused, not half read."""
+    raw = unicodedata.normalize("NFKC", text).lower()
+    return bool(re.search(r"\b(without|no|w/o|minus)\s+(bn|batch[\s-]*norm(alization|alisation)?)\b", raw))
 
 
 def _stage_of(path: str) -> str:

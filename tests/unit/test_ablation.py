@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import os
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from kdlab.ablation import (
 )
 from kdlab.ablation.knobs import NOTHING, field_info
 from kdlab.ablation.plan import parse_plan_text
-from kdlab.ablation.resolve import load_base, map_metric, parse_value
+from kdlab.ablation.resolve import _companions, load_base, map_metric, parse_value
 from kdlab.sweep.store import CLAIM, Store, atomic_write_json, run_key, teacher_key
 from kdlab.experiment.schema import build_config
 
@@ -252,6 +253,30 @@ PHRASINGS = [
     ("cocord", "classification (cross-entropy) loss of the student, λcls", "REMOVE", [], "ce_weight", {"distill.ce_weight": 0.0}),
     ("cocord", "Size N of the teacher dictionary (queue of negative keys)", "REPLACE", ["N = 4K"], "cocord.queue_size",
      {"distill.cocord.queue_size": 4096}),
+    # plans an outside reviewer wrote against kdlab: readings that used to be silently wrong
+    ("intra", "Student architecture", "REPLACE", ["ResNet8 → ResNet20"], "student.arch",
+     {"student.arch": "resnet20"}),  # a change of the student, not a teacher -> student pair
+    ("intra", "Number of views", "REPLACE", ["2 → 4"], "views", {"objective.views": 4}),
+    ("intra", "Cache size Q", "REPLACE", ["4x larger (256)"], "intra.cache_size", {"objective.intra.cache.size": 256}),
+    ("intra", "Student distillation method", "REPLACE", ["DKD, CRD, RKD"], "distill.methods",
+     {"distill.methods": ["dkd"]}),  # three students to compare, not one with three losses
+    ("intra", "Second augmented view (positive pair)", "REMOVE", [], "views",
+     {"objective.views": 1, "objective.intra.positive": "memory"}),
+    ("intra", "temperature", "REPLACE", ["2", "6"], "kd.T", {"distill.kd.T": 2.0}),  # KD-scale values
+    ("intra", "Temperature", "REPLACE", ["1", "4", "8", "16"], "kd.T", {"distill.kd.T": 1.0}),
+    ("intra", "KL-divergence distillation loss", "REMOVE", [], "kd.weight",
+     {"distill.methods": []}),  # KD out, so the CE weight is the student-alone's 1, not KD's 0.1
+    ("intra", "Î´", "REPLACE", ["Î´ = 0.2"], "intra.delta", {"objective.intra.delta": 0.2}),  # UTF-8 read as cp1252
+    ("intra", "Ï„ sensitivity", "REPLACE", ["Ï„ = 0.05"], "intra.tau", {"objective.intra.tau": 0.05}),
+    ("intra", "cache size", "REPLACE", ["0", "32"], "intra.cache_size",
+     {"objective.intra.cache.enabled": False}),  # no entries is no cache
+    ("intra", "weight of L_Intra", "REPLACE", ["1/100, 1/10"], "intra.lambda", {"objective.intra.lambda_": 0.01}),
+    ("intra", "Margin filter and cache (both)", "REMOVE", [], "intra.margin",
+     {"objective.intra.margin": False, "objective.intra.cache.enabled": False}),
+    ("intra", "margin-based selection and caching of negatives", "REMOVE", [], "intra.margin",
+     {"objective.intra.margin": False, "objective.intra.cache.enabled": False}),
+    ("intra", "the intra-class contrastive loss and its margin filter", "REMOVE", [], "objective.kind",
+     {"objective.kind": "ce"}),  # removing the loss removes its margin: one component, the outer one
 ]
 
 
@@ -451,6 +476,11 @@ def test_base_override_seeds_and_explicit_base():
     ("fitnet.hint_layer", "last stage (-1)", -1),  # the words describe the number in parentheses
     ("intra.delta", "δ = 0 (no filtering of confident samples)", 0.0),
     ("dataset", "Tiny-ImageNet", "tiny-imagenet"),
+    ("intra.lambda", "1/100", 0.01),
+    ("intra.lambda", "0.2 (10x)", 0.2),  # the remark in parentheses describes the number
+    ("intra.lambda", "1.5 x 10^-3", 0.0015),
+    ("teacher.arch", "ResNet-110 -> ResNet-56", "resnet56"),  # no base given: the start is not checked
+    ("arch.pair", "ResNet-110 -> ResNet-56", ("resnet110", "resnet56")),  # a pair's arrow is teacher -> student
 ])
 def test_value_parsing(knob, text, value):
     from kdlab.ablation.knobs import knob_by_name
@@ -498,8 +528,8 @@ def test_registry_points_at_real_config_paths_and_values_validate():
             assert set(k.choices) == set(info.choices), k.name
         base = cocord if k.scope == "cocord" else intra
         for value, path in ((k.off_value, k.off_path), (k.on_value, k.on_path)):
-            if value is not NOTHING:
-                build_config(base, [(path or k.path, value)])
+            if value is not NOTHING:  # with the settings that must move with it (one view: the memory positive)
+                build_config(base, list(_companions({path or k.path: value}, base).items()))
         assert k.aliases and k.description
 
 
@@ -660,3 +690,85 @@ def test_run_keys_ignore_later_added_runtime_keys_at_their_default():
     assert run_key(cfg) == run_key(old) and teacher_key(cfg) == teacher_key(old)
     synced = build_config(overrides=["runtime.sync_bn=true"])
     assert run_key(synced) != run_key(cfg) and teacher_key(synced) != teacher_key(cfg)
+
+
+@pytest.mark.parametrize("knob, text, value", [
+    ("intra.lambda", "half of the default", 0.01),  # the shipped intra base has lambda 0.02
+    ("intra.lambda", "double the default", 0.04),
+    ("intra.lambda", "10 times smaller", 0.002),
+    ("intra.cache_size", "4x larger", 256),  # and cache size 64
+    ("intra.cache_size", "2x smaller", 32),
+    ("views", "2 → 4", 4),
+    ("student.arch", "ResNet8 → ResNet20", "resnet20"),
+])
+def test_values_relative_to_the_base(knob, text, value):
+    from kdlab.ablation.knobs import knob_by_name
+
+    _, base = load_base(None, "intra", [])
+    assert (base.objective.intra.lambda_, base.objective.intra.cache.size, base.student.arch) == (0.02, 64, "resnet8")
+    assert parse_value(knob_by_name(knob), text, base) == value
+
+
+@pytest.mark.parametrize("knob, text, message", [
+    ("teacher.arch", "ResNet56 -> ResNet20", "change from resnet56 to resnet20, but the base's teacher.arch is resnet14"),
+    ("intra.delta", "λ=0.05, δ=0.3", "sets 2 things at once (delta, lambda)"),
+    ("head.kind", "2-layer MLP without BN", "also switches batch norm off: ablate it with head.bn"),
+])
+def test_values_that_say_more_than_one_change_are_refused_with_the_reason(knob, text, message):
+    from kdlab.ablation.knobs import knob_by_name
+
+    _, base = load_base(None, "intra", [])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_value(knob_by_name(knob), text, base)
+
+
+def _reasons(part: str, action: str, reps: tuple[str, ...] = ()) -> str:
+    rep = "".join(f"\n  - {r}" for r in reps)
+    text = ("# lm-planner/m/Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning\n\n<h2>Ablation Plan</h2>"
+            f"\n\n### A\n- **Ablated Part**: {part}\n- **Action**: {action}\n"
+            + (f"- **Replacement**:{rep}\n" if reps else "") + "- **Metrics**: accuracy\n")
+    with pytest.raises(ResolveError) as err:
+        resolve_plan(parse_plan_text(text, "refused.md"))
+    return str(err.value)
+
+
+@pytest.mark.parametrize("part, action, reps, message", [
+    # every variant would be the base run: a table of identical runs under another name
+    ("Label smoothing", "REMOVE", (), "every variant equals the base run (objective.label_smoothing=0)"),
+    ("Intra-class contrastive loss applied to the student as well", "ADD", (), "every variant equals the base run"),
+    # two knobs in one value are not split into values of one knob
+    ("λ and δ jointly", "REPLACE", ("λ=0.05, δ=0.3", "λ=0.1, δ=0.7"), "sets 2 things at once"),
+    ("Projection head", "REPLACE", ("2-layer MLP without BN",), "also switches batch norm off"),
+    ("Similarity function (cosine similarity) in L_Intra", "REPLACE", ("dot product",), "no config key selects another"),
+    ("Teacher model", "REPLACE", ("ResNet56 -> ResNet20",), "the base's teacher.arch is resnet14"),
+])
+def test_readings_that_would_mislead_are_refused_with_the_reason(part, action, reps, message):
+    text = _reasons(part, action, reps)
+    assert message in text and "nothing was run" in text
+
+
+def test_view_augmentation_says_the_main_view_keeps_its_own_and_map_changes_every_view():
+    text = ("# lm-planner/m/Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning\n\n<h2>Ablation Plan</h2>"
+            "\n\n### Aug\n- **Ablated Part**: Data augmentation\n- **Action**: REMOVE\n- **Metrics**: accuracy\n")
+    grid = resolve_plan(parse_plan_text(text, "aug.md"))
+    a = grid.ablations[0]
+    assert (a.knob.name, a.variants[0].overrides) == ("view_augment", {"data.view_augment": []})
+    assert any("main view of both stages keeps data.augment=[crop]" in w and '--map "Aug=augmentation"' in w
+               for w in a.warnings)
+    a = resolve_plan(parse_plan_text(text, "aug.md"), maps=["Aug=augmentation"]).ablations[0]
+    assert a.variants[0].overrides == {"data.augment": [], "data.view_augment": []}
+    assert a.variants[0].config.data.augment == [] and a.variants[0].config.data.view_augment == []
+    cut = text.replace("REMOVE", "ADD").replace("Data augmentation", "Cutout")
+    a = resolve_plan(parse_plan_text(cut, "aug.md"), maps=["Aug=augmentation"]).ablations[0]
+    assert a.variants[0].overrides == {"data.augment": ["crop", "cutout"], "data.view_augment": ["crop", "cutout"]}
+
+
+def test_removing_the_kd_weight_trains_the_student_without_kd_at_full_ce_weight():
+    """kd.weight = 0 would keep KD's CE weight (0.1): a CE-only student at a tenth of its loss. REMOVE takes KD
+    out of the methods instead, so the student is the one trained alone."""
+    _, base = load_base(None, "intra", [])
+    assert base.distill.methods == ["kd"] and base.distill.resolved_ce_weight() == pytest.approx(0.1)
+    text = ("# lm-planner/m/Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning\n\n<h2>Ablation Plan</h2>"
+            "\n\n### No KD\n- **Ablated Part**: KL-divergence distillation loss\n- **Action**: REMOVE\n- **Metrics**: accuracy\n")
+    v = resolve_plan(parse_plan_text(text, "kd.md")).ablations[0].variants[0]
+    assert v.config.distill.methods == [] and v.config.distill.resolved_ce_weight() == 1.0

@@ -22,7 +22,7 @@ from kdlab import registry
 from kdlab.ablation.text import ascii_text
 from kdlab.config import AugmentName
 from kdlab.experiment.schema import ExperimentConfig
-from kdlab.registry import NOTHING, Knob, Scope
+from kdlab.registry import NOTHING, Knob, Scope, turns_off_batch_norm
 
 __all__ = [
     "Knob",
@@ -32,6 +32,7 @@ __all__ = [
     "AUGMENT_NAMES",
     "knob_by_name",
     "knobs_for_path",
+    "weighted_method",
     "field_info",
     "FieldInfo",
     "render_knob_table",
@@ -77,6 +78,15 @@ def _adam_takes_its_lr(overrides: dict, base) -> dict:
     return out
 
 
+def _parse_head_kind(text: str, generic) -> str:
+    """The head's kind; a value that also switches its batch norm off ("2-layer MLP without BN") is refused:
+    that is ``head.bn``'s ablation, and reading the kind alone would train the base's head under that name."""
+    if turns_off_batch_norm(text):
+        raise ValueError(f"{text!r} also switches batch norm off: ablate it with head.bn "
+                         "(objective.head.bn) as its own ablation")
+    return generic(text)
+
+
 def _head_requirement() -> str:
     """The projection head ``objective.head`` exists only for the objectives that build it (not the CE teacher)."""
     return "objective.kind=" + "|".join(s.name for s in registry.objectives() if s.builds_head)
@@ -91,7 +101,7 @@ _COMMON: tuple[Knob, ...] = (
         "embedding head", "head architecture", "projection mlp", "number of projection layers", "head depth",
         "projection network", "projection head type"],
        "projection head P of the teacher embedding e = normalize(P(h)): none, linear, mlp2 (default), mlp3",
-       scope="intra", off_value="none", requires=_HEAD,
+       scope="intra", off_value="none", requires=_HEAD, parse=_parse_head_kind,
        choices={"none": ("none", "no projection", "no head", "identity", "without projection head", "backbone features",
                          "raw features", "pooled features directly", "no projector"),
                 "linear": ("linear", "linear projection", "single layer", "single layer mlp", "one layer", "1 layer mlp",
@@ -118,10 +128,10 @@ _COMMON: tuple[Knob, ...] = (
         "contrastive augmentation", "augmentations for positive pairs", "positive pair augmentation", "view generation",
         "augmentation strategy", "data augmentation for contrastive learning", "augmentation pipeline", "augmentations",
         "augmentation", "data augmentation", "view transformations", "augmentation for creating positive pairs",
-        "data augmentation for positive pairs", "random augmentation for positive pairs", "positive pairs",
+        "data augmentation for positive pairs", "random augmentation for positive pairs",
         "augmented views", "augmentations of the views"],
        "augmentations producing the extra contrastive views (crop, flip, rrc, color_jitter, grayscale, blur, cutout)",
-       scope="intra"),
+       scope="common"),  # the CoCoRD student's extra views too
     # ---------------------------------------------------------------- student distillation (any method)
     _k("ce_weight", "distill.ce_weight", "float",
        ["cross entropy weight", "ce weight", "classification loss weight", "lambda cls", "cls weight", "weight of the classification loss",
@@ -175,6 +185,11 @@ _COMMON: tuple[Knob, ...] = (
        "mixed-precision training (bf16 autocast on GPU)", off_value="off", on_value="bf16",
        choices={"auto": ("auto", "default"), "bf16": ("bf16", "bfloat16", "mixed precision", "half precision", "on"),
                 "off": ("off", "fp32", "full precision", "float32", "none")}),
+    _k("augmentation", "data.augment", "augment",
+       ["augmentation of every view", "augmentation of all views", "all augmentation", "every augmentation",
+        "augmentation of both stages", "augmentation of teacher and student"],
+       "augmentation of every training view of both stages: the main view and the contrastive views",
+       also=("data.view_augment",)),
     _k("augment", "data.augment", "augment",
        ["training augmentation", "train augmentation", "standard augmentation", "classification augmentation",
         "augmentation of the training images", "base augmentation", "input augmentation", "train time augmentation"],
@@ -201,8 +216,11 @@ _COMMON: tuple[Knob, ...] = (
                 "cifar10": ("cifar10", "cifar 10"), "cifar100": ("cifar100", "cifar 100"),
                 "tiny-imagenet": ("tiny imagenet", "tinyimagenet", "tiny imagenet 200"),
                 "imagefolder": ("imagefolder", "image folder", "imagenet", "custom folder")}),
-    _k("views", "objective.views", "int", ["number of views", "views per image", "number of augmented views", "view count", "crops per image"],
-       "augmented views per image in the teacher stage"),
+    _k("views", "objective.views", "int", ["number of views", "views per image", "number of augmented views", "view count", "crops per image",
+                                          "second view", "second augmented view", "two views", "two view augmentation",
+                                          "multi view", "multiple views", "extra view", "second augmentation"],
+       "augmented views per image in the teacher stage (REMOVE: one view, the positive then comes from memory)",
+       off_value=1),
     _k("subset", "data.subset", "int", ["training set size", "number of training samples", "training data size", "data fraction",
                                        "amount of training data", "subset size", "dataset size", "fraction of training data"],
        "stratified training subset size (a percentage is taken of the base subset)"),
@@ -278,6 +296,13 @@ KNOBS: tuple[Knob, ...] = _assemble()
 
 _BY_NAME = {k.name: k for k in KNOBS}
 assert len(_BY_NAME) == len(KNOBS), "duplicate knob names"
+
+
+def weighted_method(knob: Knob) -> str | None:
+    """The distiller whose overall weight the knob is (``kd`` for ``distill.kd.weight``), else None. REMOVE on
+    such a knob takes the method out of ``distill.methods``: the student's CE weight is then the one without it."""
+    m = re.fullmatch(r"distill\.(\w+)\.weight", knob.path)
+    return m[1] if m and m[1] in METHOD_NAMES else None
 
 
 def knob_by_name(name: str) -> Knob | None:
@@ -399,6 +424,8 @@ def render_knob_table() -> str:
             rm, add = "drop the named method ([] if none named)", "append the named method"
         elif k.kind == "augment":
             rm, add = "drop the named op ([] if none named)", "append the named op"
+        elif weighted_method(k):
+            rm, add = f"drop {weighted_method(k)} from `distill.methods`", "-"
         else:
             rm = _fmt_effect(k.off_value, k.off_path or k.path, k.path) if k.off_value is not NOTHING else "-"
             if k.on_value is not NOTHING:

@@ -44,6 +44,7 @@ from kdlab.ablation.knobs import (
     generic_knob,
     knob_by_name,
     knobs_for_path,
+    weighted_method,
 )
 from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
 from kdlab.ablation.text import PhraseIndex, ascii_text, readable_text, tokens, weighted_tokens
@@ -576,10 +577,14 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
             whole = True
         except ValueError:
             whole = False
-        if whole and knob.kind not in ("choice", "arch", "bool"):
-            out.append(raw)  # "crop, flip" is one augmentation policy, "KD, RKD" one set of losses
+        if whole and knob.kind not in ("choice", "arch", "bool", "methods"):
+            out.append(raw)  # "crop, flip" is one augmentation policy
             continue
-        items = [i.strip() for i in re.split(r"\s*,\s*|\s+or\s+|\s+/\s+", clean_inline(raw)) if i.strip()]
+        # methods: "DKD, CRD, RKD" are three students to compare; a combination is joined by "+", "and" or "with"
+        if len(set(_ASSIGNMENT.findall(ascii_text(raw)))) > 1:
+            out.append(raw)  # "λ=0.05, δ=0.3" is one setting of two knobs, not two values of one
+            continue
+        items = [i.strip() for i in re.split(r"\s*[,;]\s*|\s+or\s+|\s+/\s+", clean_inline(raw)) if i.strip()]
         parsed = []
         for item in items if len(items) > 1 else ():
             try:
@@ -595,12 +600,14 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
     return out
 
 
-def _value_fit(knob: Knob, values: Sequence[str], base: ExperimentConfig) -> tuple[float, float]:
-    """Fraction of the values that parse for the knob, and fraction of those inside the knob's range."""
+def _value_fit(knob: Knob, values: Sequence[str], base: ExperimentConfig) -> tuple[float, float, float]:
+    """Fraction of the values that parse for the knob, fraction of those inside the knob's range, and fraction
+    of the numbers inside its typical range (``Knob.typical``; 1 when it has none)."""
     values = expand_values(knob, values, base)
     if not values:
-        return 1.0, 1.0
+        return 1.0, 1.0, 1.0
     ok = inr = 0
+    numbers: list[float] = []
     info = _info(knob)
     for raw in values:
         try:
@@ -613,13 +620,20 @@ def _value_fit(knob: Knob, values: Sequence[str], base: ExperimentConfig) -> tup
         ok += 1
         if isinstance(v, (int, float)) and not isinstance(v, bool) and info is not None:
             inr += int(info.in_range(float(v)))
+            numbers.append(float(v))
         else:
             inr += 1
-    return ok / len(values), (inr / ok if ok else 0.0)
+    usual = 1.0
+    if knob.typical and numbers:
+        lo, hi = knob.typical
+        usual = sum(lo <= v <= hi for v in numbers) / len(numbers)
+    return ok / len(values), (inr / ok if ok else 0.0), usual
 
 
-def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | None = None) -> list[tuple[Knob, float, str]]:
-    """Every knob with its score for this ablation, best first (see module doc for the factors)."""
+def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | None = None,
+               values: bool = True) -> list[tuple[Knob, float, str]]:
+    """Every knob with its score for this ablation, best first (see module doc for the factors; ``values``:
+    whether the replacement values count, off to ask which knob the part alone names)."""
     idx = _knob_index()
     q, qw = weighted_tokens(ab.part)
     if not q:
@@ -645,6 +659,9 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
         elif ("teacher" in q or "student" in q) and k.stage == "both" and k.also and "teacher" not in vocab and "student" not in vocab:
             # "learning rate of the student": student.lr, not the knob that sets both stages
             s *= 0.6
+        elif ("teacher" in q) != ("student" in q) and k.kind == "pair" and not set(q) & {"pair", "combination", "combine"}:
+            # "Teacher model: ResNet56 -> ResNet20" changes the teacher; it names no student
+            s *= 0.5
         if not _requires_ok(k, base)[0] and not (ab.action == "ADD" and _addable_requirement(k, base)):
             s *= 0.6
         if ab.action == "REMOVE":
@@ -654,9 +671,9 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
                 s *= 1.1 if k.kind in ("bool", "methods", "augment") else 1.0
             elif not ab.replacements:
                 s *= 0.4
-        if ab.action == "REPLACE" or (ab.action == "ADD" and ab.replacements and k.kind not in ("bool", "methods", "augment")):
-            p, r = _value_fit(k, ab.replacements, base)
-            s *= (0.3 + 0.7 * p) * (0.75 + 0.25 * r)
+        if values and (ab.action == "REPLACE" or (ab.action == "ADD" and ab.replacements and k.kind not in ("bool", "methods", "augment"))):
+            p, r, usual = _value_fit(k, ab.replacements, base)
+            s *= (0.3 + 0.7 * p) * (0.75 + 0.25 * r) * (0.4 + 0.6 * usual)
         out.append((k, s, phrase))
     out.sort(key=lambda x: -x[1])
     return out[:top] if top else out
@@ -693,20 +710,65 @@ def _alias_words(knob: Knob) -> set[str]:
     return words | {"lambda", "delta", "tau", "rho", "alpha", "beta", "gamma"}
 
 
+_ASSIGNMENT = re.compile(r"([a-z][a-z_]*)\s*(?:=|:)\s*" + _NUM)
+_MULTIPLIER = re.compile(r"(?<![\w.])(" + _NUM + r")\s*(?:x|times)(?![a-z0-9])")
+_SCALE_WORDS = {"half": 0.5, "halved": 0.5, "double": 2.0, "doubled": 2.0, "twice": 2.0, "quarter": 0.25,
+                "triple": 3.0, "tripled": 3.0}
+_SMALLER = {"smaller", "fewer", "less", "lower", "shorter", "weaker", "reduced", "decreased"}
+_RELATIVE_FILLER = {"larger", "bigger", "more", "higher", "greater", "longer", "stronger", "increased", "the", "of",
+                    "default", "base", "baseline", "original", "value", "as", "than", "a", "an", "its", "current"}
+
+
+def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float | None:
+    """A value written relative to the base's ("4x larger", "10 times smaller", "half the default", "double"),
+    as a number; None when the text is not such a phrase. Raises ValueError when it is one but the base has
+    no number to scale."""
+    words = set(re.findall(r"[a-z]+", re.sub(_NUM, " ", t)))
+    m = _MULTIPLIER.search(t)
+    if m and not _MULTIPLIER.search(t, m.end()) and len(re.findall(_NUM, t)) == 1:
+        factor = float(m[1])
+        if words & _SMALLER:
+            factor = 1.0 / factor
+        rest = words - {"x", "times"} - _SMALLER
+    else:
+        scale = [w for w in words if w in _SCALE_WORDS]
+        if len(scale) != 1 or re.search(r"\d", t):
+            return None
+        factor, rest = _SCALE_WORDS[scale[0]], words - {scale[0]}
+    if rest - _RELATIVE_FILLER - _alias_words(knob):
+        return None
+    current = effective_base_value(knob, base) if base is not None else None
+    if not isinstance(current, (int, float)) or isinstance(current, bool):
+        raise ValueError(f"{t.strip()!r} is relative to the base's {knob.path}, which has no number here; give the value")
+    return float(f"{current * factor:.12g}")  # 0.1 * 3 is 0.3, not 0.30000000000000004
+
+
 def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int | float:
     t = ascii_text(text)
+    assigned = sorted(set(_ASSIGNMENT.findall(t)))
+    if len(assigned) > 1:
+        names = ", ".join(assigned)
+        raise ValueError(f"{text!r} sets {len(assigned)} things at once ({names}); an ablation varies one knob: split "
+                         "it into one ablation per knob, or write the combinations as a grid for `kdlab sweep` "
+                         "(docs/ABLATION.md, 'Grid files')")
     outside = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", t)
-    if re.search(r"\d", outside):
+    inside = [a or b for a, b in re.findall(r"\(([^)]*)\)|\[([^\]]*)\]", t)]
+    numbered = [x for x in inside if re.search(r"\d", x)]
+    if len(numbered) == 1 and _MULTIPLIER.search(outside):
+        t = numbered[0]  # "4x larger (256)": the number in parentheses is the value, the words say how it relates
+    elif re.search(r"\d", outside):
         t = outside  # "0.5 (default)": the number outside the parentheses is the value
     else:
-        inside = re.findall(r"\(([^)]*)\)|\[([^\]]*)\]", t)
-        numbered = [a or b for a, b in inside if re.search(r"\d", a or b)]
         if len(numbered) == 1 and outside.strip():
             t = numbered[0]  # "last stage (-1)": the words describe the number in parentheses
+    relative = _relative_number(t, knob, base)
+    if relative is not None:
+        t = repr(relative)
     t = re.sub(r"(\d+(?:\.\d+)?)\s*[x*]\s*10\s*\^\s*([-+]?\d+)", lambda m: repr(float(m[1]) * 10 ** int(m[2])), t)
     t = re.sub(r"\b10\s*\^\s*\{?([-+]?\d+)\}?", lambda m: repr(10.0 ** int(m[1])), t)
     t = re.sub(r"\b2\s*\^\s*\{?(\d+)\}?", lambda m: str(2 ** int(m[1])), t)
     t = re.sub(r"\bzero\b", "0", t)
+    t = re.sub(r"(?<![\w.])(\d+)\s*/\s*(\d+)(?![\w.])", lambda m: repr(int(m[1]) / int(m[2])) if int(m[2]) else m[0], t)
     if "=" in t:
         t = t.rsplit("=", 1)[1]
     elif re.search(r":\s*" + _NUM, t):
@@ -923,6 +985,26 @@ def _without_remarks(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", text)).strip(" ,;:-")
 
 
+#: "2 → 4", "ResNet8 -> ResNet20": a change from the first value to the second (teacher -> student for a pair)
+_ARROW = re.compile(r"\s*(?:->|=>|\u2192|\u21d2|\u27f6|\u2794|\u279c|\u27f9)\s*")
+
+
+def _transition(knob: Knob, text: str, before: str, after: str, base: ExperimentConfig | None) -> Any:
+    """"2 → 4" on a one-value knob: the value after the arrow, when the one before it is the base's (else the
+    plan and the base disagree on where the change starts, which is an error that names both)."""
+    new = parse_value(knob, after, base)
+    try:
+        old = parse_value(knob, before, base)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} reads as a change to {format_value(new)}, but its start {before!r} does not "
+                         f"read ({exc}); give the new value alone") from None
+    current = effective_base_value(knob, base) if base is not None else None
+    if current is not None and old != current:
+        raise ValueError(f"{text!r} reads as a change from {format_value(old)} to {format_value(new)}, but the base's "
+                         f"{knob.path} is {format_value(current)}; give the new value alone (or another --base)")
+    return new
+
+
 def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> Any:
     """Parse one replacement text to the knob's type (ValueError with a readable message if it does not).
 
@@ -933,6 +1015,9 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
         value = effective_base_value(knob, base)
         if value is not None:
             return tuple(value) if knob.kind == "pair" else value
+    ends = _ARROW.split(text)
+    if len(ends) == 2 and knob.kind != "pair" and all(e.strip() for e in ends):
+        return _transition(knob, text, ends[0], ends[1], base)
 
     def generic(t: str) -> Any:
         return _parse_by_kind(t, knob, base)
@@ -1021,6 +1106,18 @@ def _build(base_tree: dict, overrides: dict[str, Any]) -> ExperimentConfig:
     return build_config(base_tree, list(overrides.items()))
 
 
+def _zero_means_off(knob: Knob, raw: str, base: ExperimentConfig) -> bool:
+    """A size of 0 on a knob that cannot be 0 but whose REMOVE switches a component off (the intra-class cache's
+    size: 0 entries is no cache)."""
+    info = _info(knob)
+    if knob.kind != "int" or not knob.off_path or knob.off_value is NOTHING or info is None or info.in_range(0):
+        return False
+    try:
+        return _parse_number(raw, knob, base) == 0
+    except ValueError:
+        return False
+
+
 def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                   added: dict[str, Any] | None = None) -> tuple[list[Variant], list[str]]:
     """The variants of one ablation on the base, and the errors (empty when all is well). ``added``: overrides
@@ -1051,14 +1148,16 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                 specs.append((f"-{'-'.join(n for n in named if n in cur)}", f"-{'-'.join(named)}", "", {knob.path: value}))
             else:
                 specs.append(("no distillation", "removed", "", {knob.path: []}))
-        elif knob.kind == "augment":
+        elif knob.kind == "augment":  # on every path of the knob, each from its own current list
             named = named_in_part(lambda s: _find_phrases(s, AUGMENT_NAMES))
-            cur = _effective_augment(base, knob.path)
-            if named:
-                value = [o for o in cur if o not in named]
-                specs.append((f"-{'-'.join(named)}", f"-{'-'.join(named)}", "", {knob.path: value}))
-            else:
-                specs.append(("no augmentation", "removed", "", {knob.path: []}))
+            ov = {p: [o for o in _effective_augment(base, p) if o not in named] if named else [] for p in knob.paths}
+            label = f"-{'-'.join(named)}" if named else "no augmentation"
+            specs.append((label, label if named else "removed", "", ov))
+        elif weighted_method(knob) in base.distill.methods:
+            # "REMOVE the KD loss" read as kd.weight: take KD out of the methods, so the student's CE weight is
+            # what it is without KD (a zero weight would keep KD's CE weight, 0.1, and train CE at a tenth)
+            method = weighted_method(knob)
+            specs.append(("removed", "removed", "", {"distill.methods": [m for m in base.distill.methods if m != method]}))
         elif knob.removable():
             ov = _off_overrides(knob) if knob.off_value is not NOTHING else {knob.path: False}
             specs.append(("removed", "removed", "", ov))
@@ -1085,9 +1184,13 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                 else:
                     errors.append(f"ADD on {knob.name}: the part names no {'method' if knob.kind == 'methods' else 'augmentation'} to add; list it under Replacement")
             for raw, names in groups:
-                value = cur + [n for n in names if n not in cur]
                 label = "+" + "+".join([n for n in names if n not in cur] or names)
-                specs.append((label, label, raw, {knob.path: value}))
+                if knob.kind == "methods":
+                    ov = {knob.path: cur + [n for n in names if n not in cur]}
+                else:
+                    ov = {p: have + [n for n in names if n not in have]
+                          for p, have in ((p, _effective_augment(base, p)) for p in knob.paths)}
+                specs.append((label, label, raw, ov))
         elif knob.kind == "bool":
             ov = _on_overrides(knob) if knob.on_value is not NOTHING else {knob.path: True}
             specs.append(("added", "added", "", ov))
@@ -1098,6 +1201,9 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
             errors.append(f"ADD on {knob.name} ({knob.path}) needs values under Replacement (it has no 'on' value)")
     else:  # REPLACE (or ADD with values on a value knob)
         for raw in expand_values(knob, ab.replacements, base):
+            if _zero_means_off(knob, raw, base):
+                specs.append(("removed", "removed", raw, _off_overrides(knob)))
+                continue
             try:
                 v = parse_value(knob, raw, base)
             except ValueError as exc:
@@ -1198,7 +1304,12 @@ UNSUPPORTED: dict[str, str] = {
     "mixup": "kdlab has no mixup/cutmix; for other augmentation name crop, flip, rrc, color_jitter, grayscale, blur or cutout",
     "cutmix": "kdlab has no mixup/cutmix; for other augmentation name crop, flip, rrc, color_jitter, grayscale, blur or cutout",
     "pretrained teacher weights": "set teacher.checkpoint=PATH (a trained teacher) with --map or an override instead",
+    "similarity function": "every contrastive term in kdlab scores pairs by the cosine similarity of L2-normalised "
+                           "embeddings; no config key selects another (dot product, Euclidean distance), drop this ablation",
+    "l2 normalization of the embeddings": "every contrastive term in kdlab L2-normalises its embeddings; no config key "
+                                          "turns that off, drop this ablation",
 }
+UNSUPPORTED["cosine similarity"] = UNSUPPORTED["euclidean distance"] = UNSUPPORTED["similarity function"]
 
 
 @lru_cache(maxsize=1)
@@ -1273,6 +1384,60 @@ def _addable_requirement(knob: Knob, base: ExperimentConfig) -> dict[str, Any]:
     return {k: v for _, _, add in unmet for k, v in add.items()}
 
 
+_JOINERS = re.compile(r"\s*(?:,|;|&|\+|\band\b|\bas well as\b|\bplus\b|\balong with\b)\s*")
+_TOGETHER = re.compile(r"\(?\b(?:both|together|jointly|all|at once)\b\)?")
+
+
+def _compound_removal(ab: Ablation, scope: str, base: ExperimentConfig, best: Knob) -> list[tuple[str, Knob, Variant]] | None:
+    """A REMOVE whose part names two or more components joined by "and", "+", "," ("margin filter and cache
+    (both)"): each piece with the knob it resolves to, when every piece resolves on its own to a different
+    removable knob, one of them the whole part's, and no removal voids another (removing the intra-class loss
+    voids its margin: that is one component). Each piece comes with its own removal's variant. None otherwise."""
+    if ab.action != "REMOVE":
+        return None
+    part = re.sub(r"\b(between\b.*?)\band\b", r"\1with", ab.part)  # "loss between student and teacher" is one part
+    pieces = [p.strip() for p in _JOINERS.split(_TOGETHER.sub(" ", part)) if tokens(p)]
+    if len(pieces) < 2:
+        return None
+    found: list[tuple[str, Knob, Variant]] = []
+    for piece in pieces:
+        sub = replace(ab, part=piece, name=piece)
+        ranked = rank_knobs(sub, scope, base, top=1)
+        if not ranked or ranked[0][1] < MIN_SCORE or not ranked[0][0].removable():
+            return None
+        k = ranked[0][0]
+        v, err = make_variants(sub, k, base)
+        if err or len(v) != 1 or v[0].same_as_base or any(k.name == f.name for _, f, _ in found):
+            return None
+        found.append((piece, k, v[0]))
+    if best.name not in {k.name for _, k, _ in found}:
+        return None
+    # a removal that leaves another piece's knob without effect contains it ("the loss and its margin": the loss)
+    kept = [(piece, k, v) for piece, k, v in found
+            if all(_requires_ok(k, v2.config)[0] for _, k2, v2 in found if k2.name != k.name)]
+    for i, (_, _, v1) in enumerate(kept):
+        for _, _, v2 in kept[i + 1:]:
+            if any(v2.overrides.get(key, val) != val for key, val in v1.overrides.items()):
+                return None
+    if not kept or (len(kept) == 1 and kept[0][1].name == best.name):
+        return None
+    return kept
+
+
+def _removed_together(parts: list[tuple[str, Knob, Variant]], base: ExperimentConfig) -> Variant:
+    """One variant with every component of a compound REMOVE switched off."""
+    if len(parts) == 1:
+        return parts[0][2]
+    overrides: dict[str, Any] = {}
+    for _, _, v in parts:
+        overrides.update(v.overrides)
+    overrides = _companions(overrides, base)
+    cfg = _build(base.model_dump(mode="json"), overrides)
+    label = "removed (" + ", ".join(k.name for _, k, _ in parts) + ")"
+    return Variant(label, "removed", "", _jsonable(overrides), cfg,
+                   same_as_base=run_identity(cfg, "student") == run_identity(base, "student"))
+
+
 def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfig,
                      maps: dict[str, str]) -> ResolvedAblation | Unresolved:
     """One ablation on ``base``: resolved, or the problems that keep it from running (with their fixes)."""
@@ -1284,10 +1449,19 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
         return Unresolved(index, ab, list(problems), candidates)
 
     phrase = ""
+    parts = None  # a REMOVE of several named components (_compound_removal)
     if mapped:
         knob = _knob_for_target(mapped[1])  # resolve_plan checked every --map target
         how, score = f"--map {mapped[0]}={mapped[1]}", float("inf")
     else:
+        by_part = rank_knobs(ab, scope, base, top=1, values=False) if ab.replacements and not _unsupported(ab, 0.5) else []
+        if (not ranked or ranked[0][1] < MIN_SCORE) and by_part and by_part[0][1] >= 2 * MIN_SCORE:
+            # the part names a knob clearly, its values are what does not read: say that, not "cannot place"
+            knob = by_part[0][0]
+            _, verr = make_variants(ab, knob, base)
+            if verr:
+                return unresolved(*(Problem(e, fix=f"correct the value in the plan; or --map \"{ab.name}=<knob>\" if "
+                                                   f"{knob.name} is not the part you mean") for e in verr))
         if not ranked or ranked[0][1] < MIN_SCORE:
             why = _unsupported(ab)
             why = f": {why}" if why else ""
@@ -1298,10 +1472,14 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                                       f"--map \"{ab.name}={eg}\" (a knob name or any config path)"))
         knob, score, phrase = ranked[0]
         how = f"matched {phrase!r} (score {score:.2f})"
-        # ambiguity: a close runner-up that would do something else
+        # ambiguity: a close runner-up that would do something else (a REMOVE of two named parts removes both)
+        parts = _compound_removal(ab, scope, base, knob)
+        together = {k.name for _, k, _ in parts or ()}
         for k2, s2, _ in ranked[1:4]:
             if s2 < AMBIGUOUS_RATIO * score:
                 break
+            if k2.name in together:
+                continue
             v1, _ = make_variants(ab, knob, base)
             v2, e2 = make_variants(ab, k2, base)
             if e2 or _more_specific(ab, knob, k2):
@@ -1322,10 +1500,22 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
             fix=f"add the override {enable} after the plan (kdlab ablate PLAN {enable}), pass another --base, "
                 f"or --map \"{ab.name}=<knob>\""))
     variants, verr = make_variants(ab, knob, base, added)
+    if parts and not verr:  # "REMOVE the margin filter and the cache": one variant without either
+        variants = [_removed_together(parts, base)]
+        how += ("; the part names " + " and ".join(f"{k.name} ({piece!r})" for piece, k, _ in parts)
+                + (", removed together" if len(parts) > 1 else f", whose removal voids {knob.name}"))
+        knob = parts[0][1]
     other = "" if mapped else f"; or --map \"{ab.name}=<knob>\" if {knob.name} is not the part you mean"
     problems += [Problem(e, fix=f"correct the value in the plan{other}") for e in verr]
     if not variants and not verr:
         problems.append(Problem("no variant to run"))
+    elif variants and all(v.same_as_base for v in variants) and not verr:
+        shown = "; ".join(dict.fromkeys(", ".join(f"{k}={format_value(x)}" for k, x in v.overrides.items())
+                                        for v in variants))
+        problems.append(Problem(
+            f"every variant equals the base run ({shown}): the base already has it, so this ablation would "
+            f"measure nothing",
+            fix=f"pass a base where {knob.path} differs (--base, or an override after the plan){other}"))
     why = _unsupported(ab, least=0.5) if problems and not mapped else None
     if why:  # "ADD mixup" found the augmentation knob but names nothing it can hold: say what kdlab lacks
         return unresolved(Problem(f"cannot run {ab.part!r}: {why}"))
@@ -1335,6 +1525,10 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     metrics = [fit_metric(map_metric(m), configs) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
     base_warnings = config_warnings(base)
     warnings = [f"{v.label}: {w}" for v in variants for w in config_warnings(v.config) if w not in base_warnings]
+    if knob.name == "view_augment" and not any("data.augment" in v.overrides for v in variants):
+        main = format_value(_effective_augment(base, "data.augment"))
+        warnings.append(f"this changes the extra contrastive views only (data.view_augment); the main view of both "
+                        f"stages keeps data.augment={main}. To change every view: --map \"{ab.name}=augmentation\"")
     return ResolvedAblation(ab, knob, how, score, variants, metrics, _jsonable(effective_base_value(knob, base)),
                             index=index, phrase=phrase, candidates=candidates, warnings=warnings)
 

@@ -132,9 +132,17 @@ _GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsi
 
 
 def ascii_text(text: str) -> str:
-    """Lowercase, NFKC, intact Greek letters spelled out (δ -> delta), every other non-ASCII character turned
-    into a space (damaged glyphs vanish)."""
-    return "".join(_ascii(c, " {} ") for c in _nfkc(text).lower())
+    """Lowercase, NFKC, UTF-8 read as cp1252 repaired where that is unambiguous ("Î´" -> δ), intact Greek
+    letters spelled out (δ -> delta), every other non-ASCII character turned into a space (damaged glyphs
+    vanish)."""
+    return "".join(_ascii(c, " {} ") for c in _nfkc(repair_mojibake(text)).lower())
+
+
+def repair_mojibake(text: str) -> str:
+    """UTF-8 that was read as cp1252 ("Î´", "Ï„") turned back into what it was (δ, τ), run by run, where the
+    run decodes; anything else unchanged. Before NFKC and lowercasing, which change the damaged characters
+    (NFKC turns the acute accent of "Î´" into a space and a combining mark)."""
+    return _MOJIBAKE_RUN.sub(lambda m: _repaired(m.group()), text)
 
 
 _MOJIBAKE_RUN = re.compile(r"[^\x00-\x7f]+")
@@ -146,7 +154,7 @@ def readable_text(text: str) -> str:
     as cp1252 repaired where that is unambiguous ("Ï„" -> τ), intact Greek letters spelled out, dashes made
     ASCII, every other non-ASCII character (damaged glyphs) dropped, with the brackets it leaves empty and
     the doubled spaces."""
-    text = _MOJIBAKE_RUN.sub(lambda m: _repaired(m.group()), _nfkc(text)).replace("\u2013", "-").replace("\u2014", "-")
+    text = _nfkc(repair_mojibake(text)).replace("\u2013", "-").replace("\u2014", "-")
     text = _EMPTY_BRACKETS.sub("", "".join(_ascii(c, "{}") for c in text))
     return re.sub(r"\s{2,}", " ", text).strip()
 
@@ -172,7 +180,7 @@ def _repaired(run: str) -> str:
 @lru_cache(maxsize=20000)
 def tokens(text: str) -> tuple[str, ...]:
     """Normalised tokens of a phrase (see module doc)."""
-    t = unicodedata.normalize("NFKC", text).lower()
+    t = unicodedata.normalize("NFKC", repair_mojibake(text)).lower()
     for pat, rep in _CANON[:1]:  # L~pred before the tilde is lost
         t = pat.sub(rep, t)
     t = ascii_text(t)
@@ -325,3 +333,4 @@ class PhraseIndex:
         q = tokens(text)
         out = [(n, self.score(n, q)[0]) for n in (names if names is not None else self.phrases)]
         return sorted(out, key=lambda x: -x[1])
+

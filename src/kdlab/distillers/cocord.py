@@ -38,7 +38,7 @@ from kdlab.config import Strict
 from kdlab.distillers._common import ema_, frozen_copy, full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.engine.distributed import gather_cat
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import CONTRASTIVE_TAU, MethodSpec, knob, register, turns_off_batch_norm
 
 
 class CoCoRDConfig(Strict):
@@ -263,7 +263,7 @@ def _parse_depth(text: str, generic) -> int:
     perceptron" 3; a number of layers as a number. Words about batch norm belong to the ``*_bn`` knobs: a
     value that turns BN off is refused rather than read as a depth alone."""
     raw = unicodedata.normalize("NFKC", text).lower()
-    if re.search(r"\b(without|no|w/o)\s+(bn|batch[\s-]*norm)", raw):
+    if turns_off_batch_norm(text):
         raise ValueError(f"{text!r} also switches batch norm off: ablate it with the head's batch-norm knob "
                          "(cocord.proj_bn / cocord.pred_bn) as its own ablation")
     m = re.search(r"\b(\d+|one|single|two|three|four)[\s-]*(layers?|fc|linear layers)\b", raw)
@@ -377,7 +377,7 @@ KNOBS = (
     knob("cocord.tau", "distill.cocord.tau", "float",
        ["temperature", "tau", "contrastive temperature", "temperature of infonce", "infonce temperature",
         "temperature of the contrastive loss", "softmax temperature", "temperature parameter"],
-       "temperature tau of CoCoRD's InfoNCE", scope="cocord", requires="distill.methods~cocord"),
+       "temperature tau of CoCoRD's InfoNCE", scope="cocord", requires="distill.methods~cocord", typical=CONTRASTIVE_TAU),
     knob("cocord.proj_dim", "distill.cocord.proj_dim", "int",
        ["projection dimension", "projector output dimension", "embedding dimension", "projection head output dimension",
         "feature dimension of the projector", "projection size"],

@@ -22,7 +22,7 @@ from kdlab.config import Strict
 from kdlab.distillers._common import full_precision, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
 from kdlab.engine.distributed import gather_cat
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import CONTRASTIVE_TAU, MethodSpec, knob, register
 
 
 class CRDConfig(Strict):
@@ -151,7 +151,7 @@ KNOBS = (
        ["crd negatives", "number of crd negatives", "nce k", "crd negative samples", "negatives drawn from the memory bank"],
        "CRD negatives per anchor", requires="distill.methods~crd"),
     knob("crd.nce_t", "distill.crd.nce_t", "float", ["crd temperature", "nce temperature", "nce t"],
-       "CRD's NCE temperature", requires="distill.methods~crd"),
+       "CRD's NCE temperature", requires="distill.methods~crd", typical=CONTRASTIVE_TAU),
     knob("crd.nce_m", "distill.crd.nce_m", "float", ["crd momentum", "memory bank momentum", "nce momentum", "crd memory momentum"],
        "momentum of CRD's memory bank", requires="distill.methods~crd"),
     knob("crd.feat_dim", "distill.crd.feat_dim", "int", ["crd feature dimension", "crd embedding dimension", "crd feat dim"],

@@ -12,7 +12,7 @@ from torch import Tensor
 from kdlab.config import Strict
 from kdlab.distillers._common import full_precision, standardize_logits, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import KD_TEMPERATURE, MethodSpec, knob, register
 
 
 class DKDConfig(Strict):
@@ -99,7 +99,7 @@ KNOBS = (
        "DKD weight of TCKD", requires="distill.methods~dkd"),
     knob("dkd.beta", "distill.dkd.beta", "float", ["dkd beta", "nckd weight", "non target class knowledge distillation weight"],
        "DKD weight of NCKD", requires="distill.methods~dkd"),
-    knob("dkd.T", "distill.dkd.T", "float", ["dkd temperature"], "DKD temperature", requires="distill.methods~dkd"),
+    knob("dkd.T", "distill.dkd.T", "float", ["dkd temperature"], "DKD temperature", requires="distill.methods~dkd", typical=KD_TEMPERATURE),
     knob("dkd.warmup", "distill.dkd.warmup", "int", ["dkd warmup", "dkd warm up epochs"], "epochs of DKD weight warm-up",
        requires="distill.methods~dkd"),
     knob("dkd.weight", "distill.dkd.weight", "float", ["dkd weight", "dkd loss weight"], "overall DKD weight", off_value=0.0,

@@ -9,7 +9,7 @@ from torch import Tensor
 from kdlab.config import Strict
 from kdlab.distillers._common import full_precision, standardize_logits, wide
 from kdlab.distillers.base import DistillContext, DistillLoss, StepContext
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import KD_TEMPERATURE, MethodSpec, knob, register
 
 
 class KDConfig(Strict):
@@ -61,10 +61,10 @@ class KD(DistillLoss):
 
 KNOBS = (
     knob("kd.T", "distill.kd.T", "float",
-       ["kd temperature", "distillation temperature", "temperature of knowledge distillation", "temperature for distillation",
+       ["temperature", "kd temperature", "distillation temperature", "temperature of knowledge distillation", "temperature for distillation",
         "soft label temperature", "temperature of the soft labels", "kd t", "logit temperature",
         "softening temperature", "temperature of the kl divergence", "student temperature"],
-       "temperature T of the KD term T^2 * KL(softmax(z_t/T) || softmax(z_s/T))"),
+       "temperature T of the KD term T^2 * KL(softmax(z_t/T) || softmax(z_s/T))", typical=KD_TEMPERATURE),
     knob("kd.weight", "distill.kd.weight", "float",
        ["kd weight", "kd loss weight", "weight of the kd loss", "distillation loss weight", "weight of the distillation loss",
         "kl divergence weight", "soft label loss weight", "soft target weight", "alpha", "distillation weight",

@@ -20,7 +20,7 @@ from kdlab.config import Strict
 from kdlab.engine.distributed import gather_cat
 from kdlab.objectives.contrastive import class_margin, intra_class_loss
 from kdlab.objectives.teacher import ObjectiveContext, ObjectiveStep, ObjectiveTerm
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import CONTRASTIVE_TAU, MethodSpec, knob, register
 
 
 class CacheConfig(Strict):
@@ -283,7 +283,7 @@ KNOBS = (
         "infonce temperature", "similarity temperature", "intra class temperature", "softmax temperature of the contrastive loss",
         "temperature of the intra class loss", "temperature of the similarities"],
        "temperature tau of the similarities in L_Intra",
-       scope="intra", requires="objective.kind=intra"),
+       scope="intra", requires="objective.kind=intra", typical=CONTRASTIVE_TAU),
     knob("intra.cache", "objective.intra.cache.enabled", "bool",
        ["cache", "caching", "caching mechanism", "pipeline", "pipeline based caching", "pipeline caching",
         "pipeline style caching", "pipeline queue", "pipeline mechanism", "negative sample cache", "negative cache",

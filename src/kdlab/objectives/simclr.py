@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdlab.objectives.supcon import SupConConfig, SupConTerm
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import CONTRASTIVE_TAU, MethodSpec, knob, register
 
 
 class SimCLRConfig(SupConConfig):
@@ -23,7 +23,7 @@ KNOBS = (
        "weight of the SimCLR term when objective.kind=simclr", scope="intra", off_value=0.0, requires="objective.kind=simclr"),
     knob("simclr.tau", "objective.simclr.tau", "float",
        ["simclr temperature", "self supervised contrastive temperature", "nt xent temperature"],
-       "temperature of the SimCLR term", scope="intra", requires="objective.kind=simclr"),
+       "temperature of the SimCLR term", scope="intra", requires="objective.kind=simclr", typical=CONTRASTIVE_TAU),
 )
 
 register(MethodSpec(

@@ -8,7 +8,7 @@ from torch import Tensor
 from kdlab.config import Strict
 from kdlab.objectives.contrastive import supcon_loss
 from kdlab.objectives.teacher import ObjectiveContext, ObjectiveStep, ObjectiveTerm
-from kdlab.registry import MethodSpec, knob, register
+from kdlab.registry import CONTRASTIVE_TAU, MethodSpec, knob, register
 
 
 class SupConConfig(Strict):
@@ -38,7 +38,7 @@ KNOBS = (
        requires="objective.kind=supcon"),
     knob("supcon.tau", "objective.supcon.tau", "float",
        ["supcon temperature", "supervised contrastive temperature", "inter class contrastive temperature"],
-       "temperature of the SupCon term", scope="intra", requires="objective.kind=supcon"),
+       "temperature of the SupCon term", scope="intra", requires="objective.kind=supcon", typical=CONTRASTIVE_TAU),
 )
 
 register(MethodSpec(
