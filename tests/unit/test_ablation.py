@@ -277,6 +277,7 @@ PHRASINGS = [
      {"objective.intra.margin": False, "objective.intra.cache.enabled": False}),
     ("intra", "the intra-class contrastive loss and its margin filter", "REMOVE", [], "objective.kind",
      {"objective.kind": "ce"}),  # removing the loss removes its margin: one component, the outer one
+    ("intra", "Teacher guidance", "REMOVE", [], "distill.methods", {"distill.methods": []}),
 ]
 
 

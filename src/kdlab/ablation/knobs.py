@@ -264,7 +264,8 @@ def _methods_knob() -> Knob:
     return _k("distill.methods", "distill.methods", "methods",
               ["distillation method", "distillation methods", "distillation loss", "distillation losses", "kd method",
                "knowledge distillation method", "distillation objective", "student objective", "distiller",
-               "additional distillation loss", "complementary distillation method",
+               "additional distillation loss", "complementary distillation method", "teacher guidance",
+              "guidance from the teacher", "teacher supervision", "knowledge transfer from the teacher",
                "combination with another distillation method", *named],
               "distillation loss terms of the student beside CE; ADD appends one (Ours+RKD), REMOVE takes one away "
               "([] = CE only)", off_value=[])
