@@ -72,6 +72,8 @@ class Knob:
     ``typical``: (lo, hi), where the field's values usually lie, narrower than what the config accepts (a
     contrastive τ in [0.01, 1], a KD temperature in [1, 64]); a plan's values outside it lower the knob's
     score, so "temperature: 1, 4, 8, 16" reads as the KD temperature, "0.05, 0.2" as the contrastive one.
+    ``to_overrides``: value -> overrides, for a knob whose one value sets more than itself on every path
+    (Hinton's α: the KD weight α and the CE weight 1 - α); None: the value on each of ``paths``.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Knob:
     companions: Callable[[dict, Any], dict] | None = None
     notes: str = ""
     typical: tuple[float, float] | None = None
+    to_overrides: Callable[[Any], dict[str, Any]] | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:

@@ -278,6 +278,8 @@ PHRASINGS = [
     ("intra", "the intra-class contrastive loss and its margin filter", "REMOVE", [], "objective.kind",
      {"objective.kind": "ce"}),  # removing the loss removes its margin: one component, the outer one
     ("intra", "Teacher guidance", "REMOVE", [], "distill.methods", {"distill.methods": []}),
+    ("intra", "α balancing hard and soft targets in the student's KD loss", "REPLACE", ["0.7"], "kd.alpha",
+     {"distill.kd.weight": 0.7, "distill.ce_weight": 0.3}),  # Hinton's convention: CE takes 1 - α
 ]
 
 

@@ -1087,6 +1087,8 @@ def _companions(overrides: dict[str, Any], base: ExperimentConfig) -> dict[str, 
 def _overrides_for(knob: Knob, value: Any) -> dict[str, Any]:
     if knob.kind == "pair":
         return {"teacher.arch": value[0], "student.arch": value[1]}
+    if knob.to_overrides is not None:
+        return knob.to_overrides(value)
     return {p: copy.deepcopy(value) for p in knob.paths}
 
 
