@@ -280,6 +280,17 @@ PHRASINGS = [
     ("intra", "Teacher guidance", "REMOVE", [], "distill.methods", {"distill.methods": []}),
     ("intra", "α balancing hard and soft targets in the student's KD loss", "REPLACE", ["0.7"], "kd.alpha",
      {"distill.kd.weight": 0.7, "distill.ce_weight": 0.3}),  # Hinton's convention: CE takes 1 - α
+    ("intra", "Margin threshold δ", "REPLACE", ["we try δ = 0.3 and δ = 0.7"], "intra.delta",
+     {"objective.intra.delta": 0.3}),  # two labelled values, not the last one alone
+    ("intra", "Intra-class loss weight λ", "REPLACE", ["0.01 (weak) vs λ = 0.1"], "intra.lambda",
+     {"objective.intra.lambda_": 0.01}),
+    ("intra", "Margin threshold δ", "REPLACE", ["0.7 instead of 0.5"], "intra.delta", {"objective.intra.delta": 0.7}),
+    ("intra", "Margin threshold δ", "REPLACE", ["increase δ from 0.5 to 0.7"], "intra.delta",
+     {"objective.intra.delta": 0.7}),  # starts at the base's 0.5: a change, not a range
+    ("intra", "Ratio-based adaptive λ", "ADD", [], "intra.lambda_schedule",
+     {"objective.intra.lambda_schedule": "ratio"}),  # the schedule the part names, not the knob's default ADD
+    ("intra", "RKD loss (weight 2.0) added to KD", "ADD", [], "distill.methods",
+     {"distill.methods": ["kd", "rkd"], "distill.rkd.weight": 2.0}),
 ]
 
 
@@ -482,6 +493,7 @@ def test_base_override_seeds_and_explicit_base():
     ("intra.lambda", "1/100", 0.01),
     ("intra.lambda", "0.2 (10x)", 0.2),  # the remark in parentheses describes the number
     ("intra.lambda", "1.5 x 10^-3", 0.0015),
+    ("intra.delta", "either 0.3", 0.3),
     ("teacher.arch", "ResNet-110 -> ResNet-56", "resnet56"),  # no base given: the start is not checked
     ("arch.pair", "ResNet-110 -> ResNet-56", ("resnet110", "resnet56")),  # a pair's arrow is teacher -> student
 ])
@@ -738,12 +750,14 @@ def _reasons(part: str, action: str, reps: tuple[str, ...] = ()) -> str:
 @pytest.mark.parametrize("part, action, reps, message", [
     # every variant would be the base run: a table of identical runs under another name
     ("Label smoothing", "REMOVE", (), "every variant equals the base run (objective.label_smoothing=0)"),
-    ("Intra-class contrastive loss applied to the student as well", "ADD", (), "every variant equals the base run"),
+    ("Intra-class contrastive loss applied to the student as well", "ADD", (), "'Intra-class contrastive loss applied"),
     # two knobs in one value are not split into values of one knob
     ("λ and δ jointly", "REPLACE", ("λ=0.05, δ=0.3", "λ=0.1, δ=0.7"), "sets 2 things at once"),
     ("Projection head", "REPLACE", ("2-layer MLP without BN",), "also switches batch norm off"),
     ("Similarity function (cosine similarity) in L_Intra", "REPLACE", ("dot product",), "no config key selects another"),
     ("Teacher model", "REPLACE", ("ResNet56 -> ResNet20",), "the base's teacher.arch is resnet14"),
+    ("λ schedule", "REPLACE", ("ratio (target r = 0.5)",), "also sets r: an ablation varies one knob"),
+    ("Range of the learnable temperature in CTKD", "REPLACE", ("[1, 10]", "[1, 40]"), "expected one number, found 2"),
 ])
 def test_readings_that_would_mislead_are_refused_with_the_reason(part, action, reps, message):
     text = _reasons(part, action, reps)
@@ -775,3 +789,57 @@ def test_removing_the_kd_weight_trains_the_student_without_kd_at_full_ce_weight(
             "\n\n### No KD\n- **Ablated Part**: KL-divergence distillation loss\n- **Action**: REMOVE\n- **Metrics**: accuracy\n")
     v = resolve_plan(parse_plan_text(text, "kd.md")).ablations[0].variants[0]
     assert v.config.distill.methods == [] and v.config.distill.resolved_ce_weight() == 1.0
+
+
+@pytest.mark.parametrize("text, values", [
+    ("0.3 and 0.7", ["0.3", "0.7"]),
+    ("T=2, T=8 and T=16", ["T=2", "T=8", "T=16"]),
+    ("0.1 to 0.9, step 0.2", ["0.1", "0.3", "0.5", "0.7", "0.9"]),
+    ("from 0.3 to 0.7 in steps of 0.2", ["0.3", "0.5", "0.7"]),
+])
+def test_value_lists_written_as_prose(text, values):
+    from kdlab.ablation.knobs import knob_by_name
+    from kdlab.ablation.resolve import expand_values
+
+    _, base = load_base(None, "intra", [])
+    assert expand_values(knob_by_name("intra.delta"), [text], base) == values
+
+
+def test_methods_joined_by_and_are_one_student_and_by_commas_several():
+    from kdlab.ablation.knobs import knob_by_name
+    from kdlab.ablation.resolve import expand_values
+
+    methods = knob_by_name("distill.methods")
+    assert expand_values(methods, ["KD and RKD"], None) == ["KD and RKD"]
+    assert expand_values(methods, ["DKD, CRD or RKD"], None) == ["DKD", "CRD", "RKD"]
+
+
+PLAN_LAYOUTS = {
+    # a bold field this reader does not use ends the values above it
+    "extra_fields.md": ("## Ablation Plan\n\n### Cache size\n- **Ablated Part**: Size Q of the per-class cache\n"
+                        "- **Action**: REPLACE\n- **Replacement**: 16, 256\n- **Seeds**: 3\n- **Metrics**: Top-1\n\n"
+                        "### KD temperature\n- **Ablated Part**: Temperature T of the KD loss\n- **Action**: REPLACE\n"
+                        "- **Replacement**:\n  - 2\n  - 8\n- **Expected outcome**: 16\n- **Metrics**: Top-1\n",
+                        [("Cache size", ("16", "256")), ("KD temperature", ("2", "8"))]),
+    # a numbered title belongs to the ablation below it, not to the values of the one above
+    "numbered.md": ("Ablation Plan\n\n1. Cache size\n   Ablated Part: size of the per-class cache\n   Action: REPLACE\n"
+                    "   Metrics: top-1 accuracy\n   Replacement: 16, 256\n\n2. Teacher epochs (12)\n"
+                    "   Ablated Part: number of teacher epochs\n   Action: REPLACE\n   Metrics: top-1\n   Replacement: 12\n",
+                    [("Cache size", ("16", "256")), ("Teacher epochs (12)", ("12",))]),
+    # Action before Ablated Part in blocks without headings
+    "action_first.md": ("## Ablation Plan\n\n**Cache size**\n- **Action**: REPLACE\n- **Ablated Part**: size Q of the cache\n"
+                        "- **Replacement**: 16, 256\n\n**Caching**\n- **Action**: REMOVE\n"
+                        "- **Ablated Part**: caching scheme\n",
+                        [("Cache size", ("16", "256")), ("Caching", ())]),
+    # an escaped pipe inside a table cell separates values, it does not end the cell
+    "table.md": ("## Ablation Plan\n\n| Name | Ablated Part | Action | Replacement | Metrics |\n|---|---|---|---|---|\n"
+                 "| ctr | CoCoRD contrastive weight | REPLACE | 0 \\| 0.5 \\| 2 | top-1 |\n",
+                 [("ctr", ("0", "0.5", "2"))]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLAN_LAYOUTS))
+def test_plan_layouts_written_by_hand(name):
+    text, want = PLAN_LAYOUTS[name]
+    plan = parse_plan_text(text, name)
+    assert [(a.name, a.replacements) for a in plan.ablations] == want

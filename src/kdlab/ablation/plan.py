@@ -168,6 +168,8 @@ _FIELD = re.compile(
     re.IGNORECASE,
 )
 _ITEM = re.compile(r"^(\s*)(?:[-*+]|\d+[.)])\s+(.*)$")
+#: a bold field this reader does not use ("- **Seeds**: 3", "**Expected outcome:**"): it ends the field above
+_OTHER_FIELD = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*(?:\*\*|__)[^*_\n]{1,40}?(?::\s*(?:\*\*|__)|(?:\*\*|__)\s*:)")
 _PLAN_HEADER = re.compile(r"ablation\s*plan", re.IGNORECASE)
 _TRACE_HEADER = re.compile(r"reasoning\s*trace", re.IGNORECASE)
 
@@ -251,6 +253,7 @@ def _parse_markdown(text: str, source: str) -> Plan:
     current: tuple[str, int, list[tuple[int, str]]] | None = None
     seen: set[str] = set()  # field keys of the current block
     prose = ""  # the last non-field text line: the name of a block that has no heading
+    prose_line = 0  # its 1-based line number
     for i in range(lo, hi):
         if skip and skip[0] <= i < skip[1]:
             continue
@@ -266,16 +269,19 @@ def _parse_markdown(text: str, source: str) -> Plan:
             continue
         fm = _FIELD.match(clean_inline(line) if "<" in line else line)
         key = _field_key(fm.group(1)) if fm else None
-        if key in ("part", "name") and (current is None or key in seen or (key == "name" and "part" in seen)):
-            # fields without a heading (or a second Ablated Part under one heading): a new ablation, named
-            # by the bold/numbered line above it
+        if key in ("part", "name", "action") and (current is None or key in seen or (key == "name" and "part" in seen)):
+            # fields without a heading (or a second Ablated Part or Action under one heading): a new ablation,
+            # named by the bold/numbered line above it, which belongs to it and not to the block before
+            if current is not None and prose_line:
+                current[2][:] = [(ln, text) for ln, text in current[2] if ln < prose_line]
             current = (prose, i + 1, [])
             blocks.append(current)
             seen = set()
         if key:
             seen.add(key)
-        elif line.strip() and not _TABLE_ROW.match(line) and not _is_setext(lines, i - 1):
-            prose = _block_name(line)
+            prose_line = 0
+        elif line.strip() and not _TABLE_ROW.match(line) and not _is_setext(lines, i - 1) and not _OTHER_FIELD.match(line):
+            prose, prose_line = _block_name(line), i + 1
         if current is not None:
             current[2].append((i + 1, line))
 
@@ -292,6 +298,9 @@ def _parse_markdown(text: str, source: str) -> Plan:
                     key = None
                     continue
                 fields[key] = (ln, clean_inline(fm.group(2)), [])
+                continue
+            if _OTHER_FIELD.match(line):  # "- **Seeds**: 3", "- **Expected outcome**: ...": not a value
+                key = None
                 continue
             if key is None:
                 continue
@@ -333,7 +342,11 @@ def _block_name(line: str) -> str:
 
 
 def _cells(line: str) -> list[str]:
-    return [clean_inline(c) for c in line.strip().strip("|").split("|")]
+    """The cells of a table row; an escaped pipe (``0 \\| 0.5``) is a separator inside a cell, read as ``/``."""
+    row = line.strip()
+    row = row[1:] if row.startswith("|") else row
+    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
+    return [clean_inline(c.replace("\\|", " / ")) for c in re.split(r"(?<!\\)\|", row)]
 
 
 def _table_key(header: str) -> str | None:

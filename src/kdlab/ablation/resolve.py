@@ -523,7 +523,7 @@ def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
 _RANGE = re.compile(r"^\s*(?:from\s+)?(" + _NUM + r")\s*(?:to|\.\.|\s-\s)\s*(" + _NUM + r")\b(.*)$"
                     r"|^\s*between\s+(" + _NUM + r")\s+and\s+(" + _NUM + r")\b(.*)$")
-_RANGE_WORDS = {"log", "scale", "logarithmic", "logarithmically", "spaced", "linear", "linearly", "uniform",
+_RANGE_WORDS = {"step", "steps", "of", "log", "scale", "logarithmic", "logarithmically", "spaced", "linear", "linearly", "uniform",
                 "uniformly", "points", "point", "values", "value", "steps", "settings", "grid", "sweep", "on", "a",
                 "with", "in", "total", "evenly", "equally", "geometric", "geometrically", "over", "range"}
 
@@ -544,8 +544,14 @@ def _range_values(raw: str, knob: Knob) -> list[str] | None:
     if unread:
         raise ValueError(f"range {raw!r}: cannot read {', '.join(sorted(unread))}")
     count = re.findall(r"(\d+)\s*(?:points?|values?|steps?|settings)", rest)
+    step = re.findall(r"(?:in\s+)?steps?\s*(?:of|=|:)?\s*(" + _NUM + r")", rest)
     log = bool(words & {"log", "logarithmic", "logarithmically", "geometric", "geometrically"})
-    if count:
+    if step and not log and float(step[0]) > 0:  # "0.1 to 0.9, step 0.2", "from 0.3 to 0.7 in steps of 0.2"
+        span = (hi - lo) / float(step[0])
+        if abs(span - round(span)) > 1e-6:
+            raise ValueError(f"range {raw!r}: a step of {step[0]} does not reach {last} from {first}")
+        n = int(round(span)) + 1
+    elif count:
         n = int(count[0])
     elif log and lo > 0 and hi > 0 and float(f"{math.log10(hi / lo):.9g}").is_integer():
         n = int(round(abs(math.log10(hi / lo)))) + 1  # one point per decade
@@ -580,11 +586,13 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
         if whole and knob.kind not in ("choice", "arch", "bool", "methods"):
             out.append(raw)  # "crop, flip" is one augmentation policy
             continue
-        # methods: "DKD, CRD, RKD" are three students to compare; a combination is joined by "+", "and" or "with"
-        if len(set(_ASSIGNMENT.findall(ascii_text(raw)))) > 1:
-            out.append(raw)  # "λ=0.05, δ=0.3" is one setting of two knobs, not two values of one
+        if len(set(_ASSIGNMENT.findall(ascii_text(raw)))) > 1 or re.fullmatch(r"\s*[\[(].*[\])]\s*", raw):
+            out.append(raw)  # "λ=0.05, δ=0.3", "[1, 10]": one setting of two things, not two values of one knob
             continue
-        items = [i.strip() for i in re.split(r"\s*[,;]\s*|\s+or\s+|\s+/\s+", clean_inline(raw)) if i.strip()]
+        # "0.3 and 0.7" are two values; but methods joined by "and" are one combination ("KD and RKD"), while
+        # "DKD, CRD, RKD" are three students to compare
+        joins = r"\s*[,;]\s*|\s+or\s+|\s+/\s+|\s+vs\.?\s+|\s+versus\s+" + ("" if knob.kind == "methods" else r"|\s+and\s+")
+        items = [i.strip() for i in re.split(joins, clean_inline(raw)) if i.strip()]
         parsed = []
         for item in items if len(items) > 1 else ():
             try:
@@ -688,7 +696,8 @@ _FILLER = {"default", "baseline", "original", "paper", "epoch", "epochs", "sampl
            "only", "value", "setting", "set", "to", "of", "the", "with", "a", "approximately", "approx", "about", "eg", "e", "g",
            "fixed", "ie", "i", "x", "ours", "proposed", "used", "in", "is", "as", "and", "queue", "size", "weight",
            "frozen", "freeze", "no", "momentum", "update", "updates", "standard", "typical", "higher", "lower", "larger",
-           "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy"}
+           "smaller", "small", "large", "medium", "very", "strong", "weak", "moderate", "aggressive", "light", "heavy",
+           "either", "we", "try", "tried", "test", "tested", "are", "values", "using", "both"}
 
 
 def _is_off_word(raw: str) -> bool:
@@ -745,7 +754,10 @@ def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float
 
 def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int | float:
     t = ascii_text(text)
-    assigned = sorted(set(_ASSIGNMENT.findall(t)))
+    labels = _ASSIGNMENT.findall(t)
+    assigned = sorted(set(labels))
+    if len(labels) > 1 and len(assigned) == 1:  # "δ = 0.3 and δ = 0.7": a list, which expand_values splits
+        raise ValueError(f"{text!r} gives {len(labels)} values of {assigned[0]}, not one")
     if len(assigned) > 1:
         names = ", ".join(assigned)
         raise ValueError(f"{text!r} sets {len(assigned)} things at once ({names}); an ablation varies one knob: split "
@@ -770,7 +782,9 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     t = re.sub(r"\bzero\b", "0", t)
     t = re.sub(r"(?<![\w.])(\d+)\s*/\s*(\d+)(?![\w.])", lambda m: repr(int(m[1]) / int(m[2])) if int(m[2]) else m[0], t)
     if "=" in t:
-        t = t.rsplit("=", 1)[1]
+        head, t = t.rsplit("=", 1)
+        if re.search(r"(?<![\w.])" + _NUM + r"(?![\w.])", head):  # "0.01 (weak) vs lambda = 0.1": two numbers
+            raise ValueError(f"expected one number, found more in {text!r}")
     elif re.search(r":\s*" + _NUM, t):
         t = t.rsplit(":", 1)[1]
     matches = list(re.finditer(r"(?<![\w.])(" + _NUM + r")(\s*%|\s*k\b)?", t))
@@ -1018,6 +1032,22 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
     ends = _ARROW.split(text)
     if len(ends) == 2 and knob.kind != "pair" and all(e.strip() for e in ends):
         return _transition(knob, text, ends[0], ends[1], base)
+    m = re.fullmatch(r"(.+?)\s+instead\s+of\s+(.+)", text, re.I)
+    if m and knob.kind != "pair":  # "0.7 instead of 0.5"
+        return _transition(knob, text, m[2], m[1], base)
+    m = re.fullmatch(r"(?:.*?\s)?from\s+(\S+)\s+to\s+(\S+)", text, re.I)
+    if m and base is not None and knob.kind != "pair":  # "increase δ from 0.5 to 0.7": a change, when it starts at the base
+        try:
+            starts_at_base = parse_value(knob, m[1], base) == effective_base_value(knob, base)
+        except ValueError:
+            starts_at_base = False
+        if starts_at_base:
+            return parse_value(knob, m[2], base)
+
+    settings = list(dict.fromkeys(_ASSIGNMENT.findall(ascii_text(text)))) if knob.kind == "choice" else []
+    if settings:  # "ratio (target r = 0.5)": the choice would run at its default r, not the plan's
+        raise ValueError(f"{text!r} also sets {', '.join(settings)}: an ablation varies one knob; choose here and "
+                         f"vary {', '.join(settings)} in an ablation of its own")
 
     def generic(t: str) -> Any:
         return _parse_by_kind(t, knob, base)
@@ -1108,6 +1138,12 @@ def _build(base_tree: dict, overrides: dict[str, Any]) -> ExperimentConfig:
     return build_config(base_tree, list(overrides.items()))
 
 
+def _stated_weight(text: str) -> float | None:
+    """The weight an ADD states for the method it adds ("RKD loss (weight 2.0)", "CRD with λ = 0.8"), or None."""
+    m = re.search(r"\b(?:weight(?:ed)?|coefficient|lambda|w)\s*(?:of|=|:|by)?\s*(" + _NUM + r")(?![\w.])", ascii_text(text))
+    return float(m[1]) if m else None
+
+
 def _zero_means_off(knob: Knob, raw: str, base: ExperimentConfig) -> bool:
     """A size of 0 on a knob that cannot be 0 but whose REMOVE switches a component off (the intra-class cache's
     size: 0 entries is no cache)."""
@@ -1189,6 +1225,14 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                 label = "+" + "+".join([n for n in names if n not in cur] or names)
                 if knob.kind == "methods":
                     ov = {knob.path: cur + [n for n in names if n not in cur]}
+                    added_names = [n for n in names if n not in cur]
+                    weight = _stated_weight(raw or f"{ab.part} {ab.name}")
+                    if weight is not None and len(added_names) == 1:  # "ADD RKD (weight 2.0)": at that weight
+                        ov[f"distill.{added_names[0]}.weight"] = weight
+                        label += f" (weight {format_value(weight)})"
+                    elif weight is not None:
+                        errors.append(f"ADD {', '.join(added_names)} with a weight: name one method per ablation to "
+                                      f"give it a weight")
                 else:
                     ov = {p: have + [n for n in names if n not in have]
                           for p, have in ((p, _effective_augment(base, p)) for p in knob.paths)}
@@ -1196,6 +1240,10 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
         elif knob.kind == "bool":
             ov = _on_overrides(knob) if knob.on_value is not NOTHING else {knob.path: True}
             specs.append(("added", "added", "", ov))
+        elif knob.kind == "choice" and len(chosen := [c for c in _find_phrases(f"{ab.part} {ab.name}", dict(knob.choices))
+                                                      if c != knob.off_value]) == 1:
+            # "ADD ratio-based adaptive λ": the choice the part names, not the knob's default ADD
+            specs.append((f"added ({format_value(chosen[0])})", chosen[0], "", _overrides_for(knob, chosen[0])))
         elif knob.on_value is not NOTHING:
             ov = _on_overrides(knob)
             specs.append((f"added ({format_value(knob.on_value)})", knob.on_value, "", ov))

@@ -69,7 +69,7 @@ KNOBS = (
        ["kd weight", "kd loss weight", "weight of the kd loss", "distillation loss weight", "weight of the distillation loss",
         "kl divergence weight", "soft label loss weight", "soft target weight", "alpha", "distillation weight",
         "weight of the soft labels", "kd coefficient"],
-       "weight of the KD term (REMOVE: 0)", off_value=0.0),
+       "weight of the KD term (REMOVE: KD out of distill.methods)", off_value=0.0),
     knob("kd.alpha", "distill.kd.weight", "float",
        ["alpha balancing hard and soft targets", "balance between hard and soft targets", "trade off between hard and soft targets",
         "balance between cross entropy and kd", "trade off between kd and cross entropy", "hinton alpha",
