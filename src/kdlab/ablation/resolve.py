@@ -1003,15 +1003,19 @@ def _without_remarks(text: str) -> str:
 _ARROW = re.compile(r"\s*(?:->|=>|\u2192|\u21d2|\u27f6|\u2794|\u279c|\u27f9)\s*")
 
 
-def _transition(knob: Knob, text: str, before: str, after: str, base: ExperimentConfig | None) -> Any:
-    """"2 → 4" on a one-value knob: the value after the arrow, when the one before it is the base's (else the
-    plan and the base disagree on where the change starts, which is an error that names both)."""
-    new = parse_value(knob, after, base)
+def _reads(knob: Knob, text: str, base: ExperimentConfig | None) -> bool:
     try:
-        old = parse_value(knob, before, base)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} reads as a change to {format_value(new)}, but its start {before!r} does not "
-                         f"read ({exc}); give the new value alone") from None
+        parse_value(knob, text, base)
+    except ValueError:
+        return False
+    return bool(text.strip())
+
+
+def _transition(knob: Knob, text: str, before: str, after: str, base: ExperimentConfig | None) -> Any:
+    """"2 → 4" on a one-value knob (both ends read as its values): the value after the arrow, when the one
+    before it is the base's (else the plan and the base disagree on where the change starts, which is an error
+    that names both)."""
+    new, old = parse_value(knob, after, base), parse_value(knob, before, base)
     current = effective_base_value(knob, base) if base is not None else None
     if current is not None and old != current:
         raise ValueError(f"{text!r} reads as a change from {format_value(old)} to {format_value(new)}, but the base's "
@@ -1030,8 +1034,8 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
         if value is not None:
             return tuple(value) if knob.kind == "pair" else value
     ends = _ARROW.split(text)
-    if len(ends) == 2 and knob.kind != "pair" and all(e.strip() for e in ends):
-        return _transition(knob, text, ends[0], ends[1], base)
+    if len(ends) == 2 and knob.kind != "pair" and all(_reads(knob, e, base) for e in ends):
+        return _transition(knob, text, ends[0], ends[1], base)  # else the arrow is prose ("student → teacher only")
     m = re.fullmatch(r"(.+?)\s+instead\s+of\s+(.+)", text, re.I)
     if m and knob.kind != "pair":  # "0.7 instead of 0.5"
         return _transition(knob, text, m[2], m[1], base)
