@@ -291,6 +291,9 @@ PHRASINGS = [
      {"objective.intra.lambda_schedule": "ratio"}),  # the schedule the part names, not the knob's default ADD
     ("intra", "RKD loss (weight 2.0) added to KD", "ADD", [], "distill.methods",
      {"distill.methods": ["kd", "rkd"], "distill.rkd.weight": 2.0}),
+    ("intra", "NCKD term in DKD", "REMOVE", [], "dkd.beta", {"distill.dkd.beta": 0.0}),  # on the DKD student's own base
+    ("cocord", "Prediction loss direction", "REPLACE", ["student → teacher only"], "cocord.pred",
+     {"distill.cocord.pred": "forward"}),  # an arrow between words that are no values is prose
 ]
 
 

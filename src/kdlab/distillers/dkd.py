@@ -95,10 +95,12 @@ class DKD(DistillLoss):
 
 
 KNOBS = (
-    knob("dkd.alpha", "distill.dkd.alpha", "float", ["dkd alpha", "tckd weight", "target class knowledge distillation weight"],
-       "DKD weight of TCKD", requires="distill.methods~dkd"),
-    knob("dkd.beta", "distill.dkd.beta", "float", ["dkd beta", "nckd weight", "non target class knowledge distillation weight"],
-       "DKD weight of NCKD", requires="distill.methods~dkd"),
+    knob("dkd.alpha", "distill.dkd.alpha", "float", ["dkd alpha", "tckd weight", "target class knowledge distillation weight",
+                                                      "tckd", "tckd term", "target class knowledge distillation"],
+       "DKD weight of TCKD (REMOVE: 0, DKD without its target-class term)", off_value=0.0, requires="distill.methods~dkd"),
+    knob("dkd.beta", "distill.dkd.beta", "float", ["dkd beta", "nckd weight", "non target class knowledge distillation weight",
+                                                    "nckd", "nckd term", "non target class knowledge distillation"],
+       "DKD weight of NCKD (REMOVE: 0, DKD without its non-target-class term)", off_value=0.0, requires="distill.methods~dkd"),
     knob("dkd.T", "distill.dkd.T", "float", ["dkd temperature"], "DKD temperature", requires="distill.methods~dkd", typical=KD_TEMPERATURE),
     knob("dkd.warmup", "distill.dkd.warmup", "int", ["dkd warmup", "dkd warm up epochs"], "epochs of DKD weight warm-up",
        requires="distill.methods~dkd"),
