@@ -834,6 +834,11 @@ PLAN_LAYOUTS = {
                         "- **Replacement**: 16, 256\n\n**Caching**\n- **Action**: REMOVE\n"
                         "- **Ablated Part**: caching scheme\n",
                         [("Cache size", ("16", "256")), ("Caching", ())]),
+    # "**Ablation 2:** title" is a title, not an unused field
+    "titled.md": ("## Ablation Plan\n\n**Ablation 1:** Cache size\n- **Ablated Part**: size Q of the cache\n"
+                  "- **Action**: REPLACE\n- **Replacement**: 16, 256\n\n**Ablation 2:** Caching\n"
+                  "- **Ablated Part**: caching scheme\n- **Action**: REMOVE\n",
+                  [("Cache size", ("16", "256")), ("Caching", ())]),
     # an escaped pipe inside a table cell separates values, it does not end the cell
     "table.md": ("## Ablation Plan\n\n| Name | Ablated Part | Action | Replacement | Metrics |\n|---|---|---|---|---|\n"
                  "| ctr | CoCoRD contrastive weight | REPLACE | 0 \\| 0.5 \\| 2 | top-1 |\n",

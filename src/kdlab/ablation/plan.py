@@ -169,7 +169,8 @@ _FIELD = re.compile(
 )
 _ITEM = re.compile(r"^(\s*)(?:[-*+]|\d+[.)])\s+(.*)$")
 #: a bold field this reader does not use ("- **Seeds**: 3", "**Expected outcome:**"): it ends the field above
-_OTHER_FIELD = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*(?:\*\*|__)[^*_\n]{1,40}?(?::\s*(?:\*\*|__)|(?:\*\*|__)\s*:)")
+_OTHER_FIELD = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*(?:\*\*|__)(?!\s*(?:ablation|experiment|study)\s*\d)"
+                          r"[^*_\n]{1,40}?(?::\s*(?:\*\*|__)|(?:\*\*|__)\s*:)", re.IGNORECASE)
 _PLAN_HEADER = re.compile(r"ablation\s*plan", re.IGNORECASE)
 _TRACE_HEADER = re.compile(r"reasoning\s*trace", re.IGNORECASE)
 
