@@ -851,3 +851,22 @@ def test_plan_layouts_written_by_hand(name):
     text, want = PLAN_LAYOUTS[name]
     plan = parse_plan_text(text, name)
     assert [(a.name, a.replacements) for a in plan.ablations] == want
+
+
+def test_a_knob_that_acts_under_a_setting_of_its_own_block_gets_a_base_with_it():
+    """η acts only with the gradnorm λ schedule: on a constant-λ base the ablation gets a gradnorm base of its
+    own (its base row is gradnorm at η = 0.1), as a distiller's hyper-parameter gets that distiller's student."""
+    text = ("# lm-planner/m/Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning\n\n<h2>Ablation Plan</h2>"
+            "\n\n### Eta\n- **Ablated Part**: Gradient-norm ratio η of the adaptive λ\n- **Action**: REPLACE\n"
+            "- **Replacement**: 0.05, 0.2\n\n### Delta\n- **Ablated Part**: margin threshold\n- **Action**: REPLACE\n"
+            "- **Replacement**: 0.3\n")
+    grid = resolve_plan(parse_plan_text(text, "eta.md"))
+    eta, delta = grid.ablations
+    assert grid.base.objective.intra.lambda_schedule == "constant"
+    assert eta.base.objective.intra.lambda_schedule == "gradnorm" and eta.base.objective.intra.eta == 0.1
+    assert "objective.intra.lambda_schedule=gradnorm" in eta.base_note
+    assert [v.config.objective.intra.lambda_schedule for v in eta.variants] == ["gradnorm", "gradnorm"]
+    assert [v.overrides for v in eta.variants] == [{"objective.intra.eta": 0.05}, {"objective.intra.eta": 0.2}]
+    assert delta.base is None and delta.base_note == ""  # the plan's base
+    schedules = sorted(c.objective.intra.lambda_schedule for c in grid.configs())
+    assert schedules.count("gradnorm") == 3  # the own base and its two variants

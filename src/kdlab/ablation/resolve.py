@@ -1617,6 +1617,34 @@ def needed_distillers(plan: Plan, scope: str, base: ExperimentConfig, maps: dict
     return needed
 
 
+def setting_base(ab: Ablation, index: int, scope: str, base: ExperimentConfig, maps: dict[str, str],
+                 chosen: Iterable[str] = ()) -> tuple[ExperimentConfig, str] | None:
+    """For an ablation whose knob acts only under a setting of its own block that the base does not have (η
+    needs the gradnorm λ schedule, the warm-up length the warm-up schedule, ``kd.logit_std_T`` logit
+    standardisation): the base with that setting, and the overrides that make it, as text. None otherwise, and
+    when the user set that setting on the command line (``chosen``: the override keys): their choice stands."""
+    mapped = _mapped(ab, index, maps)
+    try:
+        knob = _knob_for_target(mapped[1]) if mapped else None
+    except ResolveError:
+        return None
+    if knob is None:
+        ranked = rank_knobs(ab, scope, base, top=1)
+        if not ranked or ranked[0][1] < MIN_SCORE:
+            return None
+        knob = ranked[0][0]
+    unmet = _unmet(knob, base)
+    block = knob.path.rsplit(".", 1)[0] + "."
+    fixes = [fix for _, fix, add in unmet if not add and fix.startswith(block)]
+    if not unmet or len(fixes) != len(unmet) or any(fix.split("=", 1)[0] in set(chosen) for fix in fixes):
+        return None
+    try:
+        own = build_config(base.model_dump(mode="json"), parse_overrides(fixes))
+    except ConfigError:
+        return None
+    return own, " ".join(fixes)
+
+
 def method_base(base: ExperimentConfig, method: str) -> ExperimentConfig:
     """``base`` with its student distilled by ``method`` alone (CE + the method at its default weights)."""
     tree = base.model_dump(mode="json")
@@ -1678,6 +1706,15 @@ def resolve_plan(
                 unresolved.append(Unresolved(i, ab, [problem]))
                 continue
         r = resolve_ablation(ab, i, scope, own or base_cfg, maps_d)
+        setting = (setting_base(ab, i, scope, base_cfg, maps_d, [o.split("=", 1)[0].strip() for o in overrides])
+                   if isinstance(r, Unresolved) and own is None else None)
+        if setting is not None:  # "η of the gradnorm schedule" on a constant-λ base: a gradnorm base of its own
+            r2 = resolve_ablation(ab, i, scope, setting[0], maps_d)
+            if not isinstance(r2, Unresolved):
+                r = r2
+                r.base = setting[0]
+                r.base_note = (f"own base: the plan's base with {setting[1]}, since {r.knob.name} acts only there")
+                r.warnings[:0] = [f"base: {w}" for w in config_warnings(setting[0]) if w not in plan_warnings]
         if isinstance(r, Unresolved):
             unresolved.append(r)
             continue
