@@ -161,3 +161,22 @@ def test_an_ablation_with_its_own_base_is_compared_with_its_own_base_runs(tmp_pa
     variant = grid["ablations"][0]["variants"][0]["runs"]["0"]
     assert dkd.rows[1].delta["student.top1"].mean == pytest.approx(top1(variant) - top1(own["0"]))
     assert "Base row: own base: the dkd student" in (out / "report.md").read_text()
+
+
+def test_an_ablation_under_a_setting_of_its_own_runs_against_a_base_with_that_setting(tmp_path):
+    """η on the constant-λ base: the table's base row is the gradnorm teacher at the default η."""
+    plan = tmp_path / "eta.jsonl"
+    plan.write_text(json.dumps({"name": "Eta", "ablated_part": "gradnorm eta of the adaptive lambda",
+                                "action": "REPLACE", "replacement": [0.2], "metrics": ["Top-1"]}) + "\n")
+    out = tmp_path / "o"
+    r = run_plan(plan, seeds=1, out=out, stages=FAKE, jobs=1, echo=None, overrides=TINY)
+    assert r.exit_code == 0
+    grid = json.loads((out / "grid.json").read_text())
+    own, shared_base = grid["ablations"][0]["base_runs"], grid["base_runs"]
+    recs = _records(out)
+    intra = lambda key: recs[key]["config"]["objective"]["intra"]  # noqa: E731
+    assert (intra(own["0"])["lambda_schedule"], intra(own["0"])["eta"]) == ("gradnorm", 0.1)
+    assert intra(shared_base["0"])["lambda_schedule"] == "constant"
+    variant = grid["ablations"][0]["variants"][0]["runs"]["0"]
+    assert (intra(variant)["lambda_schedule"], intra(variant)["eta"]) == ("gradnorm", 0.2)
+    assert "Base row: own base: the plan's base with objective.intra.lambda_schedule=gradnorm" in (out / "report.md").read_text()
