@@ -292,6 +292,8 @@ PHRASINGS = [
     ("intra", "RKD loss (weight 2.0) added to KD", "ADD", [], "distill.methods",
      {"distill.methods": ["kd", "rkd"], "distill.rkd.weight": 2.0}),
     ("intra", "NCKD term in DKD", "REMOVE", [], "dkd.beta", {"distill.dkd.beta": 0.0}),  # on the DKD student's own base
+    ("intra", "Temperature (τ) of the soft targets when distilling into the student", "REPLACE", ["τ=2", "τ=8"], "kd.T",
+     {"distill.kd.T": 2.0}),
     ("cocord", "Prediction loss direction", "REPLACE", ["student → teacher only"], "cocord.pred",
      {"distill.cocord.pred": "forward"}),  # an arrow between words that are no values is prose
 ]
@@ -760,6 +762,7 @@ def _reasons(part: str, action: str, reps: tuple[str, ...] = ()) -> str:
     ("Similarity function (cosine similarity) in L_Intra", "REPLACE", ("dot product",), "no config key selects another"),
     ("Teacher model", "REPLACE", ("ResNet56 -> ResNet20",), "the base's teacher.arch is resnet14"),
     ("λ schedule", "REPLACE", ("ratio (target r = 0.5)",), "also sets r: an ablation varies one knob"),
+    ("Cross-entropy loss of the teacher", "REMOVE", (), "the teacher is always trained with CE"),
     ("Range of the learnable temperature in CTKD", "REPLACE", ("[1, 10]", "[1, 40]"), "expected one number, found 2"),
 ])
 def test_readings_that_would_mislead_are_refused_with_the_reason(part, action, reps, message):

@@ -1364,6 +1364,9 @@ UNSUPPORTED: dict[str, str] = {
                                           "turns that off, drop this ablation",
 }
 UNSUPPORTED["cosine similarity"] = UNSUPPORTED["euclidean distance"] = UNSUPPORTED["similarity function"]
+UNSUPPORTED["teacher cross entropy"] = (
+    "the teacher is always trained with CE (L_teacher = L_CE + lambda * L_Intra); no config key removes it. To remove "
+    "the contrastive term instead: --map \"NAME=objective.kind\" (REMOVE gives the CE teacher)")
 
 
 @lru_cache(maxsize=1)
@@ -1540,6 +1543,9 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                 continue  # a reading whose values do not read, or that misses words the best one reads, competes not
             same = [v.overrides for v in v1] == [v.overrides for v in v2]
             if not same and not (set(k2.paths) & set(knob.paths)) and not _nested(ab, knob, v1, k2, v2):
+                why = _unsupported(ab)
+                if why:  # "the teacher's CE": neither reading is what the plan means
+                    return unresolved(Problem(f"cannot run {ab.part!r}: {why}"))
                 close = tuple(_describe(k, s) for k, s, _ in ranked[:4])
                 return unresolved(Problem(
                     f"the ablated part {ab.part!r} is ambiguous between {knob.name} and {k2.name}",

@@ -62,7 +62,8 @@ class KD(DistillLoss):
 KNOBS = (
     knob("kd.T", "distill.kd.T", "float",
        ["temperature", "kd temperature", "distillation temperature", "temperature of knowledge distillation", "temperature for distillation",
-        "soft label temperature", "temperature of the soft labels", "kd t", "logit temperature",
+        "soft label temperature", "temperature of the soft labels", "temperature of the soft targets",
+        "soft target temperature", "kd t", "logit temperature",
         "softening temperature", "temperature of the kl divergence", "student temperature"],
        "temperature T of the KD term T^2 * KL(softmax(z_t/T) || softmax(z_s/T))", typical=KD_TEMPERATURE),
     knob("kd.weight", "distill.kd.weight", "float",
