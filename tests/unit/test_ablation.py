@@ -294,6 +294,14 @@ PHRASINGS = [
     ("intra", "NCKD term in DKD", "REMOVE", [], "dkd.beta", {"distill.dkd.beta": 0.0}),  # on the DKD student's own base
     ("intra", "Temperature (τ) of the soft targets when distilling into the student", "REPLACE", ["τ=2", "τ=8"], "kd.T",
      {"distill.kd.T": 2.0}),
+    ("intra", "KD temperature", "REPLACE", ["1/2 of the default"], "kd.T", {"distill.kd.T": 2.0}),  # base T = 4
+    ("intra", "Distillation method", "REPLACE", ["DKD, CRD and RKD"], "distill.methods", {"distill.methods": ["dkd"]}),
+    ("intra", "Batch size", "REPLACE", ["32/128"], "batch_size", {"data.batch_size": 32}),  # a list, not 0.25
+    ("intra", "Loss weight Î»", "REPLACE", ["0.02 â†’ 0.05"], "intra.lambda", {"objective.intra.lambda_": 0.05}),
+    ("intra", "Number of teacher and student epochs", "REPLACE", ["10"], "epochs",
+     {"teacher.epochs": 10, "student.epochs": 10}),
+    ("intra", "Margin filter and temperature scaling", "REMOVE", [], "intra.margin",
+     {"objective.intra.margin": False}),  # with a warning that the temperature is not removed
     ("cocord", "Prediction loss direction", "REPLACE", ["student → teacher only"], "cocord.pred",
      {"distill.cocord.pred": "forward"}),  # an arrow between words that are no values is prose
 ]
@@ -763,6 +771,8 @@ def _reasons(part: str, action: str, reps: tuple[str, ...] = ()) -> str:
     ("Teacher model", "REPLACE", ("ResNet56 -> ResNet20",), "the base's teacher.arch is resnet14"),
     ("λ schedule", "REPLACE", ("ratio (target r = 0.5)",), "also sets r: an ablation varies one knob"),
     ("Cross-entropy loss of the teacher", "REMOVE", (), "the teacher is always trained with CE"),
+    ("Cache and dropout", "REMOVE", (), "kdlab's networks have no dropout"),
+    ("KD loss and CE loss", "REMOVE", (), "leaves the student no loss at all"),
     ("Range of the learnable temperature in CTKD", "REPLACE", ("[1, 10]", "[1, 40]"), "expected one number, found 2"),
 ])
 def test_readings_that_would_mislead_are_refused_with_the_reason(part, action, reps, message):
@@ -801,6 +811,7 @@ def test_removing_the_kd_weight_trains_the_student_without_kd_at_full_ce_weight(
     ("0.3 and 0.7", ["0.3", "0.7"]),
     ("T=2, T=8 and T=16", ["T=2", "T=8", "T=16"]),
     ("0.1 to 0.9, step 0.2", ["0.1", "0.3", "0.5", "0.7", "0.9"]),
+    ("0.3 vs 0.5 and 0.7", ["0.3", "0.5", "0.7"]),
     ("from 0.3 to 0.7 in steps of 0.2", ["0.3", "0.5", "0.7"]),
 ])
 def test_value_lists_written_as_prose(text, values):

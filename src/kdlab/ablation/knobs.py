@@ -154,7 +154,8 @@ _COMMON: tuple[Knob, ...] = (
         "backbone pair", "heterogeneous architectures"],
        "teacher and student together: 'resnet32x4 -> resnet8x4' (teacher first)", also=("student.arch",)),
     # ---------------------------------------------------------------- schedule, data, regularisation
-    _k("epochs", "teacher.epochs", "int", ["epochs", "number of epochs", "training epochs", "training length", "training duration", "schedule length"],
+    _k("epochs", "teacher.epochs", "int", ["epochs", "number of epochs", "training epochs", "training length", "training duration", "schedule length",
+                                         "teacher and student epochs", "number of teacher and student epochs"],
        "epochs of both stages", also=("student.epochs",)),
     _k("teacher.epochs", "teacher.epochs", "int", ["teacher epochs", "teacher training epochs", "number of teacher epochs", "teacher training length"],
        "epochs of the teacher stage"),

@@ -343,11 +343,11 @@ def _block_name(line: str) -> str:
 
 
 def _cells(line: str) -> list[str]:
-    """The cells of a table row; an escaped pipe (``0 \\| 0.5``) is a separator inside a cell, read as ``/``."""
+    """The cells of a table row; an escaped pipe (``0 \\| 0.5``) separates values inside a cell (read as ``;``)."""
     row = line.strip()
     row = row[1:] if row.startswith("|") else row
     row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
-    return [clean_inline(c.replace("\\|", " / ")) for c in re.split(r"(?<!\\)\|", row)]
+    return [clean_inline(c.replace("\\|", " ; ")) for c in re.split(r"(?<!\\)\|", row)]
 
 
 def _table_key(header: str) -> str | None:

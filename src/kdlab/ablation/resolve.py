@@ -47,7 +47,7 @@ from kdlab.ablation.knobs import (
     weighted_method,
 )
 from kdlab.ablation.plan import Ablation, AblationError, Plan, clean_inline
-from kdlab.ablation.text import PhraseIndex, ascii_text, readable_text, tokens, weighted_tokens
+from kdlab.ablation.text import PhraseIndex, ascii_text, readable_text, repair_mojibake, tokens, weighted_tokens
 from kdlab.config import ConfigError, load_yaml, resolve_config_path
 from kdlab.experiment.identity import run_identity
 from kdlab.experiment.terms import TERM_METRICS, run_terms
@@ -570,6 +570,7 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
     none", "16, 256, 1k", "0.1 or 0.5") split into its items when every item parses for the knob, and a
     range ("1e-3 to 1e-1, log scale, 5 points") written out as its points."""
     out: list[str] = []
+    values = [v for raw in values for v in re.split(r"\s+(?:vs\.?|versus)\s+", raw) if v.strip()]  # never one value
     for raw in values:
         try:
             points = _range_values(raw, knob)
@@ -583,7 +584,7 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
             whole = True
         except ValueError:
             whole = False
-        if whole and knob.kind not in ("choice", "arch", "bool", "methods"):
+        if whole and knob.kind not in ("choice", "arch", "bool", "methods") and knob.parse is None:
             out.append(raw)  # "crop, flip" is one augmentation policy
             continue
         if len(set(_ASSIGNMENT.findall(ascii_text(raw)))) > 1 or re.fullmatch(r"\s*[\[(].*[\])]\s*", raw):
@@ -591,7 +592,9 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
             continue
         # "0.3 and 0.7" are two values; but methods joined by "and" are one combination ("KD and RKD"), while
         # "DKD, CRD, RKD" are three students to compare
-        joins = r"\s*[,;]\s*|\s+or\s+|\s+/\s+|\s+vs\.?\s+|\s+versus\s+" + ("" if knob.kind == "methods" else r"|\s+and\s+")
+        serial = knob.kind != "methods" or "," in raw  # "DKD, CRD and RKD": three; "KD and RKD": one combination
+        joins = (r"\s*[,;]\s*|\s+or\s+|\s+/\s+" + (r"|\s+and\s+" if serial else "")
+                 + (r"|(?<=\d)/(?=\d)" if knob.kind == "int" else ""))
         items = [i.strip() for i in re.split(joins, clean_inline(raw)) if i.strip()]
         parsed = []
         for item in items if len(items) > 1 else ():
@@ -734,7 +737,10 @@ def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float
     no number to scale."""
     words = set(re.findall(r"[a-z]+", re.sub(_NUM, " ", t)))
     m = _MULTIPLIER.search(t)
-    if m and not _MULTIPLIER.search(t, m.end()) and len(re.findall(_NUM, t)) == 1:
+    fraction = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s+(.*)", t)
+    if fraction and int(fraction[2]) and words & {"default", "base", "baseline", "original", "current"}:
+        factor, rest = int(fraction[1]) / int(fraction[2]), words  # "1/4 of the default"
+    elif m and not _MULTIPLIER.search(t, m.end()) and len(re.findall(_NUM, t)) == 1:
         factor = float(m[1])
         if words & _SMALLER:
             factor = 1.0 / factor
@@ -749,6 +755,8 @@ def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float
     current = effective_base_value(knob, base) if base is not None else None
     if not isinstance(current, (int, float)) or isinstance(current, bool):
         raise ValueError(f"{t.strip()!r} is relative to the base's {knob.path}, which has no number here; give the value")
+    if knob.kind == "int":
+        return float(max(1, round(current * factor)))  # "3x smaller" batch of 128: 43
     return float(f"{current * factor:.12g}")  # 0.1 * 3 is 0.3, not 0.30000000000000004
 
 
@@ -780,7 +788,8 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     t = re.sub(r"\b10\s*\^\s*\{?([-+]?\d+)\}?", lambda m: repr(10.0 ** int(m[1])), t)
     t = re.sub(r"\b2\s*\^\s*\{?(\d+)\}?", lambda m: str(2 ** int(m[1])), t)
     t = re.sub(r"\bzero\b", "0", t)
-    t = re.sub(r"(?<![\w.])(\d+)\s*/\s*(\d+)(?![\w.])", lambda m: repr(int(m[1]) / int(m[2])) if int(m[2]) else m[0], t)
+    if knob.kind != "int":  # "1/100" is 0.01; on an integer knob "32/128" is a list (expand_values splits it)
+        t = re.sub(r"(?<![\w.])(\d+)\s*/\s*(\d+)(?![\w.])", lambda m: repr(int(m[1]) / int(m[2])) if int(m[2]) else m[0], t)
     if "=" in t:
         head, t = t.rsplit("=", 1)
         if re.search(r"(?<![\w.])" + _NUM + r"(?![\w.])", head):  # "0.01 (weak) vs lambda = 0.1": two numbers
@@ -1028,7 +1037,7 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
 
     Prose is read too: "the default" / "baseline (current)" is the base's value; a remark in parentheses or
     brackets (a method name, "current", "ours") is dropped when the value does not read with it."""
-    text = clean_inline(raw)
+    text = repair_mojibake(clean_inline(raw))
     if base is not None and _names_the_base_value(text):
         value = effective_base_value(knob, base)
         if value is not None:
@@ -1048,7 +1057,7 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
         if starts_at_base:
             return parse_value(knob, m[2], base)
 
-    settings = list(dict.fromkeys(_ASSIGNMENT.findall(ascii_text(text)))) if knob.kind == "choice" else []
+    settings = list(dict.fromkeys(_ASSIGNMENT.findall(ascii_text(text)))) if knob.kind in ("choice", "methods") else []
     if settings:  # "ratio (target r = 0.5)": the choice would run at its default r, not the plan's
         raise ValueError(f"{text!r} also sets {', '.join(settings)}: an ablation varies one knob; choose here and "
                          f"vary {', '.join(settings)} in an ablation of its own")
@@ -1481,6 +1490,22 @@ def _compound_removal(ab: Ablation, scope: str, base: ExperimentConfig, best: Kn
     return kept
 
 
+def _unremoved_pieces(ab: Ablation, scope: str, base: ExperimentConfig, chosen: Knob) -> list[str]:
+    """The pieces of a REMOVE's part joined by "and", "+", "," that neither name the chosen knob nor another
+    removable one ("Margin filter and temperature scaling": temperature scaling)."""
+    part = re.sub(r"\b(between\b.*?)\band\b", r"\1with", ab.part)
+    pieces = [p.strip() for p in _JOINERS.split(_TOGETHER.sub(" ", part)) if tokens(p)]
+    if len(pieces) < 2:
+        return []
+    out = []
+    for piece in pieces:
+        ranked = rank_knobs(replace(ab, part=piece, name=piece), scope, base, top=1)
+        if ranked and ranked[0][1] >= MIN_SCORE and (ranked[0][0].name == chosen.name or ranked[0][0].removable()):
+            continue
+        out.append(piece)
+    return out
+
+
 def _removed_together(parts: list[tuple[str, Knob, Variant]], base: ExperimentConfig) -> Variant:
     """One variant with every component of a compound REMOVE switched off."""
     if len(parts) == 1:
@@ -1560,6 +1585,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
             fix=f"add the override {enable} after the plan (kdlab ablate PLAN {enable}), pass another --base, "
                 f"or --map \"{ab.name}=<knob>\""))
     variants, verr = make_variants(ab, knob, base, added)
+    warnings_pre: list[str] = []
     if parts and not verr:  # "REMOVE the margin filter and the cache": one variant without either
         variants = [_removed_together(parts, base)]
         how += ("; the part names " + " and ".join(f"{k.name} ({piece!r})" for piece, k, _ in parts)
@@ -1569,7 +1595,18 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     problems += [Problem(e, fix=f"correct the value in the plan{other}") for e in verr]
     if not variants and not verr:
         problems.append(Problem("no variant to run"))
-    elif variants and all(v.same_as_base for v in variants) and not verr:
+    if ab.action == "REMOVE" and not mapped and not parts:
+        for piece in _unremoved_pieces(ab, scope, base, knob):
+            why = _unsupported(replace(ab, part=piece, name=piece))
+            if why:
+                problems.append(Problem(f"the part also names {piece!r}, which kdlab cannot remove: {why}",
+                                        fix=f"remove it from the plan's part, or --map \"{ab.name}=<knob>\""))
+            else:
+                warnings_pre.append(f"the part also names {piece!r}, which no knob removes: only {knob.name} is removed")
+    for v in variants:
+        if not v.config.distill.methods and v.config.distill.resolved_ce_weight() == 0:
+            problems.append(Problem(f"variant {v.label!r} leaves the student no loss at all (no distillation, CE weight 0)"))
+    if variants and all(v.same_as_base for v in variants) and not verr:
         shown = "; ".join(dict.fromkeys(", ".join(f"{k}={format_value(x)}" for k, x in v.overrides.items())
                                         for v in variants))
         problems.append(Problem(
@@ -1584,7 +1621,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     configs = [base] + [v.config for v in variants]
     metrics = [fit_metric(map_metric(m), configs) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
     base_warnings = config_warnings(base)
-    warnings = [f"{v.label}: {w}" for v in variants for w in config_warnings(v.config) if w not in base_warnings]
+    warnings = warnings_pre + [f"{v.label}: {w}" for v in variants for w in config_warnings(v.config) if w not in base_warnings]
     if knob.name == "view_augment" and not any("data.augment" in v.overrides for v in variants):
         main = format_value(_effective_augment(base, "data.augment"))
         warnings.append(f"this changes the extra contrastive views only (data.view_augment); the main view of both "
