@@ -14,9 +14,9 @@ packages (each imports every module in its folder), which is what registers them
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 import unicodedata
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
