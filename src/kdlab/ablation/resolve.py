@@ -1454,6 +1454,13 @@ _JOINERS = re.compile(r"\s*(?:,|;|&|\+|\band\b|\bas well as\b|\bplus\b|\balong w
 _TOGETHER = re.compile(r"\(?\b(?:both|together|jointly|all|at once)\b\)?")
 
 
+def _removal_pieces(part: str) -> list[str]:
+    """A REMOVE's part split at "and", "+", "," into the components it names ("both", "together" dropped; "the
+    loss between student and teacher" is one component)."""
+    part = re.sub(r"\b(between\b.*?)\band\b", r"\1with", part)
+    return [p.strip() for p in _JOINERS.split(_TOGETHER.sub(" ", part)) if tokens(p)]
+
+
 def _compound_removal(ab: Ablation, scope: str, base: ExperimentConfig, best: Knob) -> list[tuple[str, Knob, Variant]] | None:
     """A REMOVE whose part names two or more components joined by "and", "+", "," ("margin filter and cache
     (both)"): each piece with the knob it resolves to, when every piece resolves on its own to a different
@@ -1461,8 +1468,7 @@ def _compound_removal(ab: Ablation, scope: str, base: ExperimentConfig, best: Kn
     voids its margin: that is one component). Each piece comes with its own removal's variant. None otherwise."""
     if ab.action != "REMOVE":
         return None
-    part = re.sub(r"\b(between\b.*?)\band\b", r"\1with", ab.part)  # "loss between student and teacher" is one part
-    pieces = [p.strip() for p in _JOINERS.split(_TOGETHER.sub(" ", part)) if tokens(p)]
+    pieces = _removal_pieces(ab.part)
     if len(pieces) < 2:
         return None
     found: list[tuple[str, Knob, Variant]] = []
@@ -1493,8 +1499,7 @@ def _compound_removal(ab: Ablation, scope: str, base: ExperimentConfig, best: Kn
 def _unremoved_pieces(ab: Ablation, scope: str, base: ExperimentConfig, chosen: Knob) -> list[str]:
     """The pieces of a REMOVE's part joined by "and", "+", "," that neither name the chosen knob nor another
     removable one ("Margin filter and temperature scaling": temperature scaling)."""
-    part = re.sub(r"\b(between\b.*?)\band\b", r"\1with", ab.part)
-    pieces = [p.strip() for p in _JOINERS.split(_TOGETHER.sub(" ", part)) if tokens(p)]
+    pieces = _removal_pieces(ab.part)
     if len(pieces) < 2:
         return []
     out = []
