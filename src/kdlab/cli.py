@@ -25,6 +25,7 @@ EXAMPLES = {
     "sweep": "kdlab ablate plan.md --dry-run --write-grid grid.yaml\n  kdlab sweep grid.yaml --jobs 2",
     "runs": "kdlab runs runs/\n  kdlab runs runs/ --filter stage=student --filter status=done",
     "compare": "kdlab compare runs/a/student runs/b/student --out cmp.png",
+    "table": "kdlab table runs/grid-a runs/grid-b --where distill.methods=kd --base objective.intra.lambda_=0.02",
     "export": "kdlab export runs/demo-1234abcd/teacher_intra --out exported/",
     "capacity-gap": "kdlab capacity-gap runs/capgap-intra runs/capgap-ce --out runs/capgap",
     "models": "kdlab models",
@@ -105,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep = _plain_parser(sub, "report", "rebuild an ablation's tables and plots from its results store")
     rep.add_argument("dir", type=Path)
     rep.set_defaults(func=cmd_report)
+
+    tab = _plain_parser(sub, "table", "one paired table (mean ± std, Δ with 95 % CI) from the runs of several "
+                        "sweep/ablate folders")
+    tab.add_argument("stores", type=Path, nargs="+", help="--out folders of kdlab sweep / ablate runs")
+    tab.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
+                     help="the base group's config (repeat for more keys; default: the first store's base run)")
+    tab.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                     help="keep only runs with this config value, e.g. distill.methods=kd")
+    tab.add_argument("--metric", action="append", default=[], metavar="STAGE.KEY",
+                     help="a column, e.g. student.top1 or teacher.intra_inter_ratio (default: the first store's)")
+    tab.add_argument("--by", action="append", default=[], metavar="KEY",
+                     help="group by these config keys only (default: by whole config)")
+    tab.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    tab.add_argument("--json", type=Path, default=None, help="also write the table with per-seed values as JSON")
+    tab.set_defaults(func=cmd_table)
 
     runs = _plain_parser(sub, "runs", "list the runs under a folder (method, knobs, seed, status, top-1, time)")
     runs.add_argument("root", type=Path)
@@ -282,6 +298,20 @@ def cmd_report(args) -> int:
     from kdlab.ablation import rebuild_report
 
     print(rebuild_report(args.dir))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from kdlab.engine.checkpoint import atomic_write_json, atomic_write_text
+    from kdlab.sweep.pooled import pooled_table, render_pooled
+
+    table = pooled_table(args.stores, base=args.base, where=args.where, metrics=args.metric, by=args.by)
+    text = render_pooled(table)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.json:
+        atomic_write_json(args.json, table.to_dict())
+    print(text)
     return 0
 
 

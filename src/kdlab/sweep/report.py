@@ -31,7 +31,9 @@ from kdlab.sweep.grid import SweepError, format_value
 from kdlab.sweep.stats import PairedDelta, finite, paired_delta, summarize_values
 from kdlab.sweep.store import Store, read_json
 
-__all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "render_table"]
+__all__ = ["Table", "Row", "ReportResult", "build_report", "rebuild_report", "render_table", "format_delta", "mean_std_text"]
+
+MARK = "*"  # after a Δ whose 95 % interval excludes 0
 
 
 @dataclass
@@ -46,9 +48,7 @@ class Cell:
     def text(self) -> str:
         if self.mean is None:
             return "n/a"
-        if self.std is None:
-            return _num(self.mean)
-        return f"{_num(self.mean)} ± {_num(self.std, like=self.mean)}"
+        return mean_std_text(self.mean, self.std)
 
 
 @dataclass
@@ -72,10 +72,7 @@ class Row:
         d = self.delta.get(column)
         if d is None or d.mean is None:
             return "n/a"
-        text = _signed(d.mean, like)
-        if d.lo is not None:
-            text += f" [{_signed(d.lo, like)}, {_signed(d.hi, like)}]" + (MARK if d.excludes_zero else "")
-        return text + (f" ({d.pairs} pairs)" if d.pairs != self.pairs else "")
+        return format_delta(d, like) + (f" ({d.pairs} pairs)" if d.pairs != self.pairs else "")
 
 
 @dataclass
@@ -147,14 +144,40 @@ def _num(x: float, like: float | None = None) -> str:
     return f"{x:.2e}"
 
 
+def mean_std_text(mean: float, std: float | None) -> str:
+    """``mean ± std`` in :func:`_num`'s decimals, or with as many as the std needs to show its first significant
+    digit when those would round it to zero (``1.941 ± 0.005``, not ``1.94 ± 0.00``); the mean alone without std."""
+    if std is None:
+        return _num(mean)
+    text = _num(std, like=mean)
+    if std == 0 or float(text) != 0:
+        return f"{_num(mean)} ± {text}"
+    places = -math.floor(math.log10(abs(std)))
+    return f"{mean:.{places}f} ± {std:.{places}f}"
+
+
 def _signed(x: float, like: float | None) -> str:
     return f"+{_num(x, like)}" if x >= 0 else _num(x, like)
 
 
+def format_delta(d: PairedDelta, like: float | None) -> str:
+    """``+0.42 [+0.12, +0.72]*`` (``*``: the 95 % CI excludes 0); one pair: the difference alone; ``n/a`` for none."""
+    if d.mean is None:
+        return "n/a"
+    ends = [] if d.lo is None else [d.lo, d.hi]
+    hidden = [abs(x) for x in (d.mean, *ends) if x != 0 and float(_num(x, like)) == 0]
+    if hidden:  # a bound printed as +0.00 beside a * would contradict it: show each number's first digit
+        places = -math.floor(math.log10(min(hidden)))
+        sign = lambda x: f"{x:+.{places}f}"  # noqa: E731
+    else:
+        sign = lambda x: _signed(x, like)  # noqa: E731
+    text = sign(d.mean)
+    if ends:
+        text += f" [{sign(d.lo)}, {sign(d.hi)}]" + (MARK if d.excludes_zero else "")
+    return text
+
+
 # ---------------------------------------------------------------------------------------------- tables
-MARK = "*"
-
-
 def _columns(ab: dict) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     """The table's columns (``stage.key``, header), the plan metrics not measured, and the notes on metrics."""
     cols: list[tuple[str, str]] = []
