@@ -271,6 +271,10 @@ PHRASINGS = [
     ("intra", "cache size", "REPLACE", ["0", "32"], "intra.cache_size",
      {"objective.intra.cache.enabled": False}),  # no entries is no cache
     ("intra", "weight of L_Intra", "REPLACE", ["1/100, 1/10"], "intra.lambda", {"objective.intra.lambda_": 0.01}),
+    # numbers for an on/off part are the sizes of what it switches: 0 entries is no cache
+    ("intra", "Per-class cache", "REPLACE", ["0", "128"], "intra.cache_size", {"objective.intra.cache.enabled": False}),
+    ("intra", "Per-class cache", "REPLACE", ["128", "512"], "intra.cache_size", {"objective.intra.cache.size": 128}),
+    ("intra", "Per-class cache", "REPLACE", ["on", "off"], "intra.cache", {"objective.intra.cache.enabled": True}),
     ("intra", "Margin filter and cache (both)", "REMOVE", [], "intra.margin",
      {"objective.intra.margin": False, "objective.intra.cache.enabled": False}),
     ("intra", "margin-based selection and caching of negatives", "REMOVE", [], "intra.margin",

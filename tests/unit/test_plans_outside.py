@@ -6,12 +6,14 @@ nothing. Expectations are written out by hand from what each plan says (ranges c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from kdlab.ablation import ResolveError, parse_plan, resolve_plan
 from kdlab.ablation.knobs import knob_by_name
+from kdlab.ablation.plan import parse_plan_text
 from kdlab.ablation.resolve import load_base, parse_value
 
 PLANS = Path(__file__).resolve().parents[1] / "plans"
@@ -280,3 +282,22 @@ def test_explain_says_which_runs_the_knob_acts_on():
     assert "    acts on:     teacher runs where objective.kind=intra|simclr|supcon" in text
     text = format_explain(resolve_plan(parse_plan(PLANS / "outside_cocord_memory.md")))
     assert "    acts on:     student runs where distill.methods~cocord" in text
+
+
+def test_explain_names_a_reading_beyond_the_alias_and_keeps_its_knobs_out_of_the_runners_up():
+    from kdlab.ablation.explain import format_explain
+
+    text = ("# lm-planner/m/Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning\n\n"
+            "### Cache sizes\n- **Ablated Part**: Per-class cache\n- **Action**: REPLACE\n- **Replacement**: 0, 128\n"
+            "- **Metrics**: accuracy\n\n"
+            "### Neither\n- **Ablated Part**: margin filter and per-class cache (both)\n- **Action**: REMOVE\n"
+            "- **Metrics**: accuracy\n")
+    out = format_explain(resolve_plan(parse_plan_text(text, "explain.md")))
+    sizes, both = out.split("[2]")
+    assert "numbers for the switch intra.cache set intra.cache_size, whose REMOVE turns it off" in sizes
+    assert "knob:        intra.cache_size" in sizes
+    assert "removed together" in both
+    for block in (sizes, both):  # the knobs the reading used are not its competitors (no "101 % of the chosen")
+        runners = next(line for line in block.splitlines() if "runners-up:" in line)
+        assert "intra.cache " not in runners and "intra.margin " not in runners
+        assert all(int(p) < 100 for p in re.findall(r"\((\d+) % of the chosen\)", runners))

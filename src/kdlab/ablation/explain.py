@@ -56,6 +56,8 @@ def _explain_resolved(a: ResolvedAblation) -> list[str]:
     if a.phrase:
         words = ", ".join(matched_words(text, a.phrase)) or "(none)"
         chosen = f"the alias {a.phrase!r}, on the words: {words} (score {a.score:.2f})"
+        if "; " in a.how:  # what the resolver read beyond the alias (a switch's size, parts removed together)
+            chosen += "; " + a.how.split("; ", 1)[1]
     else:
         chosen = a.how  # --map
     lines = [

@@ -1169,6 +1169,17 @@ def _zero_means_off(knob: Knob, raw: str, base: ExperimentConfig) -> bool:
         return False
 
 
+def _switch_setting(ab: Ablation, knob: Knob, base: ExperimentConfig) -> Knob | None:
+    """For a REPLACE of an on/off knob whose values are numbers other than on/off ("Per-class cache: 0, 128"): the
+    numeric knob that the switch turns off (the cache's size), when every value reads as one of its values."""
+    if knob.kind != "bool" or ab.action != "REPLACE" or not make_variants(ab, knob, base)[1]:
+        return None
+    for k in KNOBS:
+        if k.off_path == knob.path and k.kind in ("int", "float") and not make_variants(ab, k, base)[1]:
+            return k
+    return None
+
+
 def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                   added: dict[str, Any] | None = None) -> tuple[list[Variant], list[str]]:
     """The variants of one ablation on the base, and the errors (empty when all is well). ``added``: overrides
@@ -1559,6 +1570,11 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                                       f"--map \"{ab.name}={eg}\" (a knob name or any config path)"))
         knob, score, phrase = ranked[0]
         how = f"matched {phrase!r} (score {score:.2f})"
+        setting = _switch_setting(ab, knob, base)
+        if setting is not None:  # "Per-class cache: 0, 128": sizes of the cache, not on/off
+            how += f"; numbers for the switch {knob.name} set {setting.name}, whose REMOVE turns it off"
+            candidates = [(setting.name, score, phrase)] + [c for c in candidates if c[0] not in (knob.name, setting.name)]
+            knob = setting
         # ambiguity: a close runner-up that would do something else (a REMOVE of two named parts removes both)
         parts = _compound_removal(ab, scope, base, knob)
         together = {k.name for _, k, _ in parts or ()}
@@ -1596,6 +1612,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
         how += ("; the part names " + " and ".join(f"{k.name} ({piece!r})" for piece, k, _ in parts)
                 + (", removed together" if len(parts) > 1 else f", whose removal voids {knob.name}"))
         knob = parts[0][1]
+        candidates = [(knob.name, score, phrase)] + [c for c in candidates if c[0] not in together]
     other = "" if mapped else f"; or --map \"{ab.name}=<knob>\" if {knob.name} is not the part you mean"
     problems += [Problem(e, fix=f"correct the value in the plan{other}") for e in verr]
     if not variants and not verr:
