@@ -567,7 +567,11 @@ def test_registry_points_at_real_config_paths_and_values_validate():
 
 def test_docs_knob_table_is_in_sync():
     doc = (ROOT / "docs" / "ABLATION.md").read_text()
-    assert render_knob_table() in doc, "docs/ABLATION.md is stale: paste kdlab.ablation.render_knob_table()"
+    table = render_knob_table()
+    assert table in doc, "docs/ABLATION.md is stale: paste kdlab.ablation.render_knob_table()"
+    # and no rows of an earlier table are left around it (a paste that replaced only part of the old one)
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    assert len(rows) == len([line for line in table.splitlines() if line.startswith("| `")])
 
 
 def test_shipped_bases_are_valid_and_cross_architecture_for_cocord():
