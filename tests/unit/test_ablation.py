@@ -749,6 +749,8 @@ def test_values_relative_to_the_base(knob, text, value):
     ("teacher.arch", "ResNet56 -> ResNet20", "change from resnet56 to resnet20, but the base's teacher.arch is resnet14"),
     ("intra.delta", "λ=0.05, δ=0.3", "sets 2 things at once (delta, lambda)"),
     ("head.kind", "2-layer MLP without BN", "also switches batch norm off: ablate it with head.bn"),
+    ("rkd.distance_weight", "1:4", "'1:4' is a ratio of two numbers"),  # distance : angle sets two knobs
+    ("kd.alpha", "1 / 1", "expected one number, found 2"),  # "KD and CE weights: 1 / 1" is a pair, not α = 1
 ])
 def test_values_that_say_more_than_one_change_are_refused_with_the_reason(knob, text, message):
     from kdlab.ablation.knobs import knob_by_name
@@ -756,6 +758,39 @@ def test_values_that_say_more_than_one_change_are_refused_with_the_reason(knob, 
     _, base = load_base(None, "intra", [])
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_value(knob_by_name(knob), text, base)
+
+
+def _one(part: str, action: str, reps: tuple[str, ...] = ()):
+    rep = "".join(f"\n  - {r}" for r in reps)
+    text = ("# lm-planner/m/Enriching_Knowledge_Distillation_with_Intra_Class_Contrastive_Learning\n\n<h2>Ablation Plan</h2>"
+            f"\n\n### A\n- **Ablated Part**: {part}\n- **Action**: {action}\n"
+            + (f"- **Replacement**:{rep}\n" if reps else "") + "- **Metrics**: accuracy\n")
+    return resolve_plan(parse_plan_text(text, "one.md")).ablations[0]
+
+
+def test_an_ablation_inside_a_combination_runs_on_that_combination():
+    # the angle term *of* RKD in Ours+RKD: that term off, on the KD + RKD student (not all of RKD, not RKD alone)
+    a = _one("Angle-wise term of RKD in Ours+RKD", "REMOVE")
+    assert a.knob.name == "rkd.angle_weight" and a.variants[0].overrides == {"distill.rkd.angle_weight": 0.0}
+    assert a.base.distill.methods == ["kd", "rkd"] and "Ours+RKD" not in a.base_note and "rkd added" in a.base_note
+    # the teacher's objective in Ours+RKD: the CE teacher's KD + RKD student against the intra teacher's
+    a = _one("Teacher training objective in Ours+RKD", "REPLACE", ("standard CE teacher (KD+RKD)",))
+    assert a.variants[0].overrides == {"objective.kind": "ce"} and a.base.distill.methods == ["kd", "rkd"]
+    # without a combination, an RKD hyper-parameter gets the RKD student, as before
+    a = _one("Weight of the RKD loss", "REPLACE", ("0.5", "2"))
+    assert a.base.distill.methods == ["rkd"]
+    # adding RKD itself is not done on a base that already has it
+    a = _one("RKD on top of the KD student (Ours+RKD)", "ADD", ("RKD",))
+    assert a.base is None and a.variants[0].overrides == {"distill.methods": ["kd", "rkd"]}  # the plan's base
+
+
+def test_add_with_the_weights_of_the_added_methods_terms():
+    a = _one("RKD loss added to the student objective", "ADD", ("RKD (distance weight 25, angle weight 100)",))
+    assert a.variants[0].overrides == {"distill.methods": ["kd", "rkd"], "distill.rkd.distance_weight": 25.0,
+                                       "distill.rkd.angle_weight": 100.0}  # the overall weight stays RKD's
+    a = _one("RKD loss added to the student objective", "ADD", ("RKD (loss weight 2)",))
+    assert a.variants[0].overrides == {"distill.methods": ["kd", "rkd"], "distill.rkd.weight": 2.0}
+    assert "has no colour weight" in _reasons("RKD loss added to the student", "ADD", ("RKD (colour weight 3)",))
 
 
 def _reasons(part: str, action: str, reps: tuple[str, ...] = ()) -> str:

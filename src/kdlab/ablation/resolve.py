@@ -603,8 +603,9 @@ def expand_values(knob: Knob, values: Sequence[str], base: ExperimentConfig | No
             except ValueError:
                 parsed = []
                 break
-        # a single value that parses stays whole unless its items name different values ("linear, mlp3, none")
-        if parsed and (not whole or len(set(parsed)) == len(parsed)):
+        # items that name different values are a list ("linear, mlp3, none"); items naming one value twice are
+        # not ("KD and CE weights: 1 / 1" is a pair of weights; a single value that parses stays whole)
+        if parsed and len(set(parsed)) == len(parsed):
             out += items
         else:
             out.append(raw)
@@ -788,13 +789,16 @@ def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int |
     t = re.sub(r"\b10\s*\^\s*\{?([-+]?\d+)\}?", lambda m: repr(10.0 ** int(m[1])), t)
     t = re.sub(r"\b2\s*\^\s*\{?(\d+)\}?", lambda m: str(2 ** int(m[1])), t)
     t = re.sub(r"\bzero\b", "0", t)
-    if knob.kind != "int":  # "1/100" is 0.01; on an integer knob "32/128" is a list (expand_values splits it)
-        t = re.sub(r"(?<![\w.])(\d+)\s*/\s*(\d+)(?![\w.])", lambda m: repr(int(m[1]) / int(m[2])) if int(m[2]) else m[0], t)
+    if knob.kind != "int":  # "1/100" is 0.01 ("1 / 1", spaced, is two values); on an integer knob "32/128" is a list
+        t = re.sub(r"(?<![\w.])(\d+)/(\d+)(?![\w.])", lambda m: repr(int(m[1]) / int(m[2])) if int(m[2]) else m[0], t)
     if "=" in t:
         head, t = t.rsplit("=", 1)
         if re.search(r"(?<![\w.])" + _NUM + r"(?![\w.])", head):  # "0.01 (weak) vs lambda = 0.1": two numbers
             raise ValueError(f"expected one number, found more in {text!r}")
     elif re.search(r":\s*" + _NUM, t):
+        if re.fullmatch(r"\s*" + _NUM + r"\s*:\s*" + _NUM + r"\s*", t):  # "1:4": two numbers in proportion
+            raise ValueError(f"{text!r} is a ratio of two numbers, not a value of {knob.path}: a ratio of two weights "
+                             "sets two knobs (write the pairs as a grid for `kdlab sweep`), else give the value itself")
         t = t.rsplit(":", 1)[1]
     matches = list(re.finditer(r"(?<![\w.])(" + _NUM + r")(\s*%|\s*k\b)?", t))
     _range_values(text, knob)  # a range that cannot be written out says why
@@ -1151,10 +1155,33 @@ def _build(base_tree: dict, overrides: dict[str, Any]) -> ExperimentConfig:
     return build_config(base_tree, list(overrides.items()))
 
 
-def _stated_weight(text: str) -> float | None:
-    """The weight an ADD states for the method it adds ("RKD loss (weight 2.0)", "CRD with λ = 0.8"), or None."""
-    m = re.search(r"\b(?:weight(?:ed)?|coefficient|lambda|w)\s*(?:of|=|:|by)?\s*(" + _NUM + r")(?![\w.])", ascii_text(text))
-    return float(m[1]) if m else None
+_WEIGHT = re.compile(r"(?:\b([a-z][a-z-]*)\s+)?\b(?:weight(?:ed)?|coefficient|lambda|w)\s*(?:of|=|:|by)?\s*("
+                     + _NUM + r")(?![\w.])")
+#: words before "weight" that leave it the method's overall weight ("loss weight 2", "with weight 2")
+_OVERALL_WORDS = {"loss", "overall", "total", "global", "with", "its", "the", "a", "an", "at", "and", "term", "method"}
+
+
+def _stated_weights(text: str, method: str | None, base: ExperimentConfig) -> tuple[float | None, dict[str, float], list[str]]:
+    """The weights an ADD states for the method it adds: the overall one ("RKD loss (weight 2.0)", "CRD with λ =
+    0.8") and those of the method's own terms ("RKD (distance weight 25, angle weight 50)": its
+    ``distance_weight`` and ``angle_weight``), with the errors of term weights the method does not have."""
+    overall: float | None = None
+    terms: dict[str, float] = {}
+    errors: list[str] = []
+    block = getattr(base.distill, method, None) if method else None
+    fields = [f for f in type(block).model_fields if f != "weight"] if block is not None else []
+    for m in _WEIGHT.finditer(ascii_text(text).lower()):
+        word, value = m[1], float(m[2])
+        if word is None or word in _OVERALL_WORDS or methods_named(word):
+            overall = value
+            continue
+        field = next((f for f in fields if word.split("-")[0] in f.split("_")), None)
+        if field is None:
+            errors.append(f"{m[0]!r}: {method or 'the added method'} has no {word} weight (its settings: "
+                          f"{', '.join(fields) or 'none'})")
+        else:
+            terms[f"distill.{method}.{field}"] = value
+    return overall, terms, errors
 
 
 def _zero_means_off(knob: Knob, raw: str, base: ExperimentConfig) -> bool:
@@ -1250,11 +1277,15 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                 if knob.kind == "methods":
                     ov = {knob.path: cur + [n for n in names if n not in cur]}
                     added_names = [n for n in names if n not in cur]
-                    weight = _stated_weight(raw or f"{ab.part} {ab.name}")
-                    if weight is not None and len(added_names) == 1:  # "ADD RKD (weight 2.0)": at that weight
-                        ov[f"distill.{added_names[0]}.weight"] = weight
-                        label += f" (weight {format_value(weight)})"
-                    elif weight is not None:
+                    one = added_names[0] if len(added_names) == 1 else None
+                    weight, terms, werr = _stated_weights(raw or f"{ab.part} {ab.name}", one, base)
+                    errors += werr
+                    if one:  # "ADD RKD (weight 2.0)": at that weight; "(distance weight 25)": that term's weight
+                        ov.update(terms)
+                        if weight is not None:
+                            ov[f"distill.{one}.weight"] = weight
+                            label += f" (weight {format_value(weight)})"
+                    elif weight is not None or terms:
                         errors.append(f"ADD {', '.join(added_names)} with a weight: name one method per ablation to "
                                       f"give it a weight")
                 else:
@@ -1461,7 +1492,9 @@ def _addable_requirement(knob: Knob, base: ExperimentConfig) -> dict[str, Any]:
     return {k: v for _, _, add in unmet for k, v in add.items()}
 
 
-_JOINERS = re.compile(r"\s*(?:,|;|&|\+|\band\b|\bas well as\b|\bplus\b|\balong with\b)\s*")
+#: "+" joins two components when it stands apart ("margin + cache"); between two words it names a combination
+#: ("Ours+RKD", "KD+RKD"), one component
+_JOINERS = re.compile(r"\s*(?:,|;|&|(?<!\w)\+|\+(?!\w)|\band\b|\bas well as\b|\bplus\b|\balong with\b)\s*")
 _TOGETHER = re.compile(r"\(?\b(?:both|together|jointly|all|at once)\b\)?")
 
 
@@ -1710,11 +1743,27 @@ def setting_base(ab: Ablation, index: int, scope: str, base: ExperimentConfig, m
     return own, " ".join(fixes)
 
 
-def method_base(base: ExperimentConfig, method: str) -> ExperimentConfig:
-    """``base`` with its student distilled by ``method`` alone (CE + the method at its default weights)."""
+def method_base(base: ExperimentConfig, method: str, *, keep: bool = False) -> ExperimentConfig:
+    """``base`` with its student distilled by ``method`` alone (CE + the method at its default weights), or with
+    ``keep`` by the base's methods and ``method`` ("Ours+RKD": KD + RKD)."""
     tree = base.model_dump(mode="json")
-    tree["distill"]["methods"] = [method]
+    tree["distill"]["methods"] = list(dict.fromkeys([*tree["distill"]["methods"], method])) if keep else [method]
     return build_config(tree)
+
+
+_COMBINATION = re.compile(r"[\w-]+(?:\s*\+\s*[\w-]+)+")
+
+
+def combined_method(ab: Ablation, base: ExperimentConfig) -> str | None:
+    """The distiller an ablation's part or name combines with the base's student ("… in Ours+RKD", "KD + RKD
+    student"), when the base's student does not use it: the ablation is about that combination."""
+    for text in (ab.part, ab.name):
+        for combo in _COMBINATION.findall(ascii_text(text)):
+            added = [m for m in methods_named(combo) if m not in base.distill.methods
+                     and registry.spec(m, "distiller").scope == "common"]
+            if len(added) == 1:
+                return added[0]
+    return None
 
 
 def resolve_plan(
@@ -1762,12 +1811,17 @@ def resolve_plan(
     unresolved: list[Unresolved] = []
     plan_warnings = config_warnings(base_cfg)
     for i, ab in enumerate(plan.ablations, 1):
-        own = None
-        if i in needed:
+        own, combo = None, None if user_methods else combined_method(ab, base_cfg)
+        if combo:  # "RKD's angle term in Ours+RKD": on the base student with RKD added, unless it adds RKD itself
+            first = resolve_ablation(ab, i, scope, base_cfg, maps_d)
+            if isinstance(first, ResolvedAblation) and first.knob.kind == "methods":
+                combo = None
+        if combo or i in needed:
+            method = combo or needed[i]
             try:
-                own = method_base(base_cfg, needed[i])
+                own = method_base(base_cfg, method, keep=bool(combo))
             except ConfigError as exc:
-                problem = Problem(f"a {needed[i]} student on this base is not valid: {exc}")
+                problem = Problem(f"a {method} student on this base is not valid: {exc}")
                 unresolved.append(Unresolved(i, ab, [problem]))
                 continue
         r = resolve_ablation(ab, i, scope, own or base_cfg, maps_d)
@@ -1785,7 +1839,10 @@ def resolve_plan(
             continue
         if own is not None:
             r.base = own
-            r.base_note = (f"own base: the {needed[i]} student (distill.methods=[{needed[i]}]), "
+            methods = ", ".join(own.distill.methods)
+            r.base_note = (f"own base: the plan's base student with {combo} added (distill.methods=[{methods}]), "
+                           f"since the ablation names that combination" if combo else
+                           f"own base: the {needed[i]} student (distill.methods=[{methods}]), "
                            f"since the plan's base student does not use {needed[i]}")
             r.warnings[:0] = [f"base: {w}" for w in config_warnings(own) if w not in plan_warnings]
         resolved.append(r)
