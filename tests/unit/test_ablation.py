@@ -271,6 +271,23 @@ PHRASINGS = [
     ("intra", "cache size", "REPLACE", ["0", "32"], "intra.cache_size",
      {"objective.intra.cache.enabled": False}),  # no entries is no cache
     ("intra", "weight of L_Intra", "REPLACE", ["1/100, 1/10"], "intra.lambda", {"objective.intra.lambda_": 0.01}),
+    # a depth for a network is the base's family at that depth (base teacher resnet14, student resnet8)
+    ("intra", "Teacher depth (number of layers)", "REPLACE", ["20", "32", "56"], "teacher.arch", {"teacher.arch": "resnet20"}),
+    ("intra", "Student depth", "REPLACE", ["20"], "student.arch", {"student.arch": "resnet20"}),
+    # k images per class of a stratified subset: k x 10 classes on digits (not epochs, not the cache size)
+    ("intra", "Number of training images per class", "REPLACE", ["10", "50"], "subset", {"data.subset": 100}),
+    ("intra", "Number of samples per class", "REPLACE", ["20"], "subset", {"data.subset": 200}),
+    # typeset powers of ten; "not use"; "twice as many"
+    ("intra", "λ (weight of L_Intra)", "REPLACE", ["5 × 10⁻³", "2·10⁻²"], "intra.lambda", {"objective.intra.lambda_": 0.005}),
+    ("intra", "cache for negative of same class", "REPLACE", ["not use"], "intra.cache", {"objective.intra.cache.enabled": False}),
+    ("intra", "Teacher epochs", "REPLACE", ["twice as many"], "teacher.epochs", {"teacher.epochs": 12}),
+    # an optimiser's own settings in its value go with it
+    ("intra", "Optimizer", "REPLACE", ["AdamW (lr 3e-4, weight decay 0.05)"], "optimizer",
+     {"teacher.optim.optimizer": "adamw", "student.optim.optimizer": "adamw", "teacher.optim.lr": 3e-4,
+      "student.optim.lr": 3e-4, "teacher.optim.weight_decay": 0.05, "student.optim.weight_decay": 0.05}),
+    ("intra", "Optimizer", "REPLACE", ["SGD with Nesterov momentum"], "optimizer",
+     {"teacher.optim.optimizer": "sgd", "student.optim.optimizer": "sgd", "teacher.optim.nesterov": True,
+      "student.optim.nesterov": True}),
     # numbers for an on/off part are the sizes of what it switches: 0 entries is no cache
     ("intra", "Per-class cache", "REPLACE", ["0", "128"], "intra.cache_size", {"objective.intra.cache.enabled": False}),
     ("intra", "Per-class cache", "REPLACE", ["128", "512"], "intra.cache_size", {"objective.intra.cache.size": 128}),
@@ -791,6 +808,22 @@ def test_add_with_the_weights_of_the_added_methods_terms():
     a = _one("RKD loss added to the student objective", "ADD", ("RKD (loss weight 2)",))
     assert a.variants[0].overrides == {"distill.methods": ["kd", "rkd"], "distill.rkd.weight": 2.0}
     assert "has no colour weight" in _reasons("RKD loss added to the student", "ADD", ("RKD (colour weight 3)",))
+
+
+@pytest.mark.parametrize("part, value, message", [
+    ("Batch size", "64 (lr 0.025)", "also sets the lr (0.025)"),  # linear scaling: two knobs
+    ("Projection head", "2-layer MLP, 256-d", "also sets a dimension (256-d)"),
+    ("Training data", "50% of CIFAR-100", "also sets a fraction (50 %)"),
+    ("Teacher depth", "21", "would be resnet21, which kdlab does not have (that family: resnet110, resnet14"),
+])
+def test_a_value_that_sets_a_second_thing_is_refused(part, value, message):
+    assert message in _reasons(part, "REPLACE", (value,))
+
+
+def test_two_values_that_read_as_one_run_are_one_variant_with_a_warning():
+    a = _one("Teacher epochs", "REPLACE", ("twice as many", "double", "3"))
+    assert [v.raw for v in a.variants] == ["twice as many", "3"]
+    assert "'double' reads as the same run as 'twice as many', so they are one variant" in " ".join(a.warnings)
 
 
 def _reasons(part: str, action: str, reps: tuple[str, ...] = ()) -> str:

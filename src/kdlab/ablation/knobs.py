@@ -142,12 +142,14 @@ _COMMON: tuple[Knob, ...] = (
     # ---------------------------------------------------------------- architectures
     _k("student.arch", "student.arch", "arch",
        ["student architecture", "student model", "student network", "student backbone", "student", "architecture of the student",
-        "student capacity", "student size"],
-       "student network, a name from kdlab.models.list_models()"),
+        "student capacity", "student size", "student depth", "depth of the student", "number of layers of the student",
+        "student layers"],
+       "student network, a name from kdlab.models.list_models(), or a depth of the base's family (20: resnet20)"),
     _k("teacher.arch", "teacher.arch", "arch",
        ["teacher architecture", "teacher model", "teacher network", "teacher backbone", "teacher", "architecture of the teacher",
-        "teacher capacity", "teacher size"],
-       "teacher network, a name from kdlab.models.list_models()"),
+        "teacher capacity", "teacher size", "teacher depth", "depth of the teacher", "number of layers of the teacher",
+        "teacher layers"],
+       "teacher network, a name from kdlab.models.list_models(), or a depth of the base's family (20: resnet20)"),
     _k("arch.pair", "teacher.arch", "pair",
        ["teacher student pair", "teacher student combination", "architecture pair", "teacher student architecture",
         "network pair", "model pair", "cross architecture pair", "teacher and student architectures", "student teacher pair",
@@ -223,8 +225,10 @@ _COMMON: tuple[Knob, ...] = (
        "augmented views per image in the teacher stage (REMOVE: one view, the positive then comes from memory)",
        off_value=1),
     _k("subset", "data.subset", "int", ["training set size", "number of training samples", "training data size", "data fraction",
-                                       "amount of training data", "subset size", "dataset size", "fraction of training data"],
-       "stratified training subset size (a percentage is taken of the base subset)"),
+                                       "amount of training data", "subset size", "dataset size", "fraction of training data",
+                                       "images per class", "training images per class", "samples per class",
+                                       "training samples per class", "examples per class", "number of training images"],
+       "stratified training subset size (a percentage is taken of the base subset; k per class is k x classes)"),
 )
 
 

@@ -108,6 +108,7 @@ class Variant:
     config: ExperimentConfig
     is_base: bool = False
     same_as_base: bool = False
+    merged: list[str] = field(default_factory=list)  # other texts of the plan that read as this same run
 
     def to_dict(self) -> dict:
         return {
@@ -729,7 +730,8 @@ _SCALE_WORDS = {"half": 0.5, "halved": 0.5, "double": 2.0, "doubled": 2.0, "twic
                 "triple": 3.0, "tripled": 3.0}
 _SMALLER = {"smaller", "fewer", "less", "lower", "shorter", "weaker", "reduced", "decreased"}
 _RELATIVE_FILLER = {"larger", "bigger", "more", "higher", "greater", "longer", "stronger", "increased", "the", "of",
-                    "default", "base", "baseline", "original", "value", "as", "than", "a", "an", "its", "current"}
+                    "default", "base", "baseline", "original", "value", "as", "than", "a", "an", "its", "current",
+                    "many", "long", "much"}
 
 
 def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float | None:
@@ -761,8 +763,17 @@ def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float
     return float(f"{current * factor:.12g}")  # 0.1 * 3 is 0.3, not 0.30000000000000004
 
 
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+
+
+def _unicode_powers(text: str) -> str:
+    """Powers of ten as typeset ("5 × 10⁻⁴", "2·10⁻²") in the ASCII form read below ("5 x 10^-4")."""
+    text = re.sub(r"10([⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)", lambda m: "10^" + m[1].translate(_SUPERSCRIPT), text)
+    return re.sub(r"\s*[×·⋅]\s*(?=10\^)", " x ", text)
+
+
 def _parse_number(text: str, knob: Knob, base: ExperimentConfig | None) -> int | float:
-    t = ascii_text(text)
+    t = ascii_text(_unicode_powers(text))
     labels = _ASSIGNMENT.findall(t)
     assigned = sorted(set(labels))
     if len(labels) > 1 and len(assigned) == 1:  # "δ = 0.3 and δ = 0.7": a list, which expand_values splits
@@ -839,7 +850,7 @@ def _parse_bool(text: str) -> bool:
     if re.search(r"\d", t) and t not in ("0", "1"):
         raise ValueError(f"{text!r} is a number, not on/off")
     words = set(re.findall(r"[a-z0-9]+", t))
-    if words & {"non", "not"} and words & {"enabled", "on", "used", "active"}:
+    if words & {"non", "not"} and words & {"enabled", "on", "used", "use", "active", "applied", "apply"}:
         return False
     if words & _FALSE_WORDS:
         return False
@@ -978,6 +989,23 @@ def _parse_arch(text: str) -> str:
     return found[0][1]
 
 
+def _arch_of_depth(depth: int, knob: Knob, base: ExperimentConfig | None) -> str:
+    """A depth given for an architecture ("Teacher depth: 20, 32, 56"): the base network's family at that depth
+    (resnet14 -> resnet20, resnet8x4 -> resnet32x4, wrn_40_2 -> wrn_16_2)."""
+    from kdlab.models import list_models
+
+    current = get_path(base, knob.path) if base is not None else None
+    family = re.fullmatch(r"([A-Za-z_]+?)(\d+)(\D.*)?", str(current or ""))
+    if family is None:
+        raise ValueError(f"depth {depth} needs a base architecture of a family with depths (base: {current})")
+    name = f"{family[1]}{depth}{family[3] or ''}"
+    if name not in list_models():
+        same = [m for m in list_models() if re.fullmatch(re.escape(family[1]) + r"\d+" + re.escape(family[3] or ""), m)]
+        raise ValueError(f"depth {depth} of the base's {current} would be {name}, which kdlab does not have "
+                         f"(that family: {', '.join(same)})")
+    return name
+
+
 def _parse_pair(text: str) -> tuple[str, str]:
     found = _find_archs(text)
     if len(found) != 2:
@@ -1097,7 +1125,8 @@ def _parse_by_kind(text: str, knob: Knob, base: ExperimentConfig | None) -> Any:
     if kind == "methods":
         return _parse_methods(text)
     if kind == "arch":
-        return _parse_arch(text)
+        depth = re.fullmatch(r"\s*(?:depth\s*)?(\d+)\s*(?:-?\s*layers?)?\s*", ascii_text(text).lower())
+        return _arch_of_depth(int(depth[1]), knob, base) if depth else _parse_arch(text)
     if kind == "pair":
         return _parse_pair(text)
     return text
@@ -1318,11 +1347,24 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                     continue
                 errors.append(f"value {raw!r} for {knob.name} ({knob.path}): {exc}")
                 continue
-            specs.append((format_value(v), v if knob.kind in ("float", "int") else format_value(v), raw, _overrides_for(knob, v)))
+            extra, settings = _value_settings(raw, knob)
+            if extra:
+                errors.append(f"value {raw!r} for {knob.name} also sets {extra}: an ablation varies one knob; give "
+                              "that setting an ablation of its own, or write the combinations as a grid for `kdlab sweep`")
+                continue
+            if knob.name == "subset" and _PER_CLASS.search(ascii_text(f"{ab.part} {ab.name} {raw}")):
+                classes = num_classes(base)  # the subset is stratified: k per class is k x classes
+                if classes is None:
+                    errors.append(f"value {raw!r} per class: the number of classes of {base.data.name} is unknown; "
+                                  "give the total number of training images")
+                    continue
+                v = int(v) * classes
+            specs.append((format_value(v), v if knob.kind in ("float", "int") else format_value(v), raw,
+                          {**_overrides_for(knob, v), **settings}))
 
     variants: list[Variant] = []
     base_ident = run_identity(base, "student")
-    seen = set()
+    seen: dict[str, Variant] = {}  # run identity -> the variant of the first value that gave it
     for label, value, raw, ov in specs:
         ov = _companions({**(added or {}), **ov}, base)
         try:
@@ -1333,9 +1375,11 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
             continue
         key = run_identity(cfg, "student")
         if key in seen:
+            if raw and raw != seen[key].raw:  # two texts of the plan, one run: the ablation warns
+                seen[key].merged.append(raw)
             continue
-        seen.add(key)
-        variants.append(Variant(label, _jsonable(value), raw, _jsonable(ov), cfg, same_as_base=run_identity(cfg, "student") == base_ident))
+        variants.append(Variant(label, _jsonable(value), raw, _jsonable(ov), cfg, same_as_base=key == base_ident))
+        seen[key] = variants[-1]
     return variants, errors
 
 
@@ -1677,6 +1721,9 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     metrics = [fit_metric(map_metric(m), configs) for m in ab.metrics] or [MetricSpec("(none named)", ("top1",), None)]
     base_warnings = config_warnings(base)
     warnings = warnings_pre + [f"{v.label}: {w}" for v in variants for w in config_warnings(v.config) if w not in base_warnings]
+    warnings += [f"{v.label}: {', '.join(map(repr, v.merged))} read{'s' if len(v.merged) == 1 else ''} as the same run as "
+                 f"{v.raw!r}, so they are one variant (to tell them apart, set the key that differs: --map or a grid)"
+                 for v in variants if v.merged]
     if knob.name == "view_augment" and not any("data.augment" in v.overrides for v in variants):
         main = format_value(_effective_augment(base, "data.augment"))
         warnings.append(f"this changes the extra contrastive views only (data.view_augment); the main view of both "
@@ -1751,6 +1798,40 @@ def method_base(base: ExperimentConfig, method: str, *, keep: bool = False) -> E
     return build_config(tree)
 
 
+#: optimiser settings a value may carry beside the optimiser ("AdamW (lr 3e-4, weight decay 0.05)")
+_OPTIM_SETTINGS = {"lr": r"\b(?:lr|learning rate)", "weight_decay": r"\b(?:weight decay|wd)", "momentum": r"\bmomentum"}
+
+
+def _value_settings(raw: str, knob: Knob) -> tuple[str, dict[str, Any]]:
+    """What a value sets beside the knob's own value: for an optimiser, its learning rate, weight decay, momentum
+    and Nesterov as overrides of the same stages; for any other knob, a description of the other setting (to
+    refuse: "64 (lr 0.025)" scales the learning rate with the batch, "2-layer MLP, 256-d" sets the width too,
+    "50% of CIFAR-100" the training fraction) or ""."""
+    t = ascii_text(_unicode_powers(raw)).lower()
+    optimizer = [p for p in knob.paths if p.endswith("optim.optimizer")]
+    found: dict[str, float] = {}
+    for key, name in _OPTIM_SETTINGS.items():
+        m = re.search(name + r"\s*(?:=|:|of)?\s*(" + _NUM + r")(?![\w.])", t)
+        if m and not any(p.endswith(f"optim.{key}") for p in knob.paths):
+            found[key] = float(m[1])
+    if optimizer:
+        out: dict[str, Any] = {p.replace("optimizer", key): v for p in optimizer for key, v in found.items()}
+        if re.search(r"\bnesterov\b", t):
+            out.update({p.replace("optimizer", "nesterov"): True for p in optimizer})
+        return "", out
+    if found:
+        return ", ".join(f"the {k.replace('_', ' ')} ({v:g})" for k, v in found.items()), {}
+    if knob.kind in ("choice", "arch", "pair", "methods"):
+        dim = re.search(r"(?<![\w.])(\d+)\s*-?\s*(?:d|dim|dims|dimensional)\b", t)
+        if dim and knob.path != "objective.head.dim":
+            return f"a dimension ({dim[1]}-d)", {}
+        pct = re.search(r"(?<![\w.])(" + _NUM + r")\s*%", t)
+        if pct:
+            return f"a fraction ({pct[1]} %)", {}
+    return "", {}
+
+
+_PER_CLASS = re.compile(r"\bper[ -]?class\b|\bclass[ -]?wise\b|\beach class\b", re.IGNORECASE)
 _COMBINATION = re.compile(r"[\w-]+(?:\s*\+\s*[\w-]+)+")
 
 
