@@ -288,6 +288,17 @@ PHRASINGS = [
     ("intra", "Optimizer", "REPLACE", ["SGD with Nesterov momentum"], "optimizer",
      {"teacher.optim.optimizer": "sgd", "student.optim.optimizer": "sgd", "teacher.optim.nesterov": True,
       "student.optim.nesterov": True}),
+    # one stage's optimiser settings; both stages' when no stage is named
+    ("intra", "Weight decay of the teacher", "REPLACE", ["1e-4"], "teacher.weight_decay", {"teacher.optim.weight_decay": 1e-4}),
+    ("intra", "Student learning-rate schedule", "REPLACE", ["constant"], "student.schedule",
+     {"student.optim.schedule": "constant"}),
+    ("intra", "Momentum of the student's SGD", "REPLACE", ["0.5"], "student.momentum", {"student.optim.momentum": 0.5}),
+    ("intra", "Warm-up epochs for the student", "REPLACE", ["2"], "student.warmup", {"student.optim.warmup_epochs": 2}),
+    ("intra", "Weight decay", "REPLACE", ["1e-4"], "weight_decay",
+     {"teacher.optim.weight_decay": 1e-4, "student.optim.weight_decay": 1e-4}),
+    # an augmentation named in the part of an ADD goes to the contrastive views' augmentation
+    ("intra", "Colour jitter for the contrastive views", "ADD", [], "view_augment",
+     {"data.view_augment": ["crop", "color_jitter"]}),
     # numbers for an on/off part are the sizes of what it switches: 0 entries is no cache
     ("intra", "Per-class cache", "REPLACE", ["0", "128"], "intra.cache_size", {"objective.intra.cache.enabled": False}),
     ("intra", "Per-class cache", "REPLACE", ["128", "512"], "intra.cache_size", {"objective.intra.cache.size": 128}),
@@ -815,6 +826,7 @@ def test_add_with_the_weights_of_the_added_methods_terms():
     ("Projection head", "2-layer MLP, 256-d", "also sets a dimension (256-d)"),
     ("Training data", "50% of CIFAR-100", "also sets a fraction (50 %)"),
     ("Teacher depth", "21", "would be resnet21, which kdlab does not have (that family: resnet110, resnet14"),
+    ("Training set size", "5000", "gives data.subset=5000, but digits has 1437 training images: every run would fail"),
 ])
 def test_a_value_that_sets_a_second_thing_is_refused(part, value, message):
     assert message in _reasons(part, "REPLACE", (value,))

@@ -63,6 +63,20 @@ def _k(name: str, path: str, kind: str, aliases: tuple[str, ...] | list[str], de
 
 
 ADAM_LR = 1e-3
+_SCHEDULES = {"step": ("step", "step decay", "multistep", "multi step", "piecewise"),
+              "cosine": ("cosine", "cosine annealing", "cosine decay"),
+              "constant": ("constant", "fixed", "no decay", "none")}
+
+
+def _per_stage(name: str, field: str, kind: str, words: tuple[str, ...], what: str, **kw) -> tuple[Knob, ...]:
+    """``teacher.<name>`` and ``student.<name>``: an optimiser setting of one stage, named as plans name it
+    ("teacher weight decay", "weight decay of the student", "distillation weight decay")."""
+    return tuple(
+        _k(f"{stage}.{name}", f"{stage}.optim.{field}", kind,
+           [f"{stage} {w}" for w in words] + [f"{w} of the {stage}" for w in words]
+           + ([f"distillation {w}" for w in words] if stage == "student" else []),
+           f"{what} of the {stage} stage", **kw)
+        for stage in ("teacher", "student"))
 
 
 def _adam_takes_its_lr(overrides: dict, base) -> dict:
@@ -177,11 +191,17 @@ _COMMON: tuple[Knob, ...] = (
     _k("schedule", "teacher.optim.schedule", "choice",
        ["learning rate schedule", "lr schedule", "learning rate decay", "scheduler", "lr scheduler", "annealing schedule"],
        "learning-rate schedule of both stages", also=("student.optim.schedule",),
-       choices={"step": ("step", "step decay", "multistep", "multi step", "piecewise"),
-                "cosine": ("cosine", "cosine annealing", "cosine decay"),
-                "constant": ("constant", "fixed", "no decay", "none")}, off_value="constant"),
+       choices=_SCHEDULES, off_value="constant"),
     _k("warmup", "teacher.optim.warmup_epochs", "int", ["warmup", "warm up", "warmup epochs", "learning rate warmup", "lr warmup"],
        "linear learning-rate warm-up epochs of both stages", also=("student.optim.warmup_epochs",), off_value=0),
+    # one stage's optimiser settings ("weight decay of the teacher"): the knobs above set both stages
+    *_per_stage("weight_decay", "weight_decay", "float", ("weight decay", "wd", "l2 regularization"), "weight decay",
+                off_value=0.0),
+    *_per_stage("momentum", "momentum", "float", ("momentum", "sgd momentum"), "SGD momentum", off_value=0.0),
+    *_per_stage("schedule", "schedule", "choice", ("learning rate schedule", "lr schedule", "scheduler"),
+                "learning-rate schedule", choices=_SCHEDULES, off_value="constant"),
+    *_per_stage("warmup", "warmup_epochs", "int", ("warmup", "warm up", "warmup epochs", "lr warmup"),
+                "linear learning-rate warm-up epochs", off_value=0),
     _k("label_smoothing", "objective.label_smoothing", "float", ["label smoothing", "label smoothing factor", "smoothing epsilon", "label smoothing regularization"],
        "label smoothing of the teacher's CE (REMOVE: 0)", off_value=0.0, on_value=0.1),
     _k("amp", "runtime.amp", "choice", ["mixed precision", "amp", "automatic mixed precision", "bf16", "autocast", "half precision"],

@@ -653,9 +653,14 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
         q, qw = weighted_tokens(ab.name)
     named = methods_named(ab.part) or methods_named(ab.name)
     both_stages = "teacher" in q and "student" in q
+    # "ADD colour jitter for the contrastive views": an augmentation the part names is added to (removed from)
+    # an augmentation knob, the contrastive views' unless the words say another
+    ops = _find_phrases(ab.part, AUGMENT_NAMES) if ab.action in ("ADD", "REMOVE") else []
     out = []
     for k in KNOBS:
         s, phrase = idx.score(k.name, q, qw)
+        if ops and k.kind == "augment":
+            s, phrase = max(s, 2 * MIN_SCORE * (1.0 if k.name == "view_augment" else 0.7)), phrase or ops[0]
         if s <= 0:
             continue
         own = knob_method(k)
@@ -1372,6 +1377,11 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
         except ConfigError as exc:
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in ov.items())
             errors.append(f"value {raw or label!r} ({shown}) is invalid: {exc}")
+            continue
+        size = TRAIN_SIZES.get(cfg.data.name)
+        if isinstance(cfg.data.subset, int) and size is not None and cfg.data.subset > size:
+            errors.append(f"value {raw or label!r} gives data.subset={cfg.data.subset}, but {cfg.data.name} has {size} "
+                          "training images: every run would fail; give a smaller number or a percentage")
             continue
         key = run_identity(cfg, "student")
         if key in seen:
