@@ -972,3 +972,21 @@ def test_a_knob_that_acts_under_a_setting_of_its_own_block_gets_a_base_with_it()
     assert delta.base is None and delta.base_note == ""  # the plan's base
     schedules = sorted(c.objective.intra.lambda_schedule for c in grid.configs())
     assert schedules.count("gradnorm") == 3  # the own base and its two variants
+
+
+def test_a_setting_the_plan_states_but_the_base_lacks_is_named():
+    text = ("# Ablations\n\nAll runs use ResNet32x4 → ResNet8x4 on CIFAR-100 (240 epochs).\n\n## Ablation Plan\n\n"
+            "### Pairs\n- **Ablated Part**: Teacher-student pair\n- **Action**: REPLACE\n"
+            "- **Replacement**: ResNet56 → ResNet20\n- **Metrics**: accuracy\n\n"
+            "### Margin\n- **Ablated Part**: Margin threshold δ\n- **Action**: REPLACE\n"
+            "- **Replacement**: 0.3 (default), 0.7\n- **Metrics**: accuracy\n")
+    grid = resolve_plan(parse_plan_text(text, "setting.md"))
+    note = next(w for w in grid.warnings if "the plan's text names" in w)
+    # the preamble's data set and pair, not the networks of the pair ablation's values
+    assert "cifar100, resnet32x4, resnet8x4 (beside its values); this run uses digits with resnet14 -> resnet8" in note
+    assert "resnet56" not in note and "data.name=cifar100 teacher.arch=resnet32x4 student.arch=resnet8x4" in note
+    margin = grid.ablations[1]
+    assert any("the plan calls '0.3 (default)' its default, but this base's intra.delta is 0.5" in w for w in margin.warnings)
+    # a plan that names nothing of the kind gets no such note
+    plain = text.replace("All runs use ResNet32x4 → ResNet8x4 on CIFAR-100 (240 epochs).", "")
+    assert not any("the plan's text names" in w for w in resolve_plan(parse_plan_text(plain, "plain.md")).warnings)

@@ -74,6 +74,7 @@ class Plan:
     source: str = "<text>"
     format: str = "markdown"  # markdown | jsonl
     extra: dict = field(default_factory=dict)
+    text: str = ""  # the plan as read (its preamble may state the setting it means)
 
     def to_dict(self) -> dict:
         return {
@@ -516,9 +517,9 @@ def _looks_jsonl(text: str, source: str) -> bool:
 def parse_plan_text(text: str, source: str = "<text>") -> Plan:
     if not text.strip():
         raise PlanError(f"{source}: the plan file is empty")
-    if _looks_jsonl(text, source):
-        return _parse_jsonl(text, source)
-    return _parse_markdown(text, source)
+    plan = _parse_jsonl(text, source) if _looks_jsonl(text, source) else _parse_markdown(text, source)
+    plan.text = text
+    return plan
 
 
 def parse_plan(path: str | Path) -> Plan:

@@ -1734,6 +1734,10 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     warnings += [f"{v.label}: {', '.join(map(repr, v.merged))} read{'s' if len(v.merged) == 1 else ''} as the same run as "
                  f"{v.raw!r}, so they are one variant (to tell them apart, set the key that differs: --map or a grid)"
                  for v in variants if v.merged]
+    warnings += [f"{v.label}: the plan calls {v.raw!r} its default, but this base's {knob.name} is "
+                 f"{format_value(effective_base_value(knob, base))}: the base row is that, and {v.label} is a variant"
+                 for v in variants if not v.same_as_base and re.search(r"\((?:[^)]*\b)?(?:default|ours|baseline)\b",
+                                                                       ascii_text(v.raw).lower())]
     if knob.name == "view_augment" and not any("data.augment" in v.overrides for v in variants):
         main = format_value(_effective_augment(base, "data.augment"))
         warnings.append(f"this changes the extra contrastive views only (data.view_augment); the main view of both "
@@ -1798,6 +1802,27 @@ def setting_base(ab: Ablation, index: int, scope: str, base: ExperimentConfig, m
     except ConfigError:
         return None
     return own, " ".join(fixes)
+
+
+def _plan_setting(plan: Plan, base: ExperimentConfig) -> str | None:
+    """A note when the plan's text (its preamble, a base section, a part's parentheses; not its replacement
+    values) names data sets or networks the base does not use: "All runs use ResNet32x4 → ResNet8x4 on
+    CIFAR-100" on the digits base runs digits, and should say so."""
+    lines = plan.text.splitlines()
+    first = min((ab.line for ab in plan.ablations if ab.line), default=len(lines) + 1)
+    values = {v.strip() for ab in plan.ablations for v in ab.replacements if v.strip()}
+    text = "\n".join([line for i, line in enumerate(lines, 1) if i < first or not any(v in line for v in values)]
+                     + [ab.part for ab in plan.ablations])
+    archs = [n for n in dict.fromkeys(n for _, n in _find_archs(text)) if n not in (base.teacher.arch, base.student.arch)]
+    datasets = [d for d in _find_phrases(text, knob_by_name("dataset").choices) if d not in (base.data.name, "imagefolder")]
+    if not archs and not datasets:
+        return None
+    named = ", ".join(dict.fromkeys(datasets + archs))
+    keys = " ".join([f"data.name={d}" for d in datasets[:1]]
+                    + [f"{stage}.arch={a}" for stage, a in zip(("teacher", "student"), archs)])
+    return (f"the plan's text names {named} (beside its values); this run uses {base.data.name} with "
+            f"{base.teacher.arch} -> {base.student.arch}. If the plan means that setting, pass --base or overrides "
+            f"(e.g. {keys})")
 
 
 def method_base(base: ExperimentConfig, method: str, *, keep: bool = False) -> ExperimentConfig:
@@ -1901,6 +1926,9 @@ def resolve_plan(
     resolved: list[ResolvedAblation] = []
     unresolved: list[Unresolved] = []
     plan_warnings = config_warnings(base_cfg)
+    setting = _plan_setting(plan, base_cfg)
+    if setting:
+        plan_warnings.append(setting)
     for i, ab in enumerate(plan.ablations, 1):
         own, combo = None, None if user_methods else combined_method(ab, base_cfg)
         if combo:  # "RKD's angle term in Ours+RKD": on the base student with RKD added, unless it adds RKD itself
