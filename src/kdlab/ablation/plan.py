@@ -29,7 +29,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kdlab.sweep.grid import SweepError
@@ -150,12 +150,60 @@ def _split_list(text: str) -> list[str]:
     return [t]
 
 
+_METRIC_SEP = re.compile(r"[()\[\]]|\s*[,;]\s*(?:and\s+)?|\s+and\s+", re.I)
+#: a piece starting with one of these words continues the metric before it ("... of the teacher and of the student")
+_CONTINUES = re.compile(r"(?:of|between|for|on|in|with|at|across|under|over|from|by|to|during|among)\b(?!-)", re.I)
+#: a piece that names no measurement, only whose or which one ("Student and teacher top-1", "top-1 of teacher and
+#: student", "training and test loss")
+_BARE = re.compile(r"(?:the\s+)?(?:teacher|student|train(?:ing)?|test|validation)s?", re.I)
+_OPEN_BETWEEN = re.compile(r"\bbetween\b(?!.*\band\b)", re.I)  # "KL divergence between teacher" + "student outputs"
+
+
 def split_metrics(text: str) -> list[str]:
+    """A plan's list of metrics -> its metrics: split at commas, semicolons and "and", but never inside
+    parentheses ("calibration (ECE, 15 bins)" is one metric), and a piece that cannot stand alone stays with the
+    metric before it: one starting with "of", "between", "for"... ("soft-label entropy of the teacher and of the
+    student"), the "B" of "between A and B", and a bare stage or split joined by "and" ("Student and teacher
+    top-1 accuracy", "training and test loss")."""
     t = clean_inline(text)
-    if not t:
-        return []
-    items = re.split(r"[,;]|\band\b|\n", t)
-    return [re.sub(r"^[\s\-*+]+|[\s.]+$", "", i) for i in items if i.strip(" -*+.")]
+    pieces: list[tuple[str, str]] = []  # (the separator before it, the piece)
+    start, sep, depth = 0, "", 0
+    for m in _METRIC_SEP.finditer(t):
+        if m.group() in "([":
+            depth += 1
+        elif m.group() in ")]":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            pieces.append((sep, t[start:m.start()]))
+            start, sep = m.end(), m.group()
+    pieces.append((sep, t[start:]))
+    out: list[str] = []
+    for sep, piece in pieces:
+        piece = re.sub(r"^[\s\-*+]+|[\s.]+$", "", piece)
+        if not piece:
+            continue
+        joined_by_and = sep.strip().lower().endswith("and")
+        if out and (_CONTINUES.match(piece) or joined_by_and and (
+                _BARE.fullmatch(piece) or _BARE.fullmatch(out[-1]) or _OPEN_BETWEEN.search(out[-1]))):
+            out[-1] += sep + piece
+        else:
+            out.append(piece)
+    return out
+
+
+_SAME_AS_ABOVE = re.compile(r"(?:the\s+)?(?:same(?:\s+metrics?)?\s+)?as\s+(?:above|before|previously|(?:in\s+)?the\s+"
+                            r"previous(?:\s+(?:one|ablation))?)|(?:the\s+)?same(?:\s+metrics?)?|ditto", re.I)
+
+
+def _inherit_metrics(ablations: list[Ablation]) -> list[Ablation]:
+    """"Metrics: same as above" (or "as before", "same"): the metrics of the ablation before it; the first
+    ablation has none above, so it gets the default (top-1)."""
+    out: list[Ablation] = []
+    for ab in ablations:
+        above = out[-1].metrics if out else ()
+        mets = [m for item in ab.metrics for m in (above if _SAME_AS_ABOVE.fullmatch(item.strip(" .")) else (item,))]
+        out.append(replace(ab, metrics=tuple(dict.fromkeys(mets))))
+    return out
 
 
 # --------------------------------------------------------------------------------------- markdown
@@ -322,7 +370,7 @@ def _parse_markdown(text: str, source: str) -> Plan:
             continue  # a heading without plan fields (e.g. a sub-heading of prose)
         ablations.append(_make_ablation(name, fields, lineno, source))
     ablations += _parse_tables(lines, lo, hi, skip, source)
-    ablations.sort(key=lambda a: a.line)
+    ablations = _inherit_metrics(sorted(ablations, key=lambda a: a.line))
 
     if not ablations:
         raise PlanError(
@@ -503,7 +551,8 @@ def _parse_jsonl(text: str, source: str) -> Plan:
             ablations.append(_from_obj(obj, source, lineno))
     if not ablations:
         raise PlanError(f"{source}: no ablation plan found: the JSONL file holds no ablation objects")
-    return Plan(title=title or Path(source).stem.replace("_", " "), ablations=ablations, source=source, format="jsonl")
+    return Plan(title=title or Path(source).stem.replace("_", " "), ablations=_inherit_metrics(ablations),
+                source=source, format="jsonl")
 
 
 # ------------------------------------------------------------------------------------------ public

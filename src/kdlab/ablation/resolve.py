@@ -121,11 +121,14 @@ class Variant:
         }
 
 
+STAGE_WORDS = {"both": "student and teacher"}
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # as the plan says it
     keys: tuple[str, ...]  # kdlab metric keys ("top1", "loss_std", ...); () = not measured
-    stage: str | None = None  # "teacher" | "student" | None (the default: student, teacher too if it varies)
+    stage: str | None = None  # "teacher" | "student" | "both" | None (the default: student, teacher too if it varies)
     note: str = ""  # why a key was left out or why nothing is measured ("this base records no cocord_pred term")
 
     def to_dict(self) -> dict:
@@ -133,7 +136,7 @@ class MetricSpec:
 
     def describe(self) -> str:
         """``name -> keys`` as the dry run and --explain show it."""
-        where = f" ({self.stage})" if self.stage and self.keys else ""
+        where = f" ({STAGE_WORDS.get(self.stage, self.stage)})" if self.stage and self.keys else ""
         got = "+".join(self.keys) + where if self.keys else "not measured"
         return f"{self.name} -> {got}" + (f" [{self.note}]" if self.note else "")
 
@@ -350,11 +353,12 @@ def scope_of_config(cfg: ExperimentConfig) -> str | None:
 
 # ------------------------------------------------------------------------------------------ metrics
 METRICS: dict[str, tuple[str, ...]] = {
-    "top1": ("top1 accuracy", "accuracy", "top1", "acc", "test accuracy", "classification accuracy", "top1 acc",
-             "final accuracy", "performance", "validation accuracy", "student accuracy", "teacher accuracy",
+    "top1": ("top1 accuracy", "accuracy", "top1", "acc", "acc 1", "test accuracy", "classification accuracy",
+             "top1 acc", "final accuracy", "performance", "validation accuracy", "student accuracy", "teacher accuracy",
              "last epoch accuracy", "recognition accuracy", "top1 test accuracy", "student performance"),
     "top1_best": ("best accuracy", "best top1 accuracy", "peak accuracy", "maximum accuracy", "best epoch accuracy"),
-    "top5": ("top5 accuracy", "top5", "top5 acc"),
+    "top5": ("top5 accuracy", "top5", "top5 acc", "acc 5"),
+    "top5_best": ("best top5 accuracy", "best top5", "peak top5 accuracy", "maximum top5 accuracy"),
     "convergence_epoch": ("convergence speed", "convergence", "epochs to converge", "convergence rate", "speed of convergence",
                           "time to converge", "convergence epoch", "epochs to convergence", "training speed"),
     "stability": ("training stability", "stability", "loss variance", "loss oscillation", "loss fluctuation",
@@ -366,9 +370,14 @@ METRICS: dict[str, tuple[str, ...]] = {
     "peak_mem_mb": ("gpu memory", "memory utilization", "memory usage", "memory", "peak memory", "memory consumption",
                     "memory footprint", "vram", "gpu memory utilization", "memory cost", "memory efficiency"),
     "train_time_s": ("training time", "wall clock time", "training cost", "computational cost", "overhead",
-                     "training overhead", "runtime", "time", "computation time", "compute cost", "efficiency"),
-    "step_time_ms": ("step time", "iteration time", "time per iteration", "throughput", "time per step", "per step time",
-                     "speed per iteration", "latency"),
+                     "training overhead", "runtime", "time", "computation time", "compute cost", "efficiency",
+                     "total training time"),
+    "epoch_time_s": ("time per epoch", "epoch time", "training time per epoch", "per epoch time", "seconds per epoch",
+                     "epoch duration"),
+    "step_time_ms": ("step time", "iteration time", "time per iteration", "time per step", "per step time",
+                     "speed per iteration", "training step time", "training throughput"),
+    "negatives_per_anchor": ("negatives per anchor", "number of negatives per anchor", "number of negatives",
+                             "negative count"),
     "margin_pass_frac": ("margin pass fraction", "fraction of anchors", "anchor ratio", "fraction of samples passing the margin",
                          "selected samples", "anchor rate", "number of anchors", "selected anchor fraction"),
     "intra_inter_ratio": ("intra inter ratio", "intraclass distance", "intraclass diversity", "feature spread",
@@ -406,8 +415,64 @@ TERM_PHRASES: dict[str, tuple[str, ...]] = {
 for _spec in registry.all_specs():
     TERM_PHRASES.setdefault(f"{_spec.name}_loss", (f"{_spec.name} loss",))
 METRICS.update(TERM_PHRASES)
-_METRIC_KEYS = {"stability": ("loss_std", "loss_spikes"), "topk": ("top1", "top5")}
 METRICS["topk"] = ("top k accuracy", "top k", "top1 top5 accuracy", "top1 and top5")
+METRICS["train_test_loss"] = ("train test loss", "training and test loss", "train and test loss", "train val loss",
+                              "training and validation loss")
+#: a metric group -> its kdlab keys, where they are not the group's own name
+_METRIC_KEYS = {"stability": ("loss_std", "loss_spikes"), "topk": ("top1", "top5"),
+                "train_test_loss": ("loss", "test_loss")}
+_ERROR_NOTE = "kdlab records accuracy (%): error = 100 - accuracy"
+_EVALUATION_NOTE = "a different evaluation than the test top-1 kdlab records"
+#: names that need a word on how kdlab reads them: group -> (keys, the note, the names). Keys () = not measured:
+#: measurements kdlab does not make, some worded like one it makes ("inference latency" is no training step,
+#: "linear probe accuracy" no test top-1), listed with the reason and never as that key
+_NOTED_METRICS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
+    "improvement": (("top1",), "the table's Δ vs base column of top1", (
+        "improvement over baseline", "gain over baseline", "improvement over base", "improvement", "gain",
+        "accuracy gain", "accuracy improvement", "relative improvement", "delta over baseline")),
+    "top1_error": (("top1",), _ERROR_NOTE, (
+        "top1 error", "top1 error rate", "error rate", "test error", "classification error", "error")),
+    "top5_error": (("top5",), _ERROR_NOTE, ("top5 error", "top5 error rate")),
+    "other_evaluation": ((), _EVALUATION_NOTE, (
+        "linear probe accuracy", "linear probe", "linear evaluation", "knn accuracy", "k nearest neighbor accuracy",
+        "transfer accuracy", "transfer learning accuracy", "few shot accuracy", "robustness to corruption",
+        "corruption robustness", "corruption accuracy", "accuracy under label noise", "label noise accuracy",
+        "robustness to label noise", "out of distribution accuracy", "ood accuracy", "adversarial robustness",
+        "adversarial accuracy")),
+    "class_accuracy": ((), "kdlab records the overall test top-1, not accuracy per class", (
+        "per class accuracy", "worst class accuracy", "balanced accuracy", "mean class accuracy", "class wise accuracy",
+        "per class recall")),
+    "inference_cost": ((), "kdlab times training (step_time_ms, epoch_time_s, train_time_s), not inference", (
+        "inference time", "inference latency", "latency", "throughput", "inference speed", "inference throughput",
+        "images per second", "fps", "inference cost")),
+    "other_efficiency": ((), "no quantity kdlab records (its costs: train_time_s, epoch_time_s, step_time_ms, "
+                             "peak_mem_mb)", (
+        "sample efficiency", "data efficiency", "parameter efficiency", "label efficiency",
+        "knowledge transfer efficiency", "transfer efficiency")),
+    "seed_variance": ((), "each table cell's ± is already the std across seeds", (
+        "variance across seeds", "seed variance", "std across seeds", "standard deviation across seeds",
+        "variance across runs", "run to run variance", "variability across runs")),
+    "logit_variance": ((), "kdlab records no statistics of the logits", (
+        "logit variance", "variance of logits", "logit norm", "logit magnitude")),
+    "gradient": ((), "kdlab records no gradients", (
+        "gradient conflict", "gradient similarity", "gradient cosine similarity", "gradient alignment",
+        "gradient norm", "gradient interference")),
+    "agreement": ((), "kdlab does not compare two networks' outputs (it logs the training terms kd_loss and "
+                      "prediction_loss)", (
+        "agreement", "prediction agreement", "prediction consistency", "representation consistency",
+        "consistency of representations", "top1 agreement", "fidelity")),
+    "lambda_trace": ((), "λ per epoch is logged as intra_lambda in each run's metrics.jsonl, not in its summary", (
+        "lambda over training", "adaptive lambda", "effective lambda", "lambda schedule", "lambda trajectory",
+        "learned lambda")),
+    "epochs_to_accuracy": ((), "convergence_epoch is the first epoch reaching 95 % of the run's final top-1, not a "
+                               "fixed accuracy", (
+        "epochs to reach accuracy", "epochs to reach target accuracy", "time to reach accuracy",
+        "epochs to target accuracy", "time to accuracy")),
+}
+for _group, (_keys, _, _names) in _NOTED_METRICS.items():
+    METRICS[_group] = _names
+    _METRIC_KEYS[_group] = _keys
+_METRIC_NOTES = {group: note for group, (_, note, _) in _NOTED_METRICS.items()}
 
 
 @lru_cache(maxsize=1)
@@ -415,24 +480,51 @@ def _metric_index() -> PhraseIndex:
     return PhraseIndex(METRICS)
 
 
-def map_metric(name: str) -> MetricSpec:
-    """A plan metric name -> kdlab metric keys (empty keys: kept, reported as not measured)."""
+_GAP = re.compile(r"\b(?:gaps?|differences?|discrepancy)\b")
+#: one measurement of the pair, not one per stage ("KL divergence between teacher and student", "teacher-student
+#: agreement")
+_PAIR = re.compile(r"\bbetween\b|\b(?:teacher|student)s?\s*-?\s*(?:teacher|student)s?\b")
+
+
+def metric_stage(name: str) -> tuple[str | None, bool]:
+    """The stage a metric name picks ("teacher", "student", "both" or None) and whether it asks for the gap
+    between the stages ("Teacher-student accuracy gap": both stages, which kdlab records one by one)."""
     t = ascii_text(name)
-    stage = "teacher" if re.search(r"\bteachers?\b", t) else "student" if re.search(r"\bstudents?\b", t) else None
-    q = tokens(name)
-    if not q:
-        return MetricSpec(name, (), stage)
+    named = [s for s in ("teacher", "student") if re.search(rf"\b{s}s?\b", t)]
+    if len(named) < 2:
+        return (named[0] if named else None), False
+    gap = bool(_GAP.search(t))
+    return ("both" if gap or not _PAIR.search(t) else None), gap
+
+
+def _metric_group(q: tuple[str, ...]) -> str | None:
+    """The group of METRICS that tokens ``q`` name, or None."""
     exact = [k for k, phrases in METRICS.items() if " ".join(q) in (" ".join(tokens(p)) for p in phrases)]
     if len(exact) == 1:  # a metric's own name ("loss", "top-1 accuracy") needs no scoring
-        return MetricSpec(name, _METRIC_KEYS.get(exact[0], (exact[0],)), stage)
+        return exact[0]
     idx = _metric_index()
-    ranked = sorted(((k, idx.score(k, q)[0]) for k in METRICS), key=lambda x: -x[1])
-    best, score = ranked[0]
+    best, score = max(((k, idx.score(k, q)[0]) for k in METRICS), key=lambda x: x[1])
     # "feature alignment loss" names a term kdlab does not log: never the total loss
     if score < 0.9 or (best == "loss" and not set(q) <= idx.vocab["loss"] | {"teacher", "student"}):
+        return None
+    return best
+
+
+def map_metric(name: str) -> MetricSpec:
+    """A plan metric name -> kdlab metric keys (empty keys: kept, reported as not measured, with the reason when
+    kdlab knows the measurement)."""
+    stage, gap = metric_stage(name)
+    q = tokens(name)
+    group = _metric_group(q) if q else None
+    if group is None:
         note = "names a loss term kdlab does not record (the total training loss is 'loss')" if "loss" in q else ""
         return MetricSpec(name, (), stage, note)
-    return MetricSpec(name, _METRIC_KEYS.get(best, (best,)), stage)
+    keys = _METRIC_KEYS.get(group, (group,))
+    note = _METRIC_NOTES.get(group, "")
+    if gap and keys:
+        note = (f"kdlab records no teacher-student gap: each stage's {'+'.join(keys)} is shown, the gap is their "
+                f"difference")
+    return MetricSpec(name, keys, stage, note)
 
 
 def fit_metric(spec: MetricSpec, configs: Sequence[ExperimentConfig]) -> MetricSpec:
@@ -441,21 +533,29 @@ def fit_metric(spec: MetricSpec, configs: Sequence[ExperimentConfig]) -> MetricS
     if len(spec.keys) == 1 and spec.keys[0] in TERM_METRICS:
         key = spec.keys[0]
         terms = set(TERM_METRICS[key])
+        one = spec.stage in ("student", "teacher")  # None and "both": whichever stages log it
         stages = [s for s in ("student", "teacher") if any(terms & set(run_terms(c, s)) for c in configs)]
-        if (spec.stage is not None and spec.stage not in stages) or not stages:
-            shown = (spec.stage,) if spec.stage else ("student", "teacher")
+        if (one and spec.stage not in stages) or not stages:
+            shown = (spec.stage,) if one else ("student", "teacher")
             logged = "; ".join(f"{s} terms: {', '.join(dict.fromkeys(t for c in configs for t in run_terms(c, s)))}"
                                for s in shown)
             return replace(spec, keys=(),
                            note=f"not recorded: these runs log no {' / '.join(sorted(terms))} term ({logged})")
-        return spec if spec.stage is not None else replace(spec, stage=stages[0] if len(stages) == 1 else None)
+        return spec if one or len(stages) == 2 else replace(spec, stage=stages[0])
     classes = num_classes(configs[0])
-    if "top5" in spec.keys and classes is not None and classes <= 10:
+    top5 = tuple(k for k in spec.keys if k.startswith("top5"))  # top5, top5_best
+    if top5 and classes is not None and classes <= 10:
         data = f"{configs[0].data.name} has {classes} classes, so top-5 accuracy says little"
-        if re.search(r"top\s*-?\s*5", ascii_text(spec.name)):
-            return replace(spec, note=f"top5 kept because the plan names it, though {data}")
-        return replace(spec, keys=tuple(k for k in spec.keys if k != "top5"), note=f"top5 left out: {data}")
+        if re.search(r"top\s*-?\s*5|@\s*5\b", ascii_text(spec.name)):  # "Top-5 accuracy", "Acc@5"
+            return _noted(spec, f"{'+'.join(top5)} kept because the plan names it, though {data}")
+        return _noted(replace(spec, keys=tuple(k for k in spec.keys if k not in top5)),
+                      f"{'+'.join(top5)} left out: {data}")
     return spec
+
+
+def _noted(spec: MetricSpec, note: str) -> MetricSpec:
+    """``spec`` with ``note`` after the note it has."""
+    return replace(spec, note="; ".join(n for n in (spec.note, note) if n))
 
 
 # ------------------------------------------------------------------------------------------ knob index

@@ -55,6 +55,7 @@ _CANON: list[tuple[re.Pattern, str]] = [
         (r"\bfirst\s*-?\s*in\s*-?\s*first\s*-?\s*out\b", " fifo "),
         (r"\bper\s*-?\s*class\b", " perclass "),
         (r"\bclass\s*-?\s*wise\b", " perclass "),
+        (r"\bparam(eter)?s?\s*-?\s*efficien(cy|t)\b", " paramefficiency "),  # before "parameter" is a stop word
         (r"\bhyper\s*-?\s*param(eter)?s?\b", " "),
         (r"\bl2\b", " ltwo "),
     ]

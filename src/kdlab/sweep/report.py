@@ -189,7 +189,8 @@ def _columns(ab: dict) -> tuple[list[tuple[str, str]], list[str], list[str]]:
         if not m["keys"]:
             not_measured.append(m["name"])
             continue
-        stages = [m["stage"]] if m.get("stage") else (["student", "teacher"] if ab.get("teacher_varies") else ["student"])
+        both = m.get("stage") == "both" or (not m.get("stage") and ab.get("teacher_varies"))
+        stages = ["student", "teacher"] if both else [m.get("stage") or "student"]
         for stage in stages:
             for key in m["keys"]:
                 col = f"{stage}.{key}"
