@@ -299,6 +299,15 @@ PHRASINGS = [
     # an augmentation named in the part of an ADD goes to the contrastive views' augmentation
     ("intra", "Colour jitter for the contrastive views", "ADD", [], "view_augment",
      {"data.view_augment": ["crop", "color_jitter"]}),
+    # ranges with a lead ("sweep over λ ∈ [a, b], …") and signed percentages of the base's value
+    ("intra", "λ", "REPLACE", ["sweep over λ ∈ [0.001, 0.1], log-spaced, 3 points"], "intra.lambda",
+     {"objective.intra.lambda_": 0.001}),
+    ("intra", "λ", "REPLACE", ["+50%", "-50%"], "intra.lambda", {"objective.intra.lambda_": 0.03}),
+    # a method swap whose part names the method it replaces
+    ("intra", "Vanilla KD in the student", "REPLACE", ["CTKD"], "distill.methods", {"distill.methods": ["ctkd"]}),
+    # an ADD whose value holds only the settings of the method the part names
+    ("intra", "FitNet hint loss on the student", "ADD", ["hint layer 2, weight 50"], "distill.methods",
+     {"distill.methods": ["kd", "fitnet"], "distill.fitnet.hint_layer": 2, "distill.fitnet.weight": 50.0}),
     # numbers for an on/off part are the sizes of what it switches: 0 entries is no cache
     ("intra", "Per-class cache", "REPLACE", ["0", "128"], "intra.cache_size", {"objective.intra.cache.enabled": False}),
     ("intra", "Per-class cache", "REPLACE", ["128", "512"], "intra.cache_size", {"objective.intra.cache.size": 128}),
@@ -819,6 +828,7 @@ def test_add_with_the_weights_of_the_added_methods_terms():
     a = _one("RKD loss added to the student objective", "ADD", ("RKD (loss weight 2)",))
     assert a.variants[0].overrides == {"distill.methods": ["kd", "rkd"], "distill.rkd.weight": 2.0}
     assert "has no colour weight" in _reasons("RKD loss added to the student", "ADD", ("RKD (colour weight 3)",))
+    assert "at has no setting 'beta'" in _reasons("Attention transfer", "ADD", ("β = 1000",))
 
 
 @pytest.mark.parametrize("part, value, message", [
@@ -827,6 +837,7 @@ def test_add_with_the_weights_of_the_added_methods_terms():
     ("Training data", "50% of CIFAR-100", "also sets a fraction (50 %)"),
     ("Teacher depth", "21", "would be resnet21, which kdlab does not have (that family: resnet110, resnet14"),
     ("Training set size", "5000", "gives data.subset=5000, but digits has 1437 training images: every run would fail"),
+    ("λ (intra-class weight)", "0.01–0.05", "range '0.01–0.05' gives no number of points"),
 ])
 def test_a_value_that_sets_a_second_thing_is_refused(part, value, message):
     assert message in _reasons(part, "REPLACE", (value,))

@@ -622,8 +622,12 @@ def _requires_ok(knob: Knob, cfg: ExperimentConfig) -> tuple[bool, str]:
 
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
-_RANGE = re.compile(r"^\s*(?:from\s+)?(" + _NUM + r")\s*(?:to|\.\.|\s-\s)\s*(" + _NUM + r")\b(.*)$"
-                    r"|^\s*between\s+(" + _NUM + r")\s+and\s+(" + _NUM + r")\b(.*)$")
+#: what may lead a range: "sweep over", "vary", a knob's name ("lambda in [0.001, 0.1], 3 points")
+_RANGE_LEAD = r"^\s*(?:(?:a\s+)?(?:sweep|sweeping|range|vary|varying|varied|grid)\s+(?:over|of|from|across)?\s*)?" \
+              r"(?:[a-z_]+\s*(?:in|=|:)?\s*(?=[\[\d.+-]|from|between))?"
+_RANGE = re.compile(_RANGE_LEAD + r"(?:from\s+)?(" + _NUM + r")\s*(?:to|\.\.|\s-\s)\s*(" + _NUM + r")\b(.*)$"
+                    r"|" + _RANGE_LEAD + r"between\s+(" + _NUM + r")\s+and\s+(" + _NUM + r")\b(.*)$"
+                    r"|" + _RANGE_LEAD + r"\[\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\](.+)$")  # "[a, b], 3 points"
 _RANGE_WORDS = {"step", "steps", "of", "log", "scale", "logarithmic", "logarithmically", "spaced", "linear", "linearly", "uniform",
                 "uniformly", "points", "point", "values", "value", "steps", "settings", "grid", "sweep", "on", "a",
                 "with", "in", "total", "evenly", "equally", "geometric", "geometrically", "over", "range"}
@@ -634,11 +638,11 @@ def _range_values(raw: str, knob: Knob) -> list[str] | None:
     values; None when the text is no range. Raises ValueError naming what cannot be read."""
     if knob.kind not in ("float", "int"):
         return None
-    t = ascii_text(clean_inline(raw))
+    t = ascii_text(re.sub(r"(?<=\d)\s*[\u2013\u2014]\s*(?=[\d.])", " to ", clean_inline(raw)))  # "0.01–0.05"
     m = _RANGE.match(t)
     if not m:
         return None
-    first, last, rest = m.groups()[:3] if m[1] is not None else m.groups()[3:]
+    first, last, rest = next(m.groups()[i:i + 3] for i in (0, 3, 6) if m.groups()[i] is not None)
     lo, hi = float(first), float(last)
     words = set(re.findall(r"[a-z]+", re.sub(r"\d+", " ", rest)))
     unread = words - _RANGE_WORDS
@@ -756,11 +760,16 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
     # "ADD colour jitter for the contrastive views": an augmentation the part names is added to (removed from)
     # an augmentation knob, the contrastive views' unless the words say another
     ops = _find_phrases(ab.part, AUGMENT_NAMES) if ab.action in ("ADD", "REMOVE") else []
+    # a distillation method the part names, replaced by values that each name methods: a swap of methods
+    swapped = named if ab.action == "REPLACE" and ab.replacements and all(
+        methods_named(v) for v in ab.replacements) else []
     out = []
     for k in KNOBS:
         s, phrase = idx.score(k.name, q, qw)
         if ops and k.kind == "augment":
             s, phrase = max(s, 2 * MIN_SCORE * (1.0 if k.name == "view_augment" else 0.7)), phrase or ops[0]
+        if swapped and k.kind == "methods":  # "Vanilla KD in the student" -> "CTKD": the student's methods
+            s, phrase = max(s, 2 * MIN_SCORE), phrase or swapped[0]
         if s <= 0:
             continue
         own = knob_method(k)
@@ -846,7 +855,10 @@ def _relative_number(t: str, knob: Knob, base: ExperimentConfig | None) -> float
     words = set(re.findall(r"[a-z]+", re.sub(_NUM, " ", t)))
     m = _MULTIPLIER.search(t)
     fraction = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s+(.*)", t)
-    if fraction and int(fraction[2]) and words & {"default", "base", "baseline", "original", "current"}:
+    signed = re.fullmatch(r"\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*", t)
+    if signed:  # "+50%", "-50%": a change of the base's value by that share
+        factor, rest = 1.0 + (1 if signed[1] == "+" else -1) * float(signed[2]) / 100.0, set()
+    elif fraction and int(fraction[2]) and words & {"default", "base", "baseline", "original", "current"}:
         factor, rest = int(fraction[1]) / int(fraction[2]), words  # "1/4 of the default"
     elif m and not _MULTIPLIER.search(t, m.end()) and len(re.findall(_NUM, t)) == 1:
         factor = float(m[1])
@@ -1304,7 +1316,8 @@ def _stated_weights(text: str, method: str | None, base: ExperimentConfig) -> tu
     errors: list[str] = []
     block = getattr(base.distill, method, None) if method else None
     fields = [f for f in type(block).model_fields if f != "weight"] if block is not None else []
-    for m in _WEIGHT.finditer(ascii_text(text).lower()):
+    t = ascii_text(text).lower()
+    for m in _WEIGHT.finditer(t):
         word, value = m[1], float(m[2])
         if word is None or word in _OVERALL_WORDS or methods_named(word):
             overall = value
@@ -1315,6 +1328,18 @@ def _stated_weights(text: str, method: str | None, base: ExperimentConfig) -> tu
                           f"{', '.join(fields) or 'none'})")
         else:
             terms[f"distill.{method}.{field}"] = value
+    # other settings of the method ("hint layer 2", "T = 4"): a field whose name has all of the words
+    for m in re.finditer(r"([a-z][a-z_ ]*?)\s*(?:=|:)?\s*(" + _NUM + r")(?![\w.])", _WEIGHT.sub(" ", t)):
+        words = [w for w in re.split(r"[\s_]+", m[1]) if w and w not in _OVERALL_WORDS and not methods_named(w)]
+        if not words or method is None:
+            continue
+        field = next((f for f in fields if all(w in f.lower().split("_") for w in words)), None)
+        if field is None:
+            errors.append(f"{m[0].strip()!r}: {method} has no setting {' '.join(words)!r} (its settings: weight, "
+                          f"{', '.join(fields)})")
+        else:
+            terms[f"distill.{method}.{field}"] = int(float(m[2])) if float(m[2]).is_integer() and \
+                isinstance(getattr(block, field), int) else float(m[2])
     return overall, terms, errors
 
 
@@ -1396,6 +1421,8 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                     names = parser(raw)
                 except ValueError:
                     names = []
+                if not names and knob.kind == "methods" and len(named_in_part(parser)) == 1:
+                    names = named_in_part(parser)  # "ADD FitNet hint loss" with "hint layer 2, weight 100"
                 if names:
                     groups.append((raw, names))
                 else:
@@ -1751,7 +1778,7 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
             why = _unsupported(ab)
             why = f": {why}" if why else ""
             close = tuple(_describe(k, s) for k, s, _ in ranked[:5] if s >= 0.05) or ("  (nothing close)",)
-            eg = ranked[0][0].path if ranked and ranked[0][1] >= 0.3 * MIN_SCORE else "some.config.path"
+            eg = ranked[0][0].path if ranked and ranked[0][1] >= 0.6 * MIN_SCORE else "some.config.path"
             return unresolved(Problem(f"cannot place the ablated part {ab.part!r} on a knob{why}",
                                       ("Closest knobs:",) + close,
                                       f"--map \"{ab.name}={eg}\" (a knob name or any config path)"))
