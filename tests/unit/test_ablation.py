@@ -308,6 +308,9 @@ PHRASINGS = [
     # an ADD whose value holds only the settings of the method the part names
     ("intra", "FitNet hint loss on the student", "ADD", ["hint layer 2, weight 50"], "distill.methods",
      {"distill.methods": ["kd", "fitnet"], "distill.fitnet.hint_layer": 2, "distill.fitnet.weight": 50.0}),
+    # a method's own defaults said beside it are the plain swap
+    ("intra", "Student distillation loss (KD → DKD)", "REPLACE", ["DKD (α=1, β=8, T=4)"], "distill.methods",
+     {"distill.methods": ["dkd"]}),
     # numbers for an on/off part are the sizes of what it switches: 0 entries is no cache
     ("intra", "Per-class cache", "REPLACE", ["0", "128"], "intra.cache_size", {"objective.intra.cache.enabled": False}),
     ("intra", "Per-class cache", "REPLACE", ["128", "512"], "intra.cache_size", {"objective.intra.cache.size": 128}),
@@ -838,6 +841,7 @@ def test_add_with_the_weights_of_the_added_methods_terms():
     ("Teacher depth", "21", "would be resnet21, which kdlab does not have (that family: resnet110, resnet14"),
     ("Training set size", "5000", "gives data.subset=5000, but digits has 1437 training images: every run would fail"),
     ("λ (intra-class weight)", "0.01–0.05", "range '0.01–0.05' gives no number of points"),
+    ("Student distillation loss", "DKD (α=1, β=2)", "also sets alpha, beta"),  # β = 2 is not DKD's default
 ])
 def test_a_value_that_sets_a_second_thing_is_refused(part, value, message):
     assert message in _reasons(part, "REPLACE", (value,))

@@ -1106,6 +1106,21 @@ def _parse_arch(text: str) -> str:
     return found[0][1]
 
 
+def _states_defaults(text: str, base: ExperimentConfig) -> bool:
+    """Whether every ``name = number`` a method's value states is that one method's setting at its value on
+    ``base`` (case aside: "DKD (α=1, β=8, T=4)")."""
+    try:
+        methods = _parse_methods(text, allow_empty=False)
+    except ValueError:
+        return False
+    block = getattr(base.distill, methods[0], None) if len(methods) == 1 else None
+    if block is None:
+        return False
+    fields = {f.lower(): f for f in type(block).model_fields}
+    pairs = re.findall(r"([a-z][a-z_]*)\s*(?:=|:)\s*(" + _NUM + r")", ascii_text(text))
+    return bool(pairs) and all(n.lower() in fields and getattr(block, fields[n.lower()]) == float(v) for n, v in pairs)
+
+
 def _arch_of_depth(depth: int, knob: Knob, base: ExperimentConfig | None) -> str:
     """A depth given for an architecture ("Teacher depth: 20, 32, 56"): the base network's family at that depth
     (resnet14 -> resnet20, resnet8x4 -> resnet32x4, wrn_40_2 -> wrn_16_2)."""
@@ -1207,6 +1222,8 @@ def parse_value(knob: Knob, raw: str, base: ExperimentConfig | None = None) -> A
             return parse_value(knob, m[2], base)
 
     settings = list(dict.fromkeys(_ASSIGNMENT.findall(ascii_text(text)))) if knob.kind in ("choice", "methods") else []
+    if settings and knob.kind == "methods" and base is not None and _states_defaults(text, base):
+        settings = []  # "DKD (α=1, β=8, T=4)": DKD's own defaults, said for the reader
     if settings:  # "ratio (target r = 0.5)": the choice would run at its default r, not the plan's
         raise ValueError(f"{text!r} also sets {', '.join(settings)}: an ablation varies one knob; choose here and "
                          f"vary {', '.join(settings)} in an ablation of its own")
