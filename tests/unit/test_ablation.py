@@ -1005,3 +1005,10 @@ def test_a_setting_the_plan_states_but_the_base_lacks_is_named():
     # a plan that names nothing of the kind gets no such note
     plain = text.replace("All runs use ResNet32x4 → ResNet8x4 on CIFAR-100 (240 epochs).", "")
     assert not any("the plan's text names" in w for w in resolve_plan(parse_plan_text(plain, "plain.md")).warnings)
+
+
+def test_a_part_naming_one_stage_is_warned_when_the_setting_is_shared():
+    a = _one("Student batch size", "REPLACE", ("32", "128"))
+    assert a.knob.path == "data.batch_size"
+    assert any("names the student, but data.batch_size is one setting of both stages" in w for w in a.warnings)
+    assert not any("one setting of both stages" in w for w in _one("Batch size", "REPLACE", ("32", "128")).warnings)

@@ -1878,6 +1878,10 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
     warnings += [f"{v.label}: {', '.join(map(repr, v.merged))} read{'s' if len(v.merged) == 1 else ''} as the same run as "
                  f"{v.raw!r}, so they are one variant (to tell them apart, set the key that differs: --map or a grid)"
                  for v in variants if v.merged]
+    named_stages = [st for st in ("teacher", "student") if re.search(rf"\b{st}s?\b", ascii_text(ab.part).lower())]
+    if len(named_stages) == 1 and knob.stage == "both" and knob.kind != "pair":
+        warnings.append(f"the part names the {named_stages[0]}, but {knob.path} is one setting of both stages: the "
+                        f"{'student' if named_stages[0] == 'teacher' else 'teacher'} changes with it")
     warnings += [f"{v.label}: the plan calls {v.raw!r} its default, but this base's {knob.name} is "
                  f"{format_value(effective_base_value(knob, base))}: the base row is that, and {v.label} is a variant"
                  for v in variants if not v.same_as_base and re.search(r"\((?:[^)]*\b)?(?:default|ours|baseline)\b",
