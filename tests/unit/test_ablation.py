@@ -308,6 +308,9 @@ PHRASINGS = [
     # an ADD whose value holds only the settings of the method the part names
     ("intra", "FitNet hint loss on the student", "ADD", ["hint layer 2, weight 50"], "distill.methods",
      {"distill.methods": ["kd", "fitnet"], "distill.fitnet.hint_layer": 2, "distill.fitnet.weight": 50.0}),
+    # removing the contrastive term but keeping its two views: a CE teacher on both views
+    ("intra", "Intra-class contrastive loss (the two augmented views are kept for CE)", "REMOVE", [], "objective.kind",
+     {"objective.kind": "ce", "objective.views": 2}),
     # a method's own defaults said beside it are the plain swap
     ("intra", "Student distillation loss (KD → DKD)", "REPLACE", ["DKD (α=1, β=8, T=4)"], "distill.methods",
      {"distill.methods": ["dkd"]}),

@@ -1425,6 +1425,8 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
             specs.append(("removed", "removed", "", {"distill.methods": [m for m in base.distill.methods if m != method]}))
         elif knob.removable():
             ov = _off_overrides(knob) if knob.off_value is not NOTHING else {knob.path: False}
+            if knob.path == "objective.kind" and _KEEP_VIEWS.search(ascii_text(f"{ab.part} {ab.name}").lower()):
+                ov["objective.views"] = base.teacher_views()  # "... (the two views are kept for CE)"
             specs.append(("removed", "removed", "", ov))
         else:
             errors.append(f"REMOVE has no meaning for {knob.name} ({knob.path}): it has no off value; use REPLACE with values")
@@ -2014,6 +2016,9 @@ def _value_settings(raw: str, knob: Knob) -> tuple[str, dict[str, Any]]:
     return "", {}
 
 
+#: a REMOVE of the teacher's contrastive term that keeps its views for CE ("but keep two views")
+_KEEP_VIEWS = re.compile(r"\b(?:keep|keeps|keeping|kept|retain|retained|retaining)\b[^.;]*\bviews?\b|"
+                         r"\bviews?\b[^.;]*\b(?:kept|retained)\b")
 _PER_CLASS = re.compile(r"\bper[ -]?class\b|\bclass[ -]?wise\b|\beach class\b", re.IGNORECASE)
 _COMBINATION = re.compile(r"[\w-]+(?:\s*\+\s*[\w-]+)+")
 
