@@ -274,6 +274,8 @@ PHRASINGS = [
     # a depth for a network is the base's family at that depth (base teacher resnet14, student resnet8)
     ("intra", "Teacher depth (number of layers)", "REPLACE", ["20", "32", "56"], "teacher.arch", {"teacher.arch": "resnet20"}),
     ("intra", "Student depth", "REPLACE", ["20"], "student.arch", {"student.arch": "resnet20"}),
+    ("intra", "Teacher architecture", "REPLACE", ["same as the student (self-distillation)"], "teacher.arch",
+     {"teacher.arch": "resnet8"}),
     # k images per class of a stratified subset: k x 10 classes on digits (not epochs, not the cache size)
     ("intra", "Number of training images per class", "REPLACE", ["10", "50"], "subset", {"data.subset": 100}),
     ("intra", "Number of samples per class", "REPLACE", ["20"], "subset", {"data.subset": 200}),

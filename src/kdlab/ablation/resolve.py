@@ -1259,6 +1259,9 @@ def _parse_by_kind(text: str, knob: Knob, base: ExperimentConfig | None) -> Any:
     if kind == "methods":
         return _parse_methods(text)
     if kind == "arch":
+        same = re.search(r"\bsame\b.*\b(teacher|student)\b", ascii_text(text).lower())
+        if same and base is not None and not _find_archs(text):  # "same as the student": self-distillation
+            return getattr(base, same[1]).arch
         depth = re.fullmatch(r"\s*(?:depth\s*)?(\d+)\s*(?:-?\s*layers?)?\s*", ascii_text(text).lower())
         return _arch_of_depth(int(depth[1]), knob, base) if depth else _parse_arch(text)
     if kind == "pair":
