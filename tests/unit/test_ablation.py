@@ -1017,3 +1017,14 @@ def test_a_part_naming_one_stage_is_warned_when_the_setting_is_shared():
     assert a.knob.path == "data.batch_size"
     assert any("names the student, but data.batch_size is one setting of both stages" in w for w in a.warnings)
     assert not any("one setting of both stages" in w for w in _one("Batch size", "REPLACE", ("32", "128")).warnings)
+
+
+def test_default_warnings_only_where_the_plan_and_the_base_disagree():
+    # "(half of the default)" says how the value relates, not that it is the default
+    a = _one("Contrastive temperature", "REPLACE", ("0.05 (half of the default) and 0.2 (double)",))
+    assert not any("its default" in w for w in a.warnings)
+    # the base's own value marked as the default is no disagreement, whatever key form it has (kd.weight None = 0.9)
+    a = _one("Student KD weight", "REPLACE", ("0.5", "0.9 (default)"))
+    assert not any("its default" in w for w in a.warnings)
+    # a stage named for a knob with a per-stage twin chooses the twin
+    assert _one("Teacher epochs only", "REPLACE", ("10", "20")).knob.name == "teacher.epochs"

@@ -71,7 +71,7 @@ RECORDED = {  # names -> the keys kdlab records for them (engine/metrics.py ``su
     "Train/test loss": ("loss", "test_loss"), "training and test loss": ("loss", "test_loss"),
     # the plain readings stay
     "training time": ("train_time_s",), "total training time": ("train_time_s",), "efficiency": ("train_time_s",),
-    "time per iteration": ("step_time_ms",), "performance": ("top1",), "Top-1 accuracy (%)": ("top1",),
+    "time per iteration": ("step_time_ms",), "throughput (images/s)": ("step_time_ms",), "performance": ("top1",), "Top-1 accuracy (%)": ("top1",),
     "calibration (ECE, 15 bins)": ("ece",), "Top-1 accuracy (mean ± std, 3 seeds)": ("top1",),
     "loss variance": ("loss_std", "loss_spikes"),
 }
@@ -107,7 +107,7 @@ NOT_MEASURED = [  # (name, a word of the note that says why)
     ("sample efficiency", "costs"), ("parameter efficiency", "costs"), ("data efficiency", "costs"),
     ("knowledge transfer efficiency", "costs"),
     ("inference time", "inference"), ("inference latency", "inference"), ("inference latency (ms)", "inference"),
-    ("throughput (images/s)", "inference"),
+    ("inference throughput (images/s)", "inference"),
     ("variance across seeds", "std across seeds"), ("logit variance", "logits"),
     ("gradient conflict between CE and L_Intra", "gradients"),
     ("prediction agreement between student and slow-moving student", "compare"),

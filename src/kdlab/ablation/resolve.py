@@ -375,7 +375,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "epoch_time_s": ("time per epoch", "epoch time", "training time per epoch", "per epoch time", "seconds per epoch",
                      "epoch duration"),
     "step_time_ms": ("step time", "iteration time", "time per iteration", "time per step", "per step time",
-                     "speed per iteration", "training step time", "training throughput"),
+                     "speed per iteration", "training step time", "training throughput", "throughput",
+                     "images per second"),
     "negatives_per_anchor": ("negatives per anchor", "number of negatives per anchor", "number of negatives",
                              "negative count"),
     "margin_pass_frac": ("margin pass fraction", "fraction of anchors", "anchor ratio", "fraction of samples passing the margin",
@@ -443,8 +444,8 @@ _NOTED_METRICS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         "per class accuracy", "worst class accuracy", "balanced accuracy", "mean class accuracy", "class wise accuracy",
         "per class recall")),
     "inference_cost": ((), "kdlab times training (step_time_ms, epoch_time_s, train_time_s), not inference", (
-        "inference time", "inference latency", "latency", "throughput", "inference speed", "inference throughput",
-        "images per second", "fps", "inference cost")),
+        "inference time", "inference latency", "latency", "inference speed", "inference throughput", "fps",
+        "inference cost")),
     "other_efficiency": ((), "no quantity kdlab records (its costs: train_time_s, epoch_time_s, step_time_ms, "
                              "peak_mem_mb)", (
         "sample efficiency", "data efficiency", "parameter efficiency", "label efficiency",
@@ -783,7 +784,7 @@ def rank_knobs(ab: Ablation, scope: str, base: ExperimentConfig, *, top: int | N
             # "epochs of teacher and student": the knob for both stages, not one stage's
             if ("teacher" in vocab) != ("student" in vocab):
                 s *= 0.7
-        elif ("teacher" in q or "student" in q) and k.stage == "both" and k.also and "teacher" not in vocab and "student" not in vocab:
+        elif ("teacher" in q or "student" in q) and k.stage == "both" and k.also:
             # "learning rate of the student": student.lr, not the knob that sets both stages
             s *= 0.6
         elif ("teacher" in q) != ("student" in q) and k.kind == "pair" and not set(q) & {"pair", "combination", "combine"}:
@@ -1884,13 +1885,14 @@ def resolve_ablation(ab: Ablation, index: int, scope: str, base: ExperimentConfi
                  f"{v.raw!r}, so they are one variant (to tell them apart, set the key that differs: --map or a grid)"
                  for v in variants if v.merged]
     named_stages = [st for st in ("teacher", "student") if re.search(rf"\b{st}s?\b", ascii_text(ab.part).lower())]
-    if len(named_stages) == 1 and knob.stage == "both" and knob.kind != "pair":
+    if len(named_stages) == 1 and knob.stage == "both" and len(knob.paths) == 1:  # data.*: no per-stage setting
         warnings.append(f"the part names the {named_stages[0]}, but {knob.path} is one setting of both stages: the "
                         f"{'student' if named_stages[0] == 'teacher' else 'teacher'} changes with it")
+    base_value = effective_base_value(knob, base)
     warnings += [f"{v.label}: the plan calls {v.raw!r} its default, but this base's {knob.name} is "
-                 f"{format_value(effective_base_value(knob, base))}: the base row is that, and {v.label} is a variant"
-                 for v in variants if not v.same_as_base and re.search(r"\((?:[^)]*\b)?(?:default|ours|baseline)\b",
-                                                                       ascii_text(v.raw).lower())]
+                 f"{format_value(base_value)}: the base row is that, and {v.label} is a variant"
+                 for v in variants if not v.same_as_base and v.value != base_value and _CALLED_DEFAULT.search(
+                     ascii_text(v.raw).lower())]
     if knob.name == "view_augment" and not any("data.augment" in v.overrides for v in variants):
         main = format_value(_effective_augment(base, "data.augment"))
         warnings.append(f"this changes the extra contrastive views only (data.view_augment); the main view of both "
@@ -2019,6 +2021,8 @@ def _value_settings(raw: str, knob: Knob) -> tuple[str, dict[str, Any]]:
     return "", {}
 
 
+#: a value the plan marks as its own default: "0.3 (default)", "0.3 (ours)", not "0.05 (half of the default)"
+_CALLED_DEFAULT = re.compile(r"\(\s*(?:the\s+)?(?:default|ours|baseline|paper|original)(?:\s+(?:value|setting))?\s*\)")
 #: a REMOVE of the teacher's contrastive term that keeps its views for CE ("but keep two views")
 _KEEP_VIEWS = re.compile(r"\b(?:keep|keeps|keeping|kept|retain|retained|retaining)\b[^.;]*\bviews?\b|"
                          r"\bviews?\b[^.;]*\b(?:kept|retained)\b")
