@@ -1328,10 +1328,10 @@ _WEIGHT = re.compile(r"(?:\b([a-z][a-z-]*)\s+)?\b(?:weight(?:ed)?|coefficient|la
 _OVERALL_WORDS = {"loss", "overall", "total", "global", "with", "its", "the", "a", "an", "at", "and", "term", "method"}
 
 
-def _stated_weights(text: str, method: str | None, base: ExperimentConfig) -> tuple[float | None, dict[str, float], list[str]]:
-    """The weights an ADD states for the method it adds: the overall one ("RKD loss (weight 2.0)", "CRD with λ =
-    0.8") and those of the method's own terms ("RKD (distance weight 25, angle weight 50)": its
-    ``distance_weight`` and ``angle_weight``), with the errors of term weights the method does not have."""
+def _stated_settings(text: str, method: str | None, base: ExperimentConfig) -> tuple[float | None, dict[str, Any], list[str]]:
+    """What an ADD states for the method it adds: its overall weight ("RKD loss (weight 2.0)", "CRD with λ = 0.8"),
+    and as overrides the weights of its own terms ("RKD (distance weight 25, angle weight 50)": ``distance_weight``,
+    ``angle_weight``) and its other settings ("hint layer 2"), with an error for each one the method does not have."""
     overall: float | None = None
     terms: dict[str, float] = {}
     errors: list[str] = []
@@ -1462,7 +1462,7 @@ def make_variants(ab: Ablation, knob: Knob, base: ExperimentConfig,
                     ov = {knob.path: cur + [n for n in names if n not in cur]}
                     added_names = [n for n in names if n not in cur]
                     one = added_names[0] if len(added_names) == 1 else None
-                    weight, terms, werr = _stated_weights(raw or f"{ab.part} {ab.name}", one, base)
+                    weight, terms, werr = _stated_settings(raw or f"{ab.part} {ab.name}", one, base)
                     errors += werr
                     if one:  # "ADD RKD (weight 2.0)": at that weight; "(distance weight 25)": that term's weight
                         ov.update(terms)
