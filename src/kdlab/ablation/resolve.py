@@ -2013,7 +2013,7 @@ def _value_settings(raw: str, knob: Knob) -> tuple[str, dict[str, Any]]:
         return ", ".join(f"the {k.replace('_', ' ')} ({v:g})" for k, v in found.items()), {}
     if knob.kind in ("choice", "arch", "pair", "methods"):
         dim = re.search(r"(?<![\w.])(\d+)\s*-?\s*(?:d|dim|dims|dimensional)\b", t)
-        if dim and knob.path != "objective.head.dim":
+        if dim:  # the kinds above never include the head width itself
             return f"a dimension ({dim[1]}-d)", {}
         pct = re.search(r"(?<![\w.])(" + _NUM + r")\s*%", t)
         if pct:
